@@ -1,0 +1,3 @@
+"""realtime-speaker: the software of a hands-free Raspberry Pi smart speaker."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Audio in and out: ALSA capture and playback, resampling, sound cues."""

@@ -1,0 +1,1 @@
+"""The OpenAI Realtime API (GA protocol): events, session transport, ephemeral keys."""

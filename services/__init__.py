@@ -1,0 +1,1 @@
+"""Home-server side: the token service and the local realtime simulator."""

@@ -1,0 +1,1 @@
+"""Test rig fixtures (filled in by the owning module)."""
