@@ -1,0 +1,213 @@
+"""Wires the parts together and owns the event loop: signals, readiness and the watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import events as ev
+from .config import Settings
+from .sdnotify import Notifier
+from .tools.registry import ToolRegistry
+
+_LOG = logging.getLogger("speaker")
+
+READY_TIMEOUT_S = 10.0  # report ready even if the microphone is slow, so systemd does not loop
+
+
+def mqtt_wanted(settings: Settings) -> bool:
+    """MQTT is used when the config file has an [mqtt] section that is not disabled."""
+    return "mqtt" in settings.present and settings.mqtt.enabled
+
+
+def gpio_wanted(settings: Settings) -> bool:
+    """GPIO is used when a button or LEDs are configured."""
+    g, leds = settings.gpio, settings.leds
+    return g.mute_pin >= 0 or g.talk_pin >= 0 or leds.kind != "none"
+
+
+def log_event(event: ev.Event) -> None:
+    """The daemon's narrative on stderr: what it is doing, in one line per event."""
+    match event:
+        case ev.StateChanged(old=old, new=new, reason=reason):
+            _LOG.info("state %s -> %s%s", old.value, new.value, f" ({reason})" if reason else "")
+        case ev.WakeDetected(model=model, score=score):
+            _LOG.info("wake word %s detected (score %.2f)", model, score)
+        case ev.Transcript(role=role, text=text):
+            _LOG.info("%s said: %s", "user" if role == "user" else "assistant", text)
+        case ev.ToolCalled(name=name, arguments=args, result=result, duration_s=d):
+            _LOG.info("tool %s(%s) -> %s in %.0f ms", name, args, result, d * 1000)
+        case ev.ConversationEnded(reason=reason, usage=usage):
+            _LOG.info("conversation ended (%s); usage %s", reason, usage)
+        case ev.ErrorEvent(where=where, message=message):
+            _LOG.error("%s error: %s", where, message)
+        case ev.MuteChanged(muted=muted, source=source):
+            _LOG.info("microphone %s (%s)", "muted" if muted else "unmuted", source)
+        case ev.VolumeChanged(volume=volume, source=source):
+            _LOG.info("volume %d (%s)", volume, source)
+        case ev.AnnouncementEvent(text=text, status=status, reason=reason):
+            _LOG.info("announcement %s: %r%s", status, text[:80], f" ({reason})" if reason else "")
+
+
+class App:
+    """The daemon: builds every part from the settings, runs until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.bus = ev.EventBus()
+        self.tools = ToolRegistry()
+        self._stop = asyncio.Event()
+        self._cleanups: list[Callable[[], Awaitable[Any] | Any]] = []
+        self._first_frame = asyncio.Event()
+        self.assistant: Any = None
+
+    def request_stop(self) -> None:
+        """Ask the daemon to shut down (signal handlers call this)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start everything, wait for a stop request, shut down cleanly. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self.bus.bind(loop)
+        self.bus.subscribe(log_event)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        watchdog = loop.create_task(self._watchdog()) if self.notifier.watchdog_s else None
+        try:
+            await self._start(loop)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._first_frame.wait(), READY_TIMEOUT_S)
+            if self._first_frame.is_set():
+                self.notifier.notify("READY=1\nSTATUS=listening for the wake word")
+                _LOG.info("ready: listening for the wake word %r", self.settings.wake.model)
+            else:
+                self.notifier.notify("READY=1\nSTATUS=waiting for the microphone")
+                _LOG.warning("no audio from microphone %r yet; still trying", self.settings.audio.input)
+            await self._stop.wait()
+            _LOG.info("shutting down")
+            self.notifier.notify("STOPPING=1")
+        finally:
+            if watchdog:
+                watchdog.cancel()
+            await self._shutdown()
+            self.notifier.close()
+        return 0
+
+    async def _watchdog(self) -> None:
+        # Sent from the loop itself: a hung loop stops the pings and systemd restarts us.
+        assert self.notifier.watchdog_s
+        interval = self.notifier.watchdog_s / 3
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _on_cleanup(self, fn: Callable[[], Awaitable[Any] | Any]) -> None:
+        self._cleanups.append(fn)
+
+    async def _shutdown(self) -> None:
+        for fn in reversed(self._cleanups):
+            try:
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, 1.5)
+            except Exception:
+                _LOG.exception("error during shutdown of %s", getattr(fn, "__qualname__", fn))
+        self._cleanups.clear()
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        from .assistant import Assistant
+        from .audio.capture import Capture
+        from .audio.playback import Playback
+        from .tools.local import register_local_tools
+        from .wakeword import WakeWord
+
+        s = self.settings
+        wake = WakeWord(s.wake)
+
+        playback = Playback(s.audio, loop)
+        playback.start()
+        self._on_cleanup(playback.close)
+
+        tokens = None
+        if s.auth.mode != "none":
+            from .realtime.tokens import TokenSource
+
+            tokens = TokenSource(s)
+            await tokens.start()
+            self._on_cleanup(tokens.close)
+        else:
+            _LOG.warning("no [auth] token_url, api_key_file or OPENAI_API_KEY: the wake word will only play a cue")
+
+        mqtt = None
+        devices_summary: Callable[[], str] = lambda: ""
+        arbiter = None
+        if mqtt_wanted(s):
+            from .arbitration import Arbiter
+            from .mqtt import MqttConnection
+            from .tools.home import HomeDevices
+
+            availability = f"{s.mqtt.topic_prefix}/{s.mqtt.device_id}/availability"
+            mqtt = MqttConnection(s.mqtt, loop, availability_topic=availability)
+            home = HomeDevices(s, mqtt, self.tools)
+            devices_summary = home.summary
+            arbiter = Arbiter(s, mqtt)
+            await home.start()
+            await mqtt.start()
+            self._on_cleanup(mqtt.stop)
+
+        def on_frame(frame: Any) -> None:
+            if not self._first_frame.is_set():
+                self._first_frame.set()
+            assistant.on_frame(frame)
+
+        capture = Capture(s.audio, on_frame, loop, on_status=lambda msg: _LOG.warning("microphone: %s", msg))
+        assistant = Assistant(
+            s,
+            bus=self.bus,
+            capture=capture,
+            playback=playback,
+            wake=wake,
+            tokens=tokens,
+            tools=self.tools,
+            arbiter=arbiter,
+            devices_summary=devices_summary,
+        )
+        self.assistant = assistant
+        register_local_tools(self.tools, assistant)
+        await assistant.start()
+        self._on_cleanup(assistant.stop)
+
+        if mqtt is not None:
+            from .presence import Presence
+
+            presence = Presence(s, mqtt, self.bus, assistant)
+            await presence.start()
+            self._on_cleanup(presence.stop)
+
+        if gpio_wanted(s):
+            from .controls import Controls
+            from .leds import StatusLeds
+
+            try:
+                controls = Controls(s.gpio, assistant, loop)
+                controls.start()
+                self._on_cleanup(controls.close)
+                leds = StatusLeds(s.leds, self.bus)
+                leds.start()
+                self._on_cleanup(leds.close)
+            except Exception as exc:  # no GPIO on this machine: run on without controls, say so
+                _LOG.error("GPIO is configured but unavailable (%s: %s); running without buttons and LEDs", type(exc).__name__, exc)
+
+        capture.start()
+        self._on_cleanup(capture.stop)
+
+
+async def run_daemon(settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
+    return await App(settings).run()

@@ -1,0 +1,167 @@
+"""`speaker run | check | demo`: the device's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+
+EXIT_CONFIG = 2  # the config file is missing or invalid
+EXIT_FAILED = 1  # a check failed, or the daemon could not start
+
+
+def _load(path: str) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"speaker: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon in the foreground."""
+    from .app import run_daemon
+    from .logs import settings_secrets, setup_logging
+
+    settings = _load(args.config)
+    setup_logging(args.log_level or settings.log.level, settings_secrets(settings))
+    try:
+        return asyncio.run(run_daemon(settings))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # a fault we could not survive: say what, exit non-zero for systemd
+        import logging
+
+        logging.getLogger("speaker").critical("daemon failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+        return EXIT_FAILED
+
+
+async def _checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str] | str]]]:
+    from .app import gpio_wanted, mqtt_wanted
+
+    checks: list[tuple[str, Callable[[], Awaitable[str] | str]]] = []
+
+    def audio_in() -> str:
+        from .audio.capture import probe_input
+
+        return probe_input(settings.audio.input)
+
+    def audio_out() -> str:
+        from .audio.playback import probe_output
+
+        return probe_output(settings.audio.output)
+
+    def wake() -> str:
+        from .wakeword import probe_model
+
+        return probe_model(settings.wake)
+
+    checks += [("microphone", audio_in), ("speaker", audio_out), ("wake word", wake)]
+
+    if settings.auth.mode == "none":
+
+        def no_auth() -> str:
+            raise RuntimeError("no [auth] token_url, api_key_file or OPENAI_API_KEY: the device cannot open a session")
+
+        checks.append(("token source", no_auth))
+    else:
+
+        async def tokens() -> str:
+            from .realtime.tokens import TokenSource
+
+            source = TokenSource(settings)
+            try:
+                return await source.probe()
+            finally:
+                await source.close()
+
+        checks.append(("token source", tokens))
+
+    if mqtt_wanted(settings):
+
+        async def mqtt() -> str:
+            from .mqtt import MqttConnection
+
+            s = settings.mqtt
+            conn = MqttConnection(s, asyncio.get_running_loop(), availability_topic=f"{s.topic_prefix}/{s.device_id}/availability")
+            return await conn.probe()
+
+        checks.append(("mqtt broker", mqtt))
+
+    if gpio_wanted(settings):
+
+        def gpio() -> str:
+            from .controls import probe_gpio
+
+            return probe_gpio(settings.gpio, settings.leds)
+
+        checks.append(("gpio", gpio))
+    return checks
+
+
+async def _run_checks(settings: Settings) -> int:
+    failed = 0
+    print(f"ok    config: {settings.path}")
+    for name, check in await _checks(settings):
+        try:
+            result: Any = check()
+            if asyncio.iscoroutine(result):
+                result = await asyncio.wait_for(result, 15)
+            print(f"ok    {name}: {result}")
+        except asyncio.TimeoutError:
+            failed += 1
+            print(f"FAIL  {name}: no answer within 15 s")
+        except Exception as exc:
+            failed += 1
+            print(f"FAIL  {name}: {exc}")
+        sys.stdout.flush()
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and probe what it names; one line per check."""
+    from .logs import settings_secrets, setup_logging
+
+    settings = _load(args.config)
+    setup_logging("error", settings_secrets(settings))
+    return asyncio.run(_run_checks(settings))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole device offline: simulated audio devices, local realtime simulator."""
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="speaker", description="realtime-speaker: a hands-free Raspberry Pi smart speaker")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, help="TOML config file")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and probe the devices it names")
+    check.add_argument("--config", required=True, help="TOML config file")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="the whole device offline, no hardware and no API key")
+    demo.add_argument("--say", action="append", help="what the simulated person says (repeatable); default: a short scenario")
+    demo.add_argument("--out", default="demo-output", help="folder for the reply WAV and the logs (default: ./demo-output)")
+    demo.add_argument("--verbose", action="store_true", help="show the daemon's log lines too")
+    demo.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
