@@ -8,6 +8,7 @@ what was expected. Secrets are read from files (or the environment) into :class:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -211,6 +212,8 @@ class LedsConfig:
     count: int = _f(3, "APA102: number of LEDs (2-Mic HAT: 3, 4-Mic: 12)", **_range(1, 255))
     brightness: int = _f(40, "APA102/RGB brightness 0-100", **_range(0, 100))
     idle: Literal["off", "dim"] = _f("off", "idle pattern")
+    spi_device: int = _f(1, "APA102: SPI0 chip select the ring is on (ReSpeaker HATs: 1)", **_range(0, 1))
+    power_pin: int = _f(-1, "APA102: pin that powers the ring, set high at start (4-Mic HAT: 5); -1 = none", **_range(-1, 53))
 
 
 @dataclass(frozen=True)
@@ -439,7 +442,8 @@ def reference() -> str:
             if f.metadata.get("internal"):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            lines.append(f"| `{f.name}` | `{default!r}` | {f.metadata.get('doc', '')} ({describe(hints[f.name])}) |")
+            shown = json.dumps(default, ensure_ascii=False).replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')} ({describe(hints[f.name])}) |")
     return "\n".join(lines)
 
 

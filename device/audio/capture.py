@@ -1,0 +1,202 @@
+"""Microphone capture: pyalsaaudio in a reader thread, 80 ms frames at 16 kHz and 24 kHz.
+
+The reader thread is the only user of the capture PCM. Frames reach the event loop through
+``loop.call_soon_threadsafe``; while muted they are dropped in the thread and never delivered.
+Read errors, overruns and a vanished device are logged and recovered by reopening with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import alsaaudio
+
+from device.audio.alsa_util import PcmFormat, open_pcm, probe_input
+from device.audio.resample import FrameAssembler
+from device.config import AudioConfig
+
+_LOG = logging.getLogger(__name__)
+
+PERIOD_MS = 80  # one read per frame: fewest wake-ups, and the rig's FIFO is fed in 80 ms chunks
+PERIODS = 4
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+__all__ = ["AudioFrame", "Capture", "probe_input"]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """80 ms of microphone audio."""
+
+    seq: int
+    pcm16k: bytes  # 1280 samples S16LE mono, for the wake word
+    pcm24k: bytes  # the same 80 ms at 24 kHz S16LE mono (~1920 samples), for the session
+    t: float  # time.monotonic() when the frame was read
+
+
+class _DeviceGone(Exception):
+    pass
+
+
+class Capture:
+    """Reads the configured microphone PCM in a thread and hands frames to ``on_frame`` on the loop."""
+
+    def __init__(self, cfg: AudioConfig, on_frame: Callable[[AudioFrame], None], loop: asyncio.AbstractEventLoop,
+                 on_status: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self._on_frame = on_frame
+        self._loop = loop
+        self._on_status = on_status
+        self._muted = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames_delivered = 0
+        self.format: PcmFormat | None = None  # what the device was opened with (for logs/tests)
+        self.reopens = 0
+        self._seq = 0
+        self._flowed_s = 0.0
+
+    @property
+    def muted(self) -> bool:
+        """True: frames are discarded in the reader thread and never delivered."""
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = bool(value)
+
+    def start(self) -> None:
+        """Start the reader thread (it opens the PCM, and reopens it with backoff on failure)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading; the thread is gone within 1 s (unless ALSA itself hangs)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(1.0)
+            if thread.is_alive():
+                _LOG.warning("capture thread for %s did not stop within 1 s (ALSA blocked)", self.cfg.input)
+
+    # -- loop side ---------------------------------------------------------------------------
+
+    def _deliver(self, frame: AudioFrame) -> None:
+        if self._muted:  # muted between the read and now: still never delivered
+            return
+        self.frames_delivered += 1
+        try:
+            self._on_frame(frame)
+        except Exception:
+            _LOG.exception("audio frame consumer failed")
+
+    def _status(self, text: str, level: int = logging.WARNING) -> None:
+        _LOG.log(level, "%s", text)
+        if self._on_status is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_status, text)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    # -- reader thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        name = self.cfg.input
+        backoff = BACKOFF_MIN_S
+        failed = False
+        while not self._stop.is_set():
+            try:
+                pcm, fmt = open_pcm(name, capture=True, rate=self.cfg.input_rate or 16000,
+                                    channels=self.cfg.input_channels or 1, period_ms=PERIOD_MS, periods=PERIODS)
+            except OSError as exc:
+                self._status(f"{exc}; retrying in {backoff:.1f} s")
+                failed = True
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            self.format = fmt
+            if failed:
+                self._status(f"microphone '{name}' is back: {fmt.describe()}", logging.INFO)
+            else:
+                _LOG.info("capturing from '%s': %s", name, fmt.describe())
+            if self.cfg.input_rate and fmt.rate != self.cfg.input_rate:
+                _LOG.warning("microphone '%s' runs at %d Hz, not the configured %d Hz; converting", name, fmt.rate, self.cfg.input_rate)
+            self._flowed_s = 0.0
+            try:
+                self._read_loop(pcm, fmt)
+            except _DeviceGone as exc:
+                self._status(f"microphone '{name}': {exc}; reopening in {self._next_backoff(backoff):.1f} s")
+            except alsaaudio.ALSAAudioError as exc:
+                self._status(f"microphone '{name}' failed ({exc}); reopening in {self._next_backoff(backoff):.1f} s")
+            except RuntimeError:  # the loop is closed: nobody to deliver to
+                self._stop.set()
+            finally:
+                try:
+                    pcm.close()
+                except alsaaudio.ALSAAudioError:
+                    pass
+            if self._stop.is_set():
+                return
+            failed = True
+            self.reopens += 1
+            backoff = self._next_backoff(backoff)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _next_backoff(self, backoff: float) -> float:
+        # A device that delivered audio for a while before failing is retried quickly.
+        return BACKOFF_MIN_S if self._flowed_s > 5.0 else backoff
+
+    def _read_loop(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:
+        """Read until stopped or the device fails."""
+        asm = FrameAssembler(fmt.rate, fmt.channels, fmt.format, self.cfg.input_channel)
+        rate = fmt.rate
+        # A real card never delivers faster than real time beyond its buffer; a device that does
+        # (the rig's FIFO after its writer left, a broken driver) is treated as gone.
+        ahead_limit = fmt.buffer / rate + 0.5
+        anchor = time.monotonic()
+        audio_s = 0.0
+        was_muted = False
+        overruns = 0
+        call = self._loop.call_soon_threadsafe
+        deliver = self._deliver
+        stop = self._stop
+        read = pcm.read
+        while not stop.is_set():
+            n, data = read()
+            now = time.monotonic()
+            if n < 0:
+                overruns += 1
+                if overruns in (1, 10, 100) or overruns % 1000 == 0:
+                    _LOG.warning("microphone '%s': overrun (%d so far): audio was lost", self.cfg.input, overruns)
+                anchor, audio_s = now, 0.0
+                continue
+            if n == 0:
+                continue
+            audio_s += n / rate
+            self._flowed_s += n / rate
+            ahead = audio_s - (now - anchor)
+            if ahead < 0:
+                anchor = now - audio_s
+            elif ahead > ahead_limit:
+                raise _DeviceGone(f"delivers audio faster than real time ({ahead:.1f} s ahead), the device is gone")
+            if self._muted:
+                was_muted = True
+                continue
+            if was_muted:
+                asm.reset()
+                was_muted = False
+            for pcm16, pcm24 in asm.feed(data):
+                self._seq += 1
+                call(deliver, AudioFrame(self._seq, pcm16, pcm24, now))

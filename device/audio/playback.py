@@ -1,0 +1,377 @@
+"""Speaker output: a writer thread feeding pyalsaaudio, with played-position tracking.
+
+The writer thread is the only user of the playback PCM. It writes one period at a time, so
+:meth:`Playback.stop` takes effect within a period: the queue is discarded and the device buffer
+dropped. "Played" is frames written minus frames still in the device
+(``buffer_size - avail()``), sampled by the writer after every period and while draining, and
+extrapolated at the device rate in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import alsaaudio
+import numpy as np
+import soxr
+
+from device.audio.alsa_util import PcmFormat, open_pcm, probe_output
+from device.audio.cues import cue_ms, cue_pcm
+from device.config import AudioConfig
+
+_LOG = logging.getLogger(__name__)
+
+IN_RATE = 24000
+PERIOD_MS = 20
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 8.0
+_KEEP_ITEMS = 32
+
+__all__ = ["Playback", "probe_output", "volume_gain"]
+
+
+def volume_gain(volume: int) -> float:
+    """Software gain for a 0-100 volume (squared: even steps sound even)."""
+    v = max(0, min(100, volume)) / 100.0
+    return v * v
+
+
+@dataclass(slots=True)
+class _Item:
+    received: int = 0  # input samples at 24 kHz
+    first: int = -1  # device frame index of its first written frame
+    last: int = -1  # device frame index after its last written frame
+
+
+class Playback:
+    """Plays 24 kHz S16LE mono on the configured PCM (converted to what the device takes)."""
+
+    def __init__(self, cfg: AudioConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self._loop = loop
+        self._volume = cfg.volume
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[str, bytes, float]] = collections.deque()
+        self._stop_gen = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._items: dict[str, _Item] = {}
+        self._current = ""
+        self.format: PcmFormat | None = None
+        # Device position, written by the writer thread only.
+        self._written = 0  # frames handed to the device (minus frames dropped from it)
+        self._delay = 0  # frames still in the device at _delay_t
+        self._delay_t = 0.0
+        self._rate = 0
+        # Idle tracking: _enqueued counts writes (loop); the writer reports the count it drained.
+        self._enqueued = 0
+        self._drained_upto = 0
+        self._drained_event = asyncio.Event()
+        self._drained_event.set()
+        self.underruns = 0
+
+    # -- public API (event loop) --------------------------------------------------------------
+
+    @property
+    def volume(self) -> int:
+        """0-100, applied in software as audio is written."""
+        return self._volume
+
+    @volume.setter
+    def volume(self, value: int) -> None:
+        self._volume = max(0, min(100, int(value)))
+
+    @property
+    def busy(self) -> bool:
+        """Audio queued or still playing."""
+        return self._drained_upto < self._enqueued
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="playback", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        """Stop playing and release the device."""
+        with self._cond:
+            self._closing = True
+            self._queue.clear()
+            self._stop_gen += 1
+            self._cond.notify()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 2.0)
+        self._drained_upto = self._enqueued
+        self._drained_event.set()
+
+    def begin(self, item_id: str) -> None:
+        """A new reply item starts: later :meth:`write` calls belong to it."""
+        self._current = item_id
+        with self._cond:
+            self._items[item_id] = _Item()
+            while len(self._items) > _KEEP_ITEMS:
+                self._items.pop(next(iter(self._items)))
+
+    def write(self, pcm24k: bytes) -> None:
+        """Queue S16LE 24 kHz mono audio of the current item (non-blocking)."""
+        self._enqueue(self._current, pcm24k, volume_gain(self._volume))
+
+    def stop(self) -> None:
+        """Silence now: discard the queue and drop what the device still holds."""
+        with self._cond:
+            self._queue.clear()
+            self._stop_gen += 1
+            self._cond.notify()
+
+    def played_ms(self, item_id: str) -> int:
+        """Audio of ``item_id`` really played so far (never more than received)."""
+        with self._cond:
+            item = self._items.get(item_id)
+            if item is None or item.first < 0 or not self._rate:
+                return 0
+            pos = self._position()
+            frames = min(max(pos, item.first), item.last) - item.first
+            played = frames * 1000 // self._rate
+            return int(min(played, item.received * 1000 // IN_RATE))
+
+    def received_ms(self, item_id: str) -> int:
+        """Audio of ``item_id`` received through :meth:`write`."""
+        item = self._items.get(item_id)
+        return 0 if item is None else item.received * 1000 // IN_RATE
+
+    async def drained(self) -> None:
+        """Return when everything written so far has been played."""
+        target = self._enqueued
+        while self._drained_upto < target:
+            self._drained_event.clear()
+            if self._drained_upto >= target:
+                break
+            await self._drained_event.wait()
+
+    async def play_cue(self, name: str) -> None:
+        """Play a sound cue ('wake', 'done', 'error', 'mute_on', 'mute_off') and wait for it."""
+        pcm = cue_pcm(name)  # unknown names raise ValueError even with cues off
+        if not self.cfg.cues:
+            return
+        gain = volume_gain(self._volume) * self.cfg.cue_volume / 100.0
+        key = f"cue:{name}:{self._enqueued}"
+        with self._cond:
+            self._items[key] = _Item()
+        self._enqueue(key, pcm, gain)
+        try:
+            await asyncio.wait_for(self.drained(), cue_ms(name) / 1000 + 2.0)
+        except TimeoutError:
+            _LOG.warning("sound cue %s did not finish playing on '%s'", name, self.cfg.output)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _enqueue(self, item_id: str, pcm: bytes, gain: float) -> None:
+        if not pcm:
+            return
+        with self._cond:
+            item = self._items.get(item_id)
+            if item is None:
+                item = self._items[item_id] = _Item()
+            item.received += len(pcm) // 2
+            self._queue.append((item_id, pcm, gain))
+            self._enqueued += 1
+            self._cond.notify()
+
+    def _position(self) -> int:
+        """Frames played so far (caller holds the lock)."""
+        if self._delay <= 0:
+            return self._written
+        elapsed = int((time.monotonic() - self._delay_t) * self._rate)
+        return self._written - max(0, self._delay - elapsed)
+
+    def _report_drained(self, upto: int) -> None:
+        if upto > self._drained_upto:
+            self._drained_upto = upto
+        self._drained_event.set()
+
+    def _signal_drained(self, upto: int) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._report_drained, upto)
+        except RuntimeError:
+            pass
+
+    # -- writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+            try:
+                pcm, fmt = open_pcm(self.cfg.output, capture=False, rate=self.cfg.output_rate or IN_RATE,
+                                    channels=self.cfg.output_channels or 1, period_ms=PERIOD_MS,
+                                    periods=max(2, self.cfg.output_buffer_ms // PERIOD_MS))
+            except OSError as exc:
+                _LOG.warning("%s; retrying in %.1f s (audio meanwhile is discarded)", exc, backoff)
+                if self._discard_for(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = BACKOFF_MIN_S
+            self.format = fmt
+            _LOG.info("playing on '%s': %s", self.cfg.output, fmt.describe())
+            try:
+                self._write_loop(pcm, fmt)
+                try:
+                    pcm.drop()
+                except alsaaudio.ALSAAudioError:
+                    pass
+                return
+            except alsaaudio.ALSAAudioError as exc:
+                _LOG.warning("speaker '%s' failed (%s); reopening", self.cfg.output, exc)
+            finally:
+                try:
+                    pcm.close()
+                except alsaaudio.ALSAAudioError:
+                    pass
+
+    def _discard_for(self, seconds: float) -> bool:
+        """No device: drop queued audio (so nobody waits for it) for ``seconds``; True if closing."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self._cond:
+                if self._closing:
+                    return True
+                self._queue.clear()
+                upto = self._enqueued
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._signal_drained(upto)
+                self._cond.wait(left)
+        return False
+
+    def _write_loop(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:
+        rate = fmt.rate
+        resampler = None if rate == IN_RATE else soxr.ResampleStream(IN_RATE, rate, 1, dtype="float32", quality="HQ")
+        with self._cond:
+            self._rate = rate
+            self._written = 0
+            self._delay = 0
+            seen_gen = self._stop_gen
+        tail_item: str | None = None  # item whose last samples soxr still holds back
+        while True:
+            entry = None
+            action = "write"
+            with self._cond:
+                while not self._queue and not self._closing and self._stop_gen == seen_gen:
+                    if tail_item is not None and self._delay <= 2 * fmt.period:
+                        action = "flush"
+                        break
+                    if self._delay > 0:  # still playing: follow its position, then look again
+                        self._cond.wait(PERIOD_MS / 1000)
+                        action = "poll"
+                        break
+                    upto = self._enqueued
+                    if self._drained_upto < upto:
+                        self._signal_drained(upto)
+                    self._cond.wait()
+                if self._closing:
+                    return
+                if self._stop_gen != seen_gen:
+                    seen_gen = self._stop_gen
+                    action = "stop"
+                elif action == "write":
+                    if self._queue:
+                        entry = self._queue.popleft()
+                    else:
+                        action = "poll"
+            if action == "stop":
+                # stop(): drop the device buffer; the loop side already discarded the queue.
+                self._drop(pcm, fmt)
+                if resampler is not None:
+                    resampler = soxr.ResampleStream(IN_RATE, rate, 1, dtype="float32", quality="HQ")
+                tail_item = None
+                continue
+            if action == "poll":
+                self._refresh(pcm, fmt)
+                continue
+            if action == "flush":
+                # Nothing more queued and the device is nearly empty: push out what soxr holds
+                # back and start a fresh stream (the audio ends here anyway).
+                assert resampler is not None
+                y = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+                resampler = soxr.ResampleStream(IN_RATE, rate, 1, dtype="float32", quality="HQ")
+                self._write_all(pcm, fmt, tail_item, self._to_device(y, fmt), seen_gen)
+                tail_item = None
+                continue
+            assert entry is not None
+            item_id, data, gain = entry
+            x = np.frombuffer(data, dtype=np.int16).astype(np.float32)
+            if gain != 1.0:
+                x *= gain
+            if resampler is not None:
+                x = resampler.resample_chunk(x)
+                tail_item = item_id
+            self._write_all(pcm, fmt, item_id, self._to_device(x, fmt), seen_gen)
+
+    @staticmethod
+    def _to_device(x: np.ndarray, fmt: PcmFormat) -> bytes:
+        y = np.clip(np.rint(x), -32768, 32767)
+        y = (y.astype(np.int32) << 16) if fmt.format == alsaaudio.PCM_FORMAT_S32_LE else y.astype(np.int16)
+        if fmt.channels > 1:
+            y = np.repeat(y, fmt.channels)
+        return y.tobytes()
+
+    def _refresh(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:
+        avail = pcm.avail()
+        delay = fmt.buffer - avail if 0 <= avail <= fmt.buffer else 0
+        with self._cond:
+            self._delay = delay
+            self._delay_t = time.monotonic()
+
+    def _write_all(self, pcm: alsaaudio.PCM, fmt: PcmFormat, item_id: str, data: bytes, gen: int) -> None:
+        """Write ``data`` a period at a time, stopping early if stop() is called."""
+        step = fmt.period * fmt.frame_bytes
+        view = memoryview(data)
+        for off in range(0, len(data), step):
+            if self._stop_gen != gen or self._closing:
+                return
+            piece = view[off : off + step]
+            for _ in range(3):
+                res = pcm.write(piece)
+                if res != -32:  # -EPIPE: underrun; pyalsaaudio re-prepared the stream, write again
+                    break
+                self.underruns += 1
+                if self.underruns in (1, 10, 100) or self.underruns % 1000 == 0:
+                    _LOG.info("speaker '%s': underrun (%d so far)", self.cfg.output, self.underruns)
+            self._account(item_id, len(piece) // fmt.frame_bytes)
+            self._refresh(pcm, fmt)
+
+    def _account(self, item_id: str, frames: int) -> None:
+        with self._cond:
+            item = self._items.get(item_id)
+            if item is not None:
+                if item.first < 0:
+                    item.first = self._written
+                item.last = self._written + frames
+            self._written += frames
+
+    def _drop(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:
+        avail = pcm.avail()
+        delay = fmt.buffer - avail if 0 <= avail <= fmt.buffer else 0
+        try:
+            pcm.drop()
+        except alsaaudio.ALSAAudioError as exc:
+            _LOG.warning("speaker '%s': drop failed (%s)", self.cfg.output, exc)
+        with self._cond:
+            # What was still in the device is never played: take it off the written count and
+            # off the items it belonged to.
+            self._written -= delay
+            for item in self._items.values():
+                if item.last > self._written:
+                    item.last = max(item.first, self._written)
+            self._delay = 0
+            self._delay_t = time.monotonic()

@@ -1,0 +1,921 @@
+"""Home devices: how to talk to each (topics, payloads, templates), their reported state, the registry.
+
+A :class:`DeviceSpec` says how to command a device and read its state; it comes from the config
+file (``[[devices]]``, :func:`spec_from_config`) or from Home Assistant MQTT discovery
+(:mod:`device.tools.discovery`). A :class:`Device` adds what the device last reported. The
+:class:`DeviceRegistry` holds them by unique name and applies the allow/deny lists.
+
+State as the model sees it (all keys optional): ``state`` ("on"/"off", "open"/"closed"/
+"opening"/"closing"/"stopped", "locked"/"unlocked"/..., alarm states), ``brightness`` (0-100),
+``color`` ("#rrggbb"), ``position`` (0-100), ``mode``, ``target_temperature``,
+``current_temperature``, ``value`` and ``unit`` (sensors), ``available`` (false when offline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import difflib
+import fnmatch
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from device.config import DeviceConfig
+
+_LOG = logging.getLogger(__name__)
+
+DeviceType = Literal[
+    "light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor", "garage_door", "alarm"
+]
+DEVICE_TYPES: tuple[str, ...] = (
+    "light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor", "garage_door", "alarm",
+)
+# Types whose every change needs the person's explicit confirmation.
+CONFIRM_TYPES = frozenset({"lock", "garage_door", "alarm"})
+READ_ONLY_TYPES = frozenset({"sensor", "binary_sensor"})
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class TemplateError(ValueError):
+    """A template outside the small subset of Home Assistant's Jinja that we understand."""
+
+
+_EXPR_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_PATH_TOKEN = re.compile(r"\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:'([^']*)'|\"([^\"]*)\"|(-?\d+))\s*\])")
+_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)")
+_FILTER = re.compile(r"\s*\|\s*([A-Za-z_]+)\s*(?:\(\s*([^)]*?)\s*\))?")
+_UNDEFINED = object()
+
+
+def _jinja_str(v: Any) -> str:
+    """How Jinja prints a value (True -> 'True', 21.0 -> '21.0', None -> 'None')."""
+    if isinstance(v, str):
+        return v
+    return str(v)
+
+
+class Template:
+    """The subset of Home Assistant templates that device announcements use.
+
+    ``{{ value }}``, ``{{ value_json.a.b }}``, ``{{ value_json['a'][0] }}`` and command variables
+    (``{{ position }}``), each with filters ``int``, ``float``, ``round(n)``, ``string``, ``lower``,
+    ``upper``, ``trim``, ``tojson``, ``default(x)``, in any surrounding literal text. Anything else
+    (``{% ... %}``, expressions) raises :class:`TemplateError` when the template is built.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        if "{%" in text or "{#" in text:
+            raise TemplateError(f"unsupported template (statements): {text!r}")
+        self._parts: list[str | tuple[str, list[str | int], list[tuple[str, str | None]]]] = []
+        pos = 0
+        for m in _EXPR_RE.finditer(text):
+            self._parts.append(text[pos : m.start()])
+            self._parts.append(self._parse_expr(m.group(1)))
+            pos = m.end()
+        self._parts.append(text[pos:])
+        if "{{" in text[pos:] or "}}" in text[pos:]:
+            raise TemplateError(f"unbalanced template: {text!r}")
+
+    @staticmethod
+    def _parse_expr(expr: str) -> tuple[str, list[str | int], list[tuple[str, str | None]]]:
+        m = _NAME.match(expr)
+        if not m:
+            raise TemplateError(f"unsupported template expression {expr.strip()!r}")
+        name = m.group(1)
+        pos = m.end()
+        path: list[str | int] = []
+        while True:
+            t = _PATH_TOKEN.match(expr, pos)
+            if not t:
+                break
+            if t.group(1) is not None:
+                path.append(t.group(1))
+            elif t.group(4) is not None:
+                path.append(int(t.group(4)))
+            else:
+                path.append(t.group(2) if t.group(2) is not None else t.group(3))
+            pos = t.end()
+        filters: list[tuple[str, str | None]] = []
+        while True:
+            f = _FILTER.match(expr, pos)
+            if not f:
+                break
+            if f.group(1) not in ("int", "float", "round", "string", "lower", "upper", "trim", "tojson", "default", "d"):
+                raise TemplateError(f"unsupported template filter {f.group(1)!r} in {expr.strip()!r}")
+            filters.append((f.group(1), f.group(2)))
+            pos = f.end()
+        if expr[pos:].strip():
+            raise TemplateError(f"unsupported template expression {expr.strip()!r}")
+        return name, path, filters
+
+    @staticmethod
+    def _literal(arg: str | None) -> Any:
+        if arg is None or arg == "":
+            return None
+        if arg[0] in "'\"" and arg[-1] == arg[0]:
+            return arg[1:-1]
+        try:
+            return json.loads(arg.lower() if arg in ("True", "False") else arg)
+        except ValueError:
+            return arg
+
+    def _eval(self, name: str, path: list[str | int], filters: list[tuple[str, str | None]], variables: dict[str, Any]) -> Any:
+        value = variables.get(name, _UNDEFINED)
+        for key in path:
+            if isinstance(value, dict) and isinstance(key, str):
+                value = value.get(key, _UNDEFINED)
+            elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+                value = value[key]
+            else:
+                value = _UNDEFINED
+            if value is _UNDEFINED:
+                break
+        for fname, arg in filters:
+            if fname in ("default", "d"):
+                if value is _UNDEFINED:
+                    value = self._literal(arg)
+                continue
+            if value is _UNDEFINED:
+                continue
+            if fname == "int":
+                try:
+                    value = int(float(value)) if not isinstance(value, bool) else int(value)
+                except (TypeError, ValueError):
+                    value = 0
+            elif fname == "float":
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    value = 0.0
+            elif fname == "round":
+                digits = self._literal(arg)
+                try:
+                    value = round(float(value), int(digits) if digits is not None else 0)
+                except (TypeError, ValueError):
+                    pass
+            elif fname == "string":
+                value = _jinja_str(value)
+            elif fname == "lower":
+                value = _jinja_str(value).lower()
+            elif fname == "upper":
+                value = _jinja_str(value).upper()
+            elif fname == "trim":
+                value = _jinja_str(value).strip()
+            elif fname == "tojson":
+                value = json.dumps(value)
+        return value
+
+    def render(self, variables: dict[str, Any]) -> str | None:
+        """Render; None when a value the template reads is missing (the message has no such key)."""
+        out: list[str] = []
+        for part in self._parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = self._eval(*part, variables)
+            if value is _UNDEFINED:
+                return None
+            out.append(_jinja_str(value))
+        return "".join(out)
+
+    def render_value(self, payload: str) -> str | None:
+        """A value template applied to a state message (``value`` and, if JSON, ``value_json``)."""
+        variables: dict[str, Any] = {"value": payload}
+        if "value_json" in self.text:
+            try:
+                variables["value_json"] = json.loads(payload)
+            except ValueError:
+                return None
+        return self.render(variables)
+
+
+def _template(text: str, where: str) -> Template | None:
+    if not text:
+        return None
+    try:
+        return Template(text)
+    except TemplateError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- colours
+
+COLOR_NAMES: dict[str, str] = {
+    "white": "#ffffff", "warm white": "#ffd7a0", "cool white": "#e6f0ff", "red": "#ff0000", "green": "#00ff00",
+    "blue": "#0000ff", "yellow": "#ffff00", "orange": "#ff8000", "purple": "#8000ff", "violet": "#8f00ff",
+    "pink": "#ff69b4", "magenta": "#ff00ff", "cyan": "#00ffff", "turquoise": "#40e0d0", "teal": "#008080",
+    "lime": "#80ff00", "amber": "#ffbf00", "gold": "#ffd700", "lavender": "#b57edc", "indigo": "#4b0082",
+    "crimson": "#dc143c", "coral": "#ff7f50", "salmon": "#fa8072",
+}
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_color(text: str) -> str | None:
+    """'Red', 'warm white', '#FF8000' -> '#ff8000'; None if unknown."""
+    t = " ".join(text.strip().casefold().replace("-", " ").replace("_", " ").split())
+    if t in COLOR_NAMES:
+        return COLOR_NAMES[t]
+    if t.replace(" ", "") in COLOR_NAMES:
+        return COLOR_NAMES[t.replace(" ", "")]
+    m = _HEX.match(t.replace(" ", ""))
+    return f"#{m.group(1).lower()}" if m else None
+
+
+def hex_to_rgb(h: str) -> tuple[int, int, int]:
+    h = h.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+def rgb_to_hex(r: float, g: float, b: float) -> str:
+    return "#" + "".join(f"{max(0, min(255, int(round(v)))):02x}" for v in (r, g, b))
+
+
+def rgb_to_xy(rgb: tuple[int, int, int]) -> tuple[float, float]:
+    """sRGB (0-255) -> CIE xy chromaticity."""
+
+    def lin(c: float) -> float:
+        c /= 255.0
+        return ((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92
+
+    r, g, b = (lin(v) for v in rgb)
+    x = r * 0.4124 + g * 0.3576 + b * 0.1805
+    y = r * 0.2126 + g * 0.7152 + b * 0.0722
+    z = r * 0.0193 + g * 0.1192 + b * 0.9505
+    s = x + y + z
+    return (0.3127, 0.329) if s == 0 else (round(x / s, 4), round(y / s, 4))
+
+
+def xy_to_hex(x: float, y: float) -> str:
+    """CIE xy -> the brightest sRGB colour of that chromaticity."""
+    if y <= 0:
+        return "#ffffff"
+    big_y = 1.0
+    big_x = big_y / y * x
+    big_z = big_y / y * (1 - x - y)
+    r = big_x * 3.2406 - big_y * 1.5372 - big_z * 0.4986
+    g = -big_x * 0.9689 + big_y * 1.8758 + big_z * 0.0415
+    b = big_x * 0.0557 - big_y * 0.2040 + big_z * 1.0570
+    r, g, b = (max(0.0, v) for v in (r, g, b))
+    m = max(r, g, b) or 1.0
+    r, g, b = (v / m for v in (r, g, b))
+
+    def gamma(c: float) -> float:
+        return 12.92 * c if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055
+
+    return rgb_to_hex(*(gamma(v) * 255 for v in (r, g, b)))
+
+
+def _color_from_json(c: Any) -> str | None:
+    if not isinstance(c, dict):
+        return None
+    try:
+        if all(k in c for k in ("r", "g", "b")):
+            return rgb_to_hex(float(c["r"]), float(c["g"]), float(c["b"]))
+        if "x" in c and "y" in c:
+            return xy_to_hex(float(c["x"]), float(c["y"]))
+        if "h" in c and "s" in c:
+            r, g, b = colorsys.hsv_to_rgb(float(c["h"]) / 360.0, float(c["s"]) / 100.0, 1.0)
+            return rgb_to_hex(r * 255, g * 255, b * 255)
+        if "hue" in c and "saturation" in c:
+            r, g, b = colorsys.hsv_to_rgb(float(c["hue"]) / 360.0, float(c["saturation"]) / 100.0, 1.0)
+            return rgb_to_hex(r * 255, g * 255, b * 255)
+        if isinstance(c.get("hex"), str):
+            return parse_color(c["hex"])
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def colors_close(a: str, b: str) -> bool:
+    """Same colour within what a bulb's colour space conversion loses (compared as xy chromaticity)."""
+    ax, ay = rgb_to_xy(hex_to_rgb(a))
+    bx, by = rgb_to_xy(hex_to_rgb(b))
+    return math.hypot(ax - bx, ay - by) <= 0.04
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Availability:
+    topic: str
+    payload_available: str = "online"
+    payload_not_available: str = "offline"
+    template: Template | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to command one device and read its state. Empty topic = not supported."""
+
+    key: str  # unique and stable: "config:<name>" or "discovery:<discovery topic>"
+    name: str
+    type: str
+    area: str = ""
+    source: Literal["config", "discovery"] = "config"
+    schema: Literal["default", "json"] = "default"
+    device_class: str = ""
+    command_topic: str = ""
+    command_template: Template | None = None
+    state_topic: str = ""
+    value_template: Template | None = None
+    availability: tuple[Availability, ...] = ()
+    availability_mode: Literal["latest", "all", "any"] = "latest"
+    payload_on: str = "ON"
+    payload_off: str = "OFF"
+    state_on: str = ""
+    state_off: str = ""
+    # light (default schema)
+    brightness_command_topic: str = ""
+    brightness_command_template: Template | None = None
+    brightness_state_topic: str = ""
+    brightness_value_template: Template | None = None
+    brightness_scale: int = 255
+    rgb_command_topic: str = ""
+    rgb_command_template: Template | None = None
+    rgb_state_topic: str = ""
+    rgb_value_template: Template | None = None
+    # light (json schema)
+    json_brightness: bool = True
+    color_modes: tuple[str, ...] = ()
+    # cover
+    payload_open: str = "OPEN"
+    payload_close: str = "CLOSE"
+    payload_stop: str = "STOP"
+    state_open: str = "open"
+    state_closed: str = "closed"
+    state_opening: str = "opening"
+    state_closing: str = "closing"
+    state_stopped: str = "stopped"
+    position_topic: str = ""
+    position_template: Template | None = None
+    position_command_topic: str = ""
+    position_command_template: Template | None = None
+    position_open: int = 100
+    position_closed: int = 0
+    # lock
+    payload_lock: str = "LOCK"
+    payload_unlock: str = "UNLOCK"
+    state_locked: str = "LOCKED"
+    state_unlocked: str = "UNLOCKED"
+    state_locking: str = "LOCKING"
+    state_unlocking: str = "UNLOCKING"
+    state_jammed: str = "JAMMED"
+    # climate
+    temperature_command_topic: str = ""
+    temperature_command_template: Template | None = None
+    temperature_state_topic: str = ""
+    temperature_state_template: Template | None = None
+    current_temperature_topic: str = ""
+    current_temperature_template: Template | None = None
+    mode_command_topic: str = ""
+    mode_command_template: Template | None = None
+    mode_state_topic: str = ""
+    mode_state_template: Template | None = None
+    modes: tuple[str, ...] = ("off", "heat")
+    min_temp: float = 7.0
+    max_temp: float = 35.0
+    power_command_topic: str = ""
+    # button / scene / alarm
+    payload_press: str = "PRESS"
+    payload_arm: str = "ARM_AWAY"
+    payload_disarm: str = "DISARM"
+    # sensor
+    unit: str = ""
+    optimistic: bool = False
+    confirm: bool = False
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.confirm or self.type in CONFIRM_TYPES
+
+    @property
+    def on_state(self) -> str:
+        return self.state_on or self.payload_on
+
+    @property
+    def off_state(self) -> str:
+        return self.state_off or self.payload_off
+
+    def command_topics(self) -> set[str]:
+        """Every topic a command to this device may be published to."""
+        return {
+            t
+            for t in (
+                self.command_topic,
+                self.brightness_command_topic,
+                self.rgb_command_topic,
+                self.position_command_topic,
+                self.temperature_command_topic,
+                self.mode_command_topic,
+                self.power_command_topic,
+            )
+            if t
+        }
+
+    def state_topics(self) -> dict[str, list[str]]:
+        """topic -> the roles its messages play ('state', 'brightness', ...); topics may be shared."""
+        roles: dict[str, list[str]] = {}
+        for role, topic in (
+            ("state", self.state_topic),
+            ("brightness", self.brightness_state_topic),
+            ("rgb", self.rgb_state_topic),
+            ("position", self.position_topic),
+            ("temperature", self.temperature_state_topic),
+            ("current_temperature", self.current_temperature_topic),
+            ("mode", self.mode_state_topic),
+        ):
+            if topic:
+                roles.setdefault(topic, []).append(role)
+        for i, av in enumerate(self.availability):
+            roles.setdefault(av.topic, []).append(f"availability:{i}")
+        return roles
+
+    def actions(self) -> tuple[str, ...]:
+        """The control_device actions this device supports."""
+        t = self.type
+        if t == "light":
+            return ("turn_on", "turn_off", "toggle", "set")
+        if t in ("switch", "fan"):
+            return ("turn_on", "turn_off", "toggle")
+        if t in ("cover", "garage_door"):
+            acts = ["open", "close", "stop"]
+            if self.position_command_topic:
+                acts.append("set")
+            return tuple(acts)
+        if t == "lock":
+            return ("lock", "unlock")
+        if t == "alarm":
+            return ("lock", "unlock", "turn_on", "turn_off")
+        if t == "climate":
+            acts = []
+            if self.mode_command_topic or self.power_command_topic:
+                acts += ["turn_on", "turn_off"]
+            if self.temperature_command_topic or self.mode_command_topic:
+                acts.append("set")
+            return tuple(acts)
+        if t in ("scene", "button"):
+            return ("activate",)
+        return ()
+
+
+def _check_topic(topic: str, what: str, *, command: bool) -> str:
+    if not topic:
+        return ""
+    if "\x00" in topic or "#" in topic or "+" in topic:
+        raise ValueError(f"{what} {topic!r} contains a wildcard or NUL")
+    return topic
+
+
+def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
+    """A device declared in the config file; raises ValueError naming the key on a bad template/topic."""
+    where = f"[[devices]] {dev.name!r}"
+    topics = {
+        k: _check_topic(getattr(dev, k), f"{where} {k}", command=k.endswith("command_topic"))
+        for k in (
+            "command_topic", "state_topic", "availability_topic", "brightness_command_topic", "brightness_state_topic",
+            "position_command_topic", "position_topic", "temperature_command_topic", "temperature_state_topic",
+            "mode_command_topic", "mode_state_topic",
+        )
+    }
+    tpl = dev.value_template
+    if tpl and "{{" not in tpl:
+        tpl = "{{ value_json.%s }}" % tpl.strip()  # a bare JSON key is accepted as a shorthand
+    value_template = _template(tpl, f"{where} value_template")
+    # Zigbee2MQTT-style JSON devices report everything in one JSON message on the state topic.
+    json_state = dev.schema == "json"
+    state_topic = topics["state_topic"]
+    kind = dev.type
+    base: dict[str, Any] = {}
+    if json_state and kind != "light":
+        # A JSON device of another type: read the usual keys from the one JSON state message.
+        key = {"lock": "state", "cover": "state", "garage_door": "state", "sensor": "value"}.get(kind, "state")
+        base["value_template"] = value_template or Template("{{ value_json.%s }}" % key)
+        if kind in ("cover", "garage_door") and not topics["position_topic"]:
+            base["position_topic"] = state_topic
+            base["position_template"] = Template("{{ value_json.position }}")
+        if kind == "climate":
+            base["temperature_state_topic"] = topics["temperature_state_topic"] or state_topic
+            base["temperature_state_template"] = Template("{{ value_json.occupied_heating_setpoint }}")
+            base["current_temperature_topic"] = state_topic
+            base["current_temperature_template"] = Template("{{ value_json.local_temperature }}")
+            base["mode_state_topic"] = topics["mode_state_topic"] or state_topic
+            base["mode_state_template"] = Template("{{ value_json.system_mode }}")
+    spec = DeviceSpec(
+        key=f"config:{dev.name.casefold()}",
+        name=dev.name.strip(),
+        type=kind,
+        area=dev.area,
+        source="config",
+        schema="json" if (json_state and kind == "light") else "default",
+        command_topic=topics["command_topic"],
+        state_topic=state_topic,
+        value_template=value_template,
+        availability=(Availability(topics["availability_topic"]),) if topics["availability_topic"] else (),
+        payload_on=dev.payload_on,
+        payload_off=dev.payload_off,
+        state_on=dev.state_on,
+        state_off=dev.state_off,
+        payload_open=dev.payload_open,
+        payload_close=dev.payload_close,
+        payload_stop=dev.payload_stop,
+        payload_lock=dev.payload_lock,
+        payload_unlock=dev.payload_unlock,
+        brightness_command_topic=topics["brightness_command_topic"],
+        brightness_state_topic=topics["brightness_state_topic"],
+        brightness_scale=dev.brightness_scale,
+        position_command_topic=topics["position_command_topic"],
+        position_topic=topics["position_topic"],
+        temperature_command_topic=topics["temperature_command_topic"],
+        temperature_state_topic=topics["temperature_state_topic"],
+        mode_command_topic=topics["mode_command_topic"],
+        mode_state_topic=topics["mode_state_topic"],
+        payload_arm=dev.payload_on if kind == "alarm" and dev.payload_on != "ON" else "ARM_AWAY",
+        payload_disarm=dev.payload_off if kind == "alarm" and dev.payload_off != "OFF" else "DISARM",
+        confirm=dev.confirm,
+        optimistic=not state_topic and kind not in ("scene", "button"),
+    )
+    if kind == "lock" and dev.state_on:
+        spec = replace(spec, state_locked=dev.state_on, state_unlocked=dev.state_off or spec.state_unlocked)
+    if base:
+        spec = replace(spec, **base)
+    return spec
+
+
+# --------------------------------------------------------------------------- runtime state
+
+
+def _num(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class Device:
+    """A device and what it last reported. Lives on the event loop."""
+
+    def __init__(self, spec: DeviceSpec) -> None:
+        self.spec = spec
+        self.state: dict[str, Any] = {}
+        self._avail: dict[int, bool] = {}
+        self._avail_latest: bool | None = None
+        self.reports = 0  # fresh (non-retained) state reports applied so far
+        self.last_report: float | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._bad_logged = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def replace_spec(self, spec: DeviceSpec) -> None:
+        """A discovery update: new topics/payloads, keep what was reported."""
+        self.spec = spec
+        self._avail = {}
+
+    @property
+    def available(self) -> bool | None:
+        """False when its availability topic(s) say offline; None when unknown or not announced."""
+        if not self.spec.availability:
+            return None
+        mode = self.spec.availability_mode
+        if mode == "latest":
+            return self._avail_latest
+        known = [self._avail.get(i) for i in range(len(self.spec.availability))]
+        if mode == "all":
+            if any(v is False for v in known):
+                return False
+            return True if all(v is True for v in known) else None
+        if any(v is True for v in known):
+            return True
+        return False if all(v is False for v in known) else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state for the model."""
+        out = dict(self.state)
+        if self.spec.type == "sensor" and self.spec.unit and "value" in out:
+            out["unit"] = self.spec.unit
+        av = self.available
+        if av is not None:
+            out["available"] = av
+        return out
+
+    # ---- messages
+    def apply(self, topic: str, payload: bytes, retained: bool, roles: Iterable[str]) -> bool:
+        """Apply one message on one of this device's topics; True if it changed anything."""
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad(topic, "payload is not UTF-8")
+            return False
+        changed = False
+        fresh = False
+        for role in roles:
+            if role.startswith("availability:"):
+                changed |= self._apply_availability(int(role.split(":", 1)[1]), text)
+                continue
+            try:
+                updates = self._parse(role, text)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self._bad(topic, f"{role} message {text[:80]!r} not understood ({exc})")
+                continue
+            if updates is None:
+                continue
+            self.state.update(updates)
+            changed = True
+            fresh = fresh or not retained
+        if fresh:
+            self.reports += 1
+            self.last_report = time.monotonic()
+        if changed or fresh:
+            self._wake()
+        return changed
+
+    def _bad(self, topic: str, why: str) -> None:
+        self._bad_logged += 1
+        log = _LOG.warning if self._bad_logged <= 3 else _LOG.debug
+        log("device %r: skipping a message on %s: %s", self.name, topic, why)
+
+    def _apply_availability(self, i: int, text: str) -> bool:
+        if i >= len(self.spec.availability):
+            return False
+        av = self.spec.availability[i]
+        value = av.template.render_value(text) if av.template is not None else text
+        if value == av.payload_available:
+            ok = True
+        elif value == av.payload_not_available:
+            ok = False
+        else:
+            return False
+        before = self.available
+        self._avail[i] = ok
+        self._avail_latest = ok
+        return before != self.available
+
+    def _value(self, tpl: Template | None, text: str) -> str | None:
+        return tpl.render_value(text) if tpl is not None else text
+
+    def _parse(self, role: str, text: str) -> dict[str, Any] | None:
+        s = self.spec
+        if role == "state":
+            if s.schema == "json":
+                return self._parse_json_light(text)
+            raw = self._value(s.value_template, text)
+            if raw is None:
+                return None
+            return self._parse_state_word(raw.strip())
+        if role == "brightness":
+            v = _num(self._value(s.brightness_value_template, text))
+            if v is None:
+                raise ValueError("not a number")
+            return {"brightness": int(round(max(0.0, min(100.0, v * 100.0 / s.brightness_scale))))}
+        if role == "rgb":
+            raw = self._value(s.rgb_value_template, text)
+            if raw is None:
+                return None
+            r, g, b = (float(p) for p in raw.split(","))
+            return {"color": rgb_to_hex(r, g, b)}
+        if role == "position":
+            v = _num(self._value(s.position_template, text))
+            if v is None:
+                if s.position_topic == s.state_topic:  # a shared JSON message without a position
+                    return None
+                raise ValueError("not a number")
+            span = s.position_open - s.position_closed or 100
+            pct = (v - s.position_closed) * 100.0 / span
+            return {"position": int(round(max(0.0, min(100.0, pct))))}
+        if role in ("temperature", "current_temperature"):
+            tpl = s.temperature_state_template if role == "temperature" else s.current_temperature_template
+            raw = self._value(tpl, text)
+            if raw is None:
+                return None
+            v = _num(raw)
+            if v is None:
+                raise ValueError("not a number")
+            return {"target_temperature" if role == "temperature" else "current_temperature": v}
+        if role == "mode":
+            raw = self._value(s.mode_state_template, text)
+            return None if raw is None else {"mode": raw.strip()}
+        return None
+
+    def _parse_state_word(self, raw: str) -> dict[str, Any] | None:
+        s = self.spec
+        t = s.type
+        if t in ("light", "switch", "fan", "binary_sensor"):
+            if raw == s.on_state:
+                return {"state": "on"}
+            if raw == s.off_state:
+                return {"state": "off"}
+            if raw in ("", "None"):
+                return None
+            raise ValueError(f"expected {s.on_state!r} or {s.off_state!r}")
+        if t in ("cover", "garage_door"):
+            words = {
+                s.state_open: "open", s.state_closed: "closed", s.state_opening: "opening",
+                s.state_closing: "closing", s.state_stopped: "stopped",
+            }
+            if raw in words:
+                return {"state": words[raw]}
+            low = raw.lower()
+            if low in ("open", "closed", "opening", "closing", "stopped"):
+                return {"state": low}
+            if raw in ("", "None"):
+                return None
+            raise ValueError("not a cover state")
+        if t == "lock":
+            words = {
+                s.state_locked: "locked", s.state_unlocked: "unlocked", s.state_locking: "locking",
+                s.state_unlocking: "unlocking", s.state_jammed: "jammed",
+            }
+            if raw in words:
+                return {"state": words[raw]}
+            if raw.lower() in ("locked", "unlocked", "locking", "unlocking", "jammed", "open"):
+                return {"state": raw.lower()}
+            if raw in ("", "None"):
+                return None
+            raise ValueError("not a lock state")
+        if t == "alarm":
+            return {"state": raw.lower()} if raw else None
+        if t == "sensor":
+            v = _num(raw)
+            return {"value": v if v is not None else raw}
+        if t == "climate":
+            return {"mode": raw} if raw else None
+        return None
+
+    def _parse_json_light(self, text: str) -> dict[str, Any] | None:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        s = self.spec
+        out: dict[str, Any] = {}
+        st = data.get("state")
+        if isinstance(st, str):
+            if st.upper() == "ON":
+                out["state"] = "on"
+            elif st.upper() == "OFF":
+                out["state"] = "off"
+        b = data.get("brightness")
+        if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b):
+            out["brightness"] = int(round(max(0.0, min(100.0, b * 100.0 / s.brightness_scale))))
+        color = _color_from_json(data.get("color"))
+        if color:
+            out["color"] = color
+        return out or None
+
+    # ---- waiting for reports
+    def next_report(self) -> asyncio.Future[None]:
+        """A future resolved at the next applied message."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(fut)
+        return fut
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def normalize_name(name: str) -> str:
+    """Case- and space-insensitive form of a spoken name."""
+    return " ".join(name.casefold().replace("_", " ").split())
+
+
+@dataclass
+class Lookup:
+    device: Device | None
+    suggestions: list[str] = field(default_factory=list)
+
+
+class DeviceRegistry:
+    """Devices by unique name; allow/deny lists decide which the model sees."""
+
+    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
+        self._by_key: dict[str, Device] = {}
+        self._allow = [normalize_name(p) for p in allow]
+        self._deny = [normalize_name(p) for p in deny]
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, cb: Callable[[], None]) -> None:
+        self._listeners.append(cb)
+
+    def _changed(self) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb()
+            except Exception:
+                _LOG.exception("device registry listener failed")
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, key: str) -> Device | None:
+        return self._by_key.get(key)
+
+    def all(self) -> list[Device]:
+        return list(self._by_key.values())
+
+    def _name_taken(self, name: str, key: str) -> bool:
+        n = normalize_name(name)
+        return any(normalize_name(d.name) == n and k != key for k, d in self._by_key.items())
+
+    def put(self, spec: DeviceSpec) -> Device:
+        """Add a device or update one with the same key; a clashing name gets a suffix."""
+        name = spec.name
+        if self._name_taken(name, spec.key):
+            if spec.area and not self._name_taken(f"{spec.area} {name}", spec.key):
+                name = f"{spec.area} {name}"
+            else:
+                i = 2
+                while self._name_taken(f"{name} {i}", spec.key):
+                    i += 1
+                name = f"{name} {i}"
+            _LOG.info("device name %r is taken; calling the device from %s %r", spec.name, spec.source, name)
+            spec = replace(spec, name=name)
+        dev = self._by_key.get(spec.key)
+        if dev is None:
+            dev = self._by_key[spec.key] = Device(spec)
+        else:
+            dev.replace_spec(spec)
+        self._changed()
+        return dev
+
+    def remove(self, key: str) -> Device | None:
+        dev = self._by_key.pop(key, None)
+        if dev is not None:
+            self._changed()
+        return dev
+
+    def exposed(self, dev: Device) -> bool:
+        """Whether the model may see and control this device (allow/deny lists, shell-style patterns)."""
+        n = normalize_name(dev.name)
+        if any(fnmatch.fnmatchcase(n, p) for p in self._deny):
+            return False
+        return not self._allow or any(fnmatch.fnmatchcase(n, p) for p in self._allow)
+
+    def visible(self) -> list[Device]:
+        """Exposed devices sorted by area and name."""
+        return sorted((d for d in self._by_key.values() if self.exposed(d)), key=lambda d: (d.spec.area.casefold(), d.name.casefold()))
+
+    def names(self) -> list[str]:
+        return sorted((d.name for d in self.visible()), key=str.casefold)
+
+    def command_topics(self) -> frozenset[str]:
+        """Every command topic of every exposed device: the only topics a tool may publish to."""
+        return frozenset(t for d in self.visible() for t in d.spec.command_topics())
+
+    def find(self, name: str) -> Lookup:
+        """Case-insensitive lookup among exposed devices; on a miss, the closest names."""
+        visible = self.visible()
+        n = normalize_name(name)
+        for variant in (n, n.removeprefix("the ")):
+            for d in visible:
+                if normalize_name(d.name) == variant:
+                    return Lookup(d)
+            # "kitchen ceiling light" for a device "ceiling light" in the area "kitchen"
+            hits = [d for d in visible if d.spec.area and normalize_name(f"{d.spec.area} {d.name}") == variant]
+            if len(hits) == 1:
+                return Lookup(hits[0])
+        names = {normalize_name(d.name): d.name for d in visible}
+        close = difflib.get_close_matches(n, list(names), n=3, cutoff=0.5)
+        if not close:
+            close = [k for k in names if n and (n in k or k in n)][:3]
+        return Lookup(None, [names[c] for c in close])
+
+
+__all__ = [
+    "Availability",
+    "COLOR_NAMES",
+    "CONFIRM_TYPES",
+    "DEVICE_TYPES",
+    "Device",
+    "DeviceRegistry",
+    "DeviceSpec",
+    "Lookup",
+    "READ_ONLY_TYPES",
+    "Template",
+    "TemplateError",
+    "colors_close",
+    "normalize_name",
+    "parse_color",
+    "rgb_to_xy",
+    "spec_from_config",
+]

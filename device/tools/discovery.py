@@ -1,0 +1,498 @@
+"""Home Assistant MQTT discovery: config topics -> :class:`DeviceSpec`.
+
+Topics: ``<prefix>/<component>/[<node_id>/]<object_id>/config`` (one entity) and
+``<prefix>/device/<object_id>/config`` (device-based discovery, ``cmps`` holding the entities).
+Abbreviated keys are expanded (Home Assistant's table, the part that matters here), ``~`` is the
+base topic, an empty retained payload removes the entity. Zigbee2MQTT, ESPHome and Tasmota devices
+all announce themselves this way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from device.tools.devices import Availability, DeviceSpec, Template, TemplateError
+
+_LOG = logging.getLogger(__name__)
+
+COMPONENTS = ("light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor",
+              "alarm_control_panel")
+
+# Home Assistant's abbreviations (homeassistant/components/mqtt/abbreviations.py), restricted to
+# the keys of the components above plus the generic ones.
+ABBREVIATIONS: dict[str, str] = {
+    "avty": "availability",
+    "avty_mode": "availability_mode",
+    "avty_t": "availability_topic",
+    "avty_tpl": "availability_template",
+    "bri_cmd_t": "brightness_command_topic",
+    "bri_cmd_tpl": "brightness_command_template",
+    "bri_scl": "brightness_scale",
+    "bri_stat_t": "brightness_state_topic",
+    "bri_tpl": "brightness_template",
+    "bri_val_tpl": "brightness_value_template",
+    "clrm": "color_mode",
+    "clrm_stat_t": "color_mode_state_topic",
+    "clrm_val_tpl": "color_mode_value_template",
+    "clr_temp_cmd_t": "color_temp_command_topic",
+    "clr_temp_stat_t": "color_temp_state_topic",
+    "cmd_off_tpl": "command_off_template",
+    "cmd_on_tpl": "command_on_template",
+    "cmd_t": "command_topic",
+    "cmd_tpl": "command_template",
+    "cmps": "components",
+    "curr_temp_t": "current_temperature_topic",
+    "curr_temp_tpl": "current_temperature_template",
+    "def_ent_id": "default_entity_id",
+    "dev": "device",
+    "dev_cla": "device_class",
+    "e": "encoding",
+    "en": "enabled_by_default",
+    "ent_cat": "entity_category",
+    "exp_aft": "expire_after",
+    "fan_mode_cmd_t": "fan_mode_command_topic",
+    "fan_mode_stat_t": "fan_mode_state_topic",
+    "frc_upd": "force_update",
+    "hs_cmd_t": "hs_command_topic",
+    "hs_stat_t": "hs_state_topic",
+    "hs_val_tpl": "hs_value_template",
+    "ic": "icon",
+    "json_attr_t": "json_attributes_topic",
+    "json_attr_tpl": "json_attributes_template",
+    "max_temp": "max_temp",
+    "min_temp": "min_temp",
+    "mode_cmd_t": "mode_command_topic",
+    "mode_cmd_tpl": "mode_command_template",
+    "mode_stat_t": "mode_state_topic",
+    "mode_stat_tpl": "mode_state_template",
+    "modes": "modes",
+    "name": "name",
+    "o": "origin",
+    "obj_id": "object_id",
+    "off_dly": "off_delay",
+    "on_cmd_type": "on_command_type",
+    "opt": "optimistic",
+    "osc_cmd_t": "oscillation_command_topic",
+    "osc_stat_t": "oscillation_state_topic",
+    "p": "platform",
+    "pct_cmd_t": "percentage_command_topic",
+    "pct_cmd_tpl": "percentage_command_template",
+    "pct_stat_t": "percentage_state_topic",
+    "pct_val_tpl": "percentage_value_template",
+    "pl": "payload",
+    "pl_arm_away": "payload_arm_away",
+    "pl_arm_home": "payload_arm_home",
+    "pl_arm_nite": "payload_arm_night",
+    "pl_avail": "payload_available",
+    "pl_cls": "payload_close",
+    "pl_disarm": "payload_disarm",
+    "pl_lock": "payload_lock",
+    "pl_not_avail": "payload_not_available",
+    "pl_off": "payload_off",
+    "pl_on": "payload_on",
+    "pl_open": "payload_open",
+    "pl_prs": "payload_press",
+    "pl_stop": "payload_stop",
+    "pl_unlk": "payload_unlock",
+    "pos_clsd": "position_closed",
+    "pos_open": "position_open",
+    "pos_t": "position_topic",
+    "pos_tpl": "position_template",
+    "pow_cmd_t": "power_command_topic",
+    "pow_cmd_tpl": "power_command_template",
+    "pr_mode_cmd_t": "preset_mode_command_topic",
+    "pr_mode_stat_t": "preset_mode_state_topic",
+    "pr_modes": "preset_modes",
+    "ret": "retain",
+    "rgb_cmd_t": "rgb_command_topic",
+    "rgb_cmd_tpl": "rgb_command_template",
+    "rgb_stat_t": "rgb_state_topic",
+    "rgb_val_tpl": "rgb_value_template",
+    "set_pos_t": "set_position_topic",
+    "set_pos_tpl": "set_position_template",
+    "stat_cla": "state_class",
+    "stat_closing": "state_closing",
+    "stat_clsd": "state_closed",
+    "stat_jam": "state_jammed",
+    "stat_locked": "state_locked",
+    "stat_locking": "state_locking",
+    "stat_off": "state_off",
+    "stat_on": "state_on",
+    "stat_open": "state_open",
+    "stat_opening": "state_opening",
+    "stat_stopped": "state_stopped",
+    "stat_t": "state_topic",
+    "stat_tpl": "state_template",
+    "stat_unlocked": "state_unlocked",
+    "stat_unlocking": "state_unlocking",
+    "stat_val_tpl": "state_value_template",
+    "step": "step",
+    "sup_clrm": "supported_color_modes",
+    "sup_feat": "supported_features",
+    "t": "topic",
+    "temp_cmd_t": "temperature_command_topic",
+    "temp_cmd_tpl": "temperature_command_template",
+    "temp_stat_t": "temperature_state_topic",
+    "temp_stat_tpl": "temperature_state_template",
+    "temp_step": "temp_step",
+    "temp_unit": "temperature_unit",
+    "uniq_id": "unique_id",
+    "unit_of_meas": "unit_of_measurement",
+    "val_tpl": "value_template",
+    "xy_cmd_t": "xy_command_topic",
+    "xy_stat_t": "xy_state_topic",
+    "xy_val_tpl": "xy_value_template",
+}
+
+DEVICE_ABBREVIATIONS: dict[str, str] = {
+    "cns": "connections",
+    "cu": "configuration_url",
+    "hw": "hw_version",
+    "ids": "identifiers",
+    "mdl": "model",
+    "mdl_id": "model_id",
+    "mf": "manufacturer",
+    "name": "name",
+    "sa": "suggested_area",
+    "sn": "serial_number",
+    "sw": "sw_version",
+    "via_device": "via_device",
+}
+
+ORIGIN_ABBREVIATIONS: dict[str, str] = {"name": "name", "sw": "sw_version", "url": "support_url"}
+
+TOPIC_BASE = "~"
+
+_ID = r"[A-Za-z0-9_-]+"
+
+
+@dataclass(frozen=True)
+class DiscoveryTopic:
+    component: str
+    node_id: str
+    object_id: str
+
+
+def parse_topic(topic: str, prefix: str) -> DiscoveryTopic | None:
+    """Split ``<prefix>/<component>/[<node_id>/]<object_id>/config``; None if it is not one."""
+    m = re.fullmatch(rf"{re.escape(prefix)}/({_ID})/(?:({_ID})/)?({_ID})/config", topic)
+    if not m:
+        return None
+    return DiscoveryTopic(m.group(1), m.group(2) or "", m.group(3))
+
+
+def expand(payload: dict[str, Any]) -> dict[str, Any]:
+    """Expand abbreviated keys (entity, device, origin, availability entries) and the ``~`` base topic."""
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        out[ABBREVIATIONS.get(key, key)] = value
+    if isinstance(out.get("device"), dict):
+        out["device"] = {DEVICE_ABBREVIATIONS.get(k, k): v for k, v in out["device"].items()}
+    if isinstance(out.get("origin"), dict):
+        out["origin"] = {ORIGIN_ABBREVIATIONS.get(k, k): v for k, v in out["origin"].items()}
+    avty = out.get("availability")
+    if isinstance(avty, list):
+        out["availability"] = [
+            {ABBREVIATIONS.get(k, k): v for k, v in entry.items()} if isinstance(entry, dict) else entry for entry in avty
+        ]
+    if TOPIC_BASE in out:
+        base = out.pop(TOPIC_BASE)
+        if isinstance(base, str):
+            for key, value in list(out.items()):
+                if key.endswith("topic") and isinstance(value, str) and value:
+                    out[key] = _apply_base(value, base)
+            if isinstance(out.get("availability"), list):
+                for entry in out["availability"]:
+                    if isinstance(entry, dict) and isinstance(entry.get("topic"), str) and entry["topic"]:
+                        entry["topic"] = _apply_base(entry["topic"], base)
+    return out
+
+
+def _apply_base(value: str, base: str) -> str:
+    if value.startswith(TOPIC_BASE):
+        return base + value[1:]
+    if value.endswith(TOPIC_BASE):
+        return value[:-1] + base
+    return value
+
+
+class DiscoveryError(ValueError):
+    """A discovery config we cannot use; the message says why."""
+
+
+def _s(cfg: dict[str, Any], key: str, default: str = "") -> str:
+    v = cfg.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool):
+        return "True" if v else "False"  # Home Assistant coerces payloads with str()
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    raise DiscoveryError(f"{key!r} must be a string, got {type(v).__name__}")
+
+
+def _topic(cfg: dict[str, Any], key: str) -> str:
+    t = _s(cfg, key)
+    if t and ("#" in t or "+" in t or "\x00" in t):
+        raise DiscoveryError(f"{key} {t!r} contains a wildcard")
+    return t
+
+
+def _tpl(cfg: dict[str, Any], key: str) -> Template | None:
+    text = _s(cfg, key)
+    if not text:
+        return None
+    try:
+        return Template(text)
+    except TemplateError as exc:
+        raise DiscoveryError(f"{key}: {exc}") from None
+
+
+def _num(cfg: dict[str, Any], key: str, default: float) -> float:
+    v = cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise DiscoveryError(f"{key!r} must be a number, got {v!r}") from None
+    return float(v)
+
+
+def entity_name(cfg: dict[str, Any], d: DiscoveryTopic) -> str:
+    """Home Assistant's naming: device name + entity name; ``name: null`` means the device's own name."""
+    device = cfg.get("device") if isinstance(cfg.get("device"), dict) else {}
+    dev_name = device.get("name") if isinstance(device.get("name"), str) else ""
+    name = cfg.get("name", "")
+    name = name if isinstance(name, str) else ""
+    dev_name, name = dev_name.strip(), name.strip()
+    if dev_name and name:
+        return name if name.casefold().startswith(dev_name.casefold()) else f"{dev_name} {name}"
+    if dev_name or name:
+        return dev_name or name
+    return d.object_id.replace("_", " ")
+
+
+def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any]) -> DeviceSpec | None:
+    """One entity's config -> DeviceSpec; None for entities the model should not see (diagnostics,
+    disabled ones, unsupported components). Raises DiscoveryError when the config is unusable."""
+    cfg = expand(raw)
+    component = d.component
+    if component not in COMPONENTS:
+        return None
+    if cfg.get("entity_category") in ("diagnostic", "config") or cfg.get("enabled_by_default") is False:
+        return None
+    device = cfg.get("device") if isinstance(cfg.get("device"), dict) else {}
+    area = device.get("suggested_area") or cfg.get("suggested_area") or ""
+    area = area.strip() if isinstance(area, str) else ""
+    device_class = _s(cfg, "device_class")
+    kind = {"alarm_control_panel": "alarm"}.get(component, component)
+    if component == "cover" and device_class in ("garage", "gate", "door"):
+        kind = "garage_door"
+
+    availability: list[Availability] = []
+    avty_tpl = _tpl(cfg, "availability_template")
+    if _topic(cfg, "availability_topic"):
+        availability.append(Availability(
+            _topic(cfg, "availability_topic"),
+            _s(cfg, "payload_available", "online"),
+            _s(cfg, "payload_not_available", "offline"),
+            avty_tpl,
+        ))
+    entries = cfg.get("availability")
+    if isinstance(entries, list):
+        for entry in entries:
+            if not isinstance(entry, dict) or not _topic(entry, "topic"):
+                raise DiscoveryError("availability entries need a 'topic'")
+            availability.append(Availability(
+                _topic(entry, "topic"),
+                _s(entry, "payload_available", "online"),
+                _s(entry, "payload_not_available", "offline"),
+                _tpl(entry, "value_template"),
+            ))
+    mode = _s(cfg, "availability_mode", "latest")
+    if mode not in ("latest", "all", "any"):
+        mode = "latest"
+
+    schema = "json" if _s(cfg, "schema", "default") == "json" else "default"
+    if schema == "json" and component != "light":
+        schema = "default"
+    color_modes = cfg.get("supported_color_modes")
+    color_modes_t = tuple(str(m) for m in color_modes) if isinstance(color_modes, list) else ()
+    if schema == "json" and not color_modes_t and cfg.get("rgb") is True:
+        color_modes_t = ("rgb",)
+    if schema == "json" and not color_modes_t and cfg.get("xy") is True:
+        color_modes_t = ("xy",)
+
+    common: dict[str, Any] = dict(
+        key=f"discovery:{topic}",
+        name=entity_name(cfg, d),
+        type=kind,
+        area=area,
+        source="discovery",
+        schema=schema,
+        device_class=device_class,
+        command_topic=_topic(cfg, "command_topic"),
+        command_template=_tpl(cfg, "command_template"),
+        state_topic=_topic(cfg, "state_topic"),
+        value_template=_tpl(cfg, "value_template") or _tpl(cfg, "state_value_template"),
+        availability=tuple(availability),
+        availability_mode=mode,
+        optimistic=bool(cfg.get("optimistic")),
+    )
+    c = cfg
+    if kind == "light":
+        common.update(
+            payload_on=_s(c, "payload_on", "ON"),
+            payload_off=_s(c, "payload_off", "OFF"),
+            brightness_command_topic=_topic(c, "brightness_command_topic"),
+            brightness_command_template=_tpl(c, "brightness_command_template"),
+            brightness_state_topic=_topic(c, "brightness_state_topic"),
+            brightness_value_template=_tpl(c, "brightness_value_template"),
+            brightness_scale=max(1, int(_num(c, "brightness_scale", 255))),
+            rgb_command_topic=_topic(c, "rgb_command_topic"),
+            rgb_command_template=_tpl(c, "rgb_command_template"),
+            rgb_state_topic=_topic(c, "rgb_state_topic"),
+            rgb_value_template=_tpl(c, "rgb_value_template"),
+            json_brightness=c.get("brightness", True) is not False,
+            color_modes=color_modes_t,
+        )
+        if schema == "json" and not common["command_topic"]:
+            raise DiscoveryError("a JSON light needs a command_topic")
+    elif kind in ("switch", "fan"):
+        common.update(
+            payload_on=_s(c, "payload_on", "ON"),
+            payload_off=_s(c, "payload_off", "OFF"),
+            state_on=_s(c, "state_on"),
+            state_off=_s(c, "state_off"),
+        )
+    elif kind == "binary_sensor":
+        common.update(payload_on=_s(c, "payload_on", "ON"), payload_off=_s(c, "payload_off", "OFF"))
+    elif kind in ("cover", "garage_door"):
+        common.update(
+            payload_open=_s(c, "payload_open", "OPEN"),
+            payload_close=_s(c, "payload_close", "CLOSE"),
+            payload_stop=_s(c, "payload_stop", "STOP"),
+            state_open=_s(c, "state_open", "open"),
+            state_closed=_s(c, "state_closed", "closed"),
+            state_opening=_s(c, "state_opening", "opening"),
+            state_closing=_s(c, "state_closing", "closing"),
+            state_stopped=_s(c, "state_stopped", "stopped"),
+            position_topic=_topic(c, "position_topic"),
+            position_template=_tpl(c, "position_template"),
+            position_command_topic=_topic(c, "set_position_topic"),
+            position_command_template=_tpl(c, "set_position_template"),
+            position_open=int(_num(c, "position_open", 100)),
+            position_closed=int(_num(c, "position_closed", 0)),
+        )
+    elif kind == "lock":
+        common.update(
+            payload_lock=_s(c, "payload_lock", "LOCK"),
+            payload_unlock=_s(c, "payload_unlock", "UNLOCK"),
+            state_locked=_s(c, "state_locked", "LOCKED"),
+            state_unlocked=_s(c, "state_unlocked", "UNLOCKED"),
+            state_locking=_s(c, "state_locking", "LOCKING"),
+            state_unlocking=_s(c, "state_unlocking", "UNLOCKING"),
+            state_jammed=_s(c, "state_jammed", "JAMMED"),
+        )
+    elif kind == "alarm":
+        common.update(payload_arm=_s(c, "payload_arm_away", "ARM_AWAY"), payload_disarm=_s(c, "payload_disarm", "DISARM"))
+    elif kind == "climate":
+        modes = c.get("modes")
+        unit = _s(c, "temperature_unit", "C").upper()
+        common.update(
+            temperature_command_topic=_topic(c, "temperature_command_topic"),
+            temperature_command_template=_tpl(c, "temperature_command_template"),
+            temperature_state_topic=_topic(c, "temperature_state_topic"),
+            temperature_state_template=_tpl(c, "temperature_state_template"),
+            current_temperature_topic=_topic(c, "current_temperature_topic"),
+            current_temperature_template=_tpl(c, "current_temperature_template"),
+            mode_command_topic=_topic(c, "mode_command_topic"),
+            mode_command_template=_tpl(c, "mode_command_template"),
+            mode_state_topic=_topic(c, "mode_state_topic"),
+            mode_state_template=_tpl(c, "mode_state_template"),
+            modes=tuple(str(m) for m in modes) if isinstance(modes, list) and modes else ("auto", "off", "cool", "heat", "dry", "fan_only"),
+            min_temp=_num(c, "min_temp", 45.0 if unit == "F" else 7.0),
+            max_temp=_num(c, "max_temp", 95.0 if unit == "F" else 35.0),
+            power_command_topic=_topic(c, "power_command_topic"),
+            payload_on=_s(c, "payload_on", "ON"),
+            payload_off=_s(c, "payload_off", "OFF"),
+        )
+    elif kind == "scene":
+        common.update(payload_on=_s(c, "payload_on", "ON"))
+    elif kind == "button":
+        common.update(payload_press=_s(c, "payload_press", "PRESS"))
+    elif kind == "sensor":
+        common.update(unit=_s(c, "unit_of_measurement"))
+
+    if kind not in ("sensor", "binary_sensor") and not any(
+        common.get(k) for k in ("command_topic", "temperature_command_topic", "mode_command_topic", "position_command_topic",
+                                "brightness_command_topic", "power_command_topic")
+    ):
+        raise DiscoveryError(f"a {component} needs a command topic")
+    if kind in ("sensor", "binary_sensor") and not common["state_topic"]:
+        raise DiscoveryError(f"a {component} needs a state_topic")
+    return DeviceSpec(**common)
+
+
+def parse_message(topic: str, payload: bytes, prefix: str) -> list[tuple[str, DeviceSpec | None]]:
+    """A discovery message -> [(key, spec or None to remove)]. Raises DiscoveryError when malformed."""
+    d = parse_topic(topic, prefix)
+    if d is None:
+        raise DiscoveryError("not a discovery config topic")
+    if not payload.strip():
+        if d.component == "device":
+            return [(f"discovery:{topic}#", None)]
+        return [(f"discovery:{topic}", None)]
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DiscoveryError(f"payload is not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DiscoveryError("payload must be a JSON object")
+    if d.component != "device":
+        return [(f"discovery:{topic}", spec_from_discovery(topic, d, raw))]
+    # Device-based discovery: shared keys at the top, one entity per entry of "components".
+    base = raw.get(TOPIC_BASE)
+    top = expand(raw)
+    comps = top.pop("components", None)
+    if not isinstance(comps, dict):
+        raise DiscoveryError("device discovery needs a 'components' object")
+    results: list[tuple[str, DeviceSpec | None]] = []
+    for comp_id, comp in comps.items():
+        key = f"discovery:{topic}#{comp_id}"
+        if not isinstance(comp, dict):
+            raise DiscoveryError(f"component {comp_id!r} must be an object")
+        if isinstance(base, str) and TOPIC_BASE not in comp:
+            comp = {TOPIC_BASE: base, **comp}
+        entity = expand(comp)
+        platform = entity.pop("platform", None)
+        if not isinstance(platform, str) or platform not in COMPONENTS:
+            results.append((key, None))
+            continue
+        merged = {**top, **entity}  # shared options at device level, the entity's own win
+        sub = DiscoveryTopic(platform, d.object_id, str(comp_id))
+        spec = spec_from_discovery(topic, sub, merged)
+        if spec is not None:
+            spec = DeviceSpec(**{**spec.__dict__, "key": key})
+        results.append((key, spec))
+    return results
+
+
+__all__ = [
+    "ABBREVIATIONS",
+    "COMPONENTS",
+    "DEVICE_ABBREVIATIONS",
+    "DiscoveryError",
+    "DiscoveryTopic",
+    "entity_name",
+    "expand",
+    "parse_message",
+    "parse_topic",
+    "spec_from_discovery",
+]

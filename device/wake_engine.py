@@ -1,0 +1,303 @@
+"""openWakeWord inference on TFLite through ctypes: one thread and the XNNPACK delegate.
+
+The maths (mel spectrogram -> embeddings -> wake model, with pyopen-wakeword's windowing and
+scaling) reproduce :mod:`pyopen_wakeword` exactly, so scores equal its own; the differences are
+the interpreter options (pyopen-wakeword uses the library defaults: many threads, no XNNPACK) and
+that the streaming state lives in preallocated buffers, so an 80 ms frame allocates almost nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+CHUNK = 1280  # 80 ms
+MEL_SAMPLES = 1760  # audio per mel window (hop 1280)
+NUM_MELS = 32
+EMB_WINDOW = 76  # mel frames per embedding
+EMB_STEP = 8
+EMB_FEATURES = 96
+AUTOFILL_SAMPLES = 8 * SAMPLE_RATE  # pyopen-wakeword starts with 8 s of "new" silence
+
+BUILTIN_MODELS = ("hey_jarvis", "alexa", "okay_nabu", "hey_mycroft", "hey_rhasspy")
+
+
+class EngineError(Exception):
+    """The TFLite library or a model could not be loaded or run."""
+
+
+def package_dir() -> Path:
+    """Directory of the installed pyopen_wakeword package (models and lib/)."""
+    import pyopen_wakeword
+
+    return Path(pyopen_wakeword.__file__).resolve().parent
+
+
+def builtin_model_path(name: str) -> Path:
+    return package_dir() / "models" / f"{name}.tflite"
+
+
+def find_tflite_library() -> Path:
+    """pyopen-wakeword's bundled libtensorflowlite_c."""
+    libs = sorted((package_dir() / "lib").glob("*tensorflowlite_c.*"))
+    if not libs:
+        raise EngineError(f"no libtensorflowlite_c in {package_dir() / 'lib'} (is pyopen-wakeword installed for this platform?)")
+    return libs[0]
+
+
+class _XnnOptions(C.Structure):
+    # Only the leading fields are stable across TFLite versions; the padding absorbs the rest
+    # (the struct is returned through memory on x86-64 and aarch64, so a larger buffer is safe).
+    _fields_ = [("num_threads", C.c_int32), ("flags", C.c_uint32), ("_rest", C.c_uint8 * 248)]
+
+
+_LIB: C.CDLL | None = None
+
+
+def _lib() -> C.CDLL:
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    path = find_tflite_library()
+    try:
+        lib = C.CDLL(str(path), mode=os.RTLD_GLOBAL)
+    except OSError as exc:
+        raise EngineError(f"cannot load {path}: {exc}") from None
+    vp, i32, sz = C.c_void_p, C.c_int32, C.c_size_t
+    sigs: dict[str, tuple[list, object]] = {
+        "TfLiteModelCreateFromFile": ([C.c_char_p], vp),
+        "TfLiteModelDelete": ([vp], None),
+        "TfLiteInterpreterOptionsCreate": ([], vp),
+        "TfLiteInterpreterOptionsDelete": ([vp], None),
+        "TfLiteInterpreterOptionsSetNumThreads": ([vp, i32], None),
+        "TfLiteInterpreterOptionsAddDelegate": ([vp, vp], None),
+        "TfLiteXNNPackDelegateOptionsDefault": ([], _XnnOptions),
+        "TfLiteXNNPackDelegateCreate": ([C.POINTER(_XnnOptions)], vp),
+        "TfLiteXNNPackDelegateDelete": ([vp], None),
+        "TfLiteInterpreterCreate": ([vp, vp], vp),
+        "TfLiteInterpreterDelete": ([vp], None),
+        "TfLiteInterpreterResizeInputTensor": ([vp, i32, C.POINTER(i32), i32], C.c_int),
+        "TfLiteInterpreterAllocateTensors": ([vp], C.c_int),
+        "TfLiteInterpreterInvoke": ([vp], C.c_int),
+        "TfLiteInterpreterGetInputTensor": ([vp, i32], vp),
+        "TfLiteInterpreterGetOutputTensor": ([vp, i32], vp),
+        "TfLiteTensorNumDims": ([vp], i32),
+        "TfLiteTensorDim": ([vp, i32], i32),
+        "TfLiteTensorByteSize": ([vp], sz),
+        "TfLiteTensorType": ([vp], C.c_int),
+        "TfLiteTensorCopyFromBuffer": ([vp, vp, sz], C.c_int),
+        "TfLiteTensorCopyToBuffer": ([vp, vp, sz], C.c_int),
+    }
+    for name, (argtypes, restype) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    _LIB = lib
+    return lib
+
+
+_FLOAT32 = 1  # kTfLiteFloat32
+
+
+class TfLiteModel:
+    """One .tflite model in an interpreter with ``threads`` threads and (optionally) XNNPACK."""
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 1, xnnpack: bool = True,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        self.path = Path(path)
+        lib = self._lib = _lib()
+        self._model = self._options = self._delegate = self._interp = None
+        if not self.path.is_file():
+            raise EngineError(f"wake model file {self.path} does not exist")
+        self._model = lib.TfLiteModelCreateFromFile(str(self.path).encode())
+        if not self._model:
+            raise EngineError(f"{self.path} is not a valid TFLite model")
+        self._options = lib.TfLiteInterpreterOptionsCreate()
+        lib.TfLiteInterpreterOptionsSetNumThreads(self._options, threads)
+        if xnnpack:
+            opts = lib.TfLiteXNNPackDelegateOptionsDefault()
+            opts.num_threads = threads
+            self._delegate = lib.TfLiteXNNPackDelegateCreate(C.byref(opts))
+            if not self._delegate:
+                raise EngineError("TfLiteXNNPackDelegateCreate failed")
+            lib.TfLiteInterpreterOptionsAddDelegate(self._options, self._delegate)
+        self._interp = lib.TfLiteInterpreterCreate(self._model, self._options)
+        if not self._interp:
+            self.close()
+            raise EngineError(f"cannot create a TFLite interpreter for {self.path}")
+        if input_shape is not None:
+            dims = (C.c_int32 * len(input_shape))(*input_shape)
+            if lib.TfLiteInterpreterResizeInputTensor(self._interp, 0, dims, len(input_shape)) != 0:
+                self.close()
+                raise EngineError(f"{self.path}: cannot resize input to {input_shape}")
+        if lib.TfLiteInterpreterAllocateTensors(self._interp) != 0:
+            self.close()
+            raise EngineError(f"{self.path}: cannot allocate tensors")
+        self._in = lib.TfLiteInterpreterGetInputTensor(self._interp, 0)
+        self._out = lib.TfLiteInterpreterGetOutputTensor(self._interp, 0)
+        if lib.TfLiteTensorType(self._in) != _FLOAT32 or lib.TfLiteTensorType(self._out) != _FLOAT32:
+            self.close()
+            raise EngineError(f"{self.path}: expected float32 input and output tensors")
+        self.input_shape = tuple(lib.TfLiteTensorDim(self._in, i) for i in range(lib.TfLiteTensorNumDims(self._in)))
+        self.input_bytes = int(lib.TfLiteTensorByteSize(self._in))
+        self.output_bytes = int(lib.TfLiteTensorByteSize(self._out))
+        # Bound methods fetched once: the per-frame path is three ctypes calls per model.
+        self._copy_in = lib.TfLiteTensorCopyFromBuffer
+        self._invoke = lib.TfLiteInterpreterInvoke
+        self._copy_out = lib.TfLiteTensorCopyToBuffer
+
+    def run(self, src_addr: int, dst_addr: int) -> None:
+        """Copy ``input_bytes`` from ``src_addr``, invoke, copy ``output_bytes`` to ``dst_addr``."""
+        if self._copy_in(self._in, src_addr, self.input_bytes) or self._invoke(self._interp) \
+                or self._copy_out(self._out, dst_addr, self.output_bytes):
+            raise EngineError(f"{self.path.name}: TFLite inference failed")
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._interp:
+            lib.TfLiteInterpreterDelete(self._interp)
+            self._interp = None
+        if self._delegate:
+            lib.TfLiteXNNPackDelegateDelete(self._delegate)
+            self._delegate = None
+        if self._options:
+            lib.TfLiteInterpreterOptionsDelete(self._options)
+            self._options = None
+        if self._model:
+            lib.TfLiteModelDelete(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Rows:
+    """A float32 window store: append rows, read the last ``window`` rows as one contiguous block.
+
+    Appends go to the end of a larger buffer; when it is full the tail is moved to the front
+    (rarely), so no per-frame shifting or allocation.
+    """
+
+    def __init__(self, width: int, window: int, spare: int = 64) -> None:
+        self.width = width
+        self.keep = window + spare
+        self.buf = np.zeros((self.keep * 8, width), dtype=np.float32)
+        self.end = self.keep  # rows [0, end) are valid; zeros before real data
+        self.addr = self.buf.ctypes.data
+        self.row_bytes = width * 4
+
+    def reserve(self, rows: int) -> int:
+        """Make room for ``rows`` new rows; returns the row index they start at."""
+        if self.end + rows > len(self.buf):
+            self.buf[: self.keep] = self.buf[self.end - self.keep : self.end]
+            self.end = self.keep
+        start = self.end
+        self.end += rows
+        return start
+
+    def address(self, row: int) -> int:
+        return self.addr + row * self.row_bytes
+
+    def reset(self) -> None:
+        self.buf.fill(0.0)
+        self.end = self.keep
+
+
+class OpenWakeWordEngine:
+    """Streaming openWakeWord: 16 kHz S16 mono in, one wake-model score per 80 ms out."""
+
+    def __init__(self, model_path: str | os.PathLike[str], *, threads: int = 1, xnnpack: bool = True) -> None:
+        models = package_dir() / "models"
+        self.mel = TfLiteModel(models / "melspectrogram.tflite", threads=threads, xnnpack=xnnpack, input_shape=(1, MEL_SAMPLES))
+        self.emb = TfLiteModel(models / "embedding_model.tflite", threads=threads, xnnpack=xnnpack,
+                               input_shape=(1, EMB_WINDOW, NUM_MELS, 1))
+        self.ww = TfLiteModel(model_path, threads=threads, xnnpack=xnnpack)
+        shape = self.ww.input_shape
+        if len(shape) != 3 or shape[2] != EMB_FEATURES or self.ww.output_bytes != 4:
+            raise EngineError(f"{model_path}: not an openWakeWord model (input {shape}, expected (1, N, {EMB_FEATURES}))")
+        self.windows = shape[1]
+        self.mel_frames = self.mel.output_bytes // (4 * NUM_MELS)
+        # Audio: rows of 1 sample; mel input is the contiguous block of MEL_SAMPLES samples.
+        self._audio = _Rows(1, MEL_SAMPLES + CHUNK, spare=CHUNK * 4)
+        self._mels = _Rows(NUM_MELS, EMB_WINDOW, spare=EMB_STEP * 16)
+        self._embs = _Rows(EMB_FEATURES, self.windows, spare=32)
+        self._score = np.zeros(1, dtype=np.float32)
+        self._score_addr = self._score.ctypes.data
+        self._zeros = np.zeros(MEL_SAMPLES, dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state of a fresh start (8 s of silence pending, no mels, no embeddings)."""
+        self._audio.reset()
+        self._mels.reset()
+        self._embs.reset()
+        self._new_audio = AUTOFILL_SAMPLES
+        self._new_mels = 0
+        self._new_embs = 0
+
+    def process(self, pcm: bytes) -> float:
+        """Feed S16LE mono samples (80 ms normally); returns the highest new score (0.0 if none)."""
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        best = 0.0
+        for i in range(0, len(samples), CHUNK):
+            best = max(best, self._process_chunk(samples[i : i + CHUNK]))
+        return best
+
+    def _process_chunk(self, chunk: np.ndarray) -> float:
+        n = len(chunk)
+        audio = self._audio
+        row = audio.reserve(n)
+        audio.buf[row : row + n, 0] = chunk  # int16 -> float32
+        # Cap like pyopen-wakeword's 10 s buffer (matters only for the autofill).
+        self._new_audio = min(self._new_audio + n, 10 * SAMPLE_RATE)
+        best = 0.0
+        while self._new_audio >= MEL_SAMPLES:
+            start = audio.end - self._new_audio
+            if start >= 0:
+                src = audio.address(start)
+            else:
+                # Only right after a start/reset: the window reaches into the autofilled silence.
+                zeros = self._zeros
+                k = min(-start, MEL_SAMPLES)
+                zeros[:k] = 0.0
+                zeros[k:] = audio.buf[0 : MEL_SAMPLES - k, 0]
+                src = zeros.ctypes.data
+            self._new_audio = max(0, self._new_audio - CHUNK)
+            best = max(best, self._mel_step(src))
+        return best
+
+    def _mel_step(self, src: int) -> float:
+        mels = self._mels
+        nf = self.mel_frames
+        row = mels.reserve(nf)
+        self.mel.run(src, mels.address(row))
+        block = mels.buf[row : row + nf]
+        np.divide(block, 10, out=block)  # same arithmetic as pyopen-wakeword: mels / 10 + 2
+        np.add(block, 2, out=block)
+        self._new_mels = min(self._new_mels + nf, 970)
+        best = 0.0
+        while self._new_mels >= EMB_WINDOW:
+            start = mels.end - self._new_mels
+            self._new_mels = max(0, self._new_mels - EMB_STEP)
+            embs = self._embs
+            erow = embs.reserve(1)
+            self.emb.run(mels.address(start), embs.address(erow))
+            self._new_embs = min(self._new_embs + 1, 80)
+            while self._new_embs >= self.windows:
+                self.ww.run(embs.address(embs.end - self._new_embs), self._score_addr)
+                self._new_embs = max(0, self._new_embs - 1)
+                score = float(self._score[0])
+                if score > best:
+                    best = score
+        return best
+
+    def close(self) -> None:
+        for m in (self.mel, self.emb, self.ww):
+            m.close()

@@ -1,0 +1,105 @@
+"""The mute state and volume survive a restart; a broken state file never stops the speaker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from device.config import AudioConfig, Settings, StateConfig
+from device.state_store import FILENAME, SavedState, StateStore
+
+
+def test_round_trip_survives_a_restart(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state", default_volume=70)
+    assert store.load() == SavedState(muted=False, volume=70)
+    assert store.save(SavedState(muted=True, volume=33))
+
+    restarted = StateStore(tmp_path / "state", default_volume=70)
+    assert restarted.load() == SavedState(muted=True, volume=33)
+    assert json.loads((tmp_path / "state" / FILENAME).read_text()) == {"muted": True, "volume": 33}
+
+
+def test_update_changes_one_field_and_persists(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.load()
+    assert store.update(volume=45) == SavedState(muted=False, volume=45)
+    assert store.update(muted=True) == SavedState(muted=True, volume=45)
+    assert store.update(volume=250).volume == 100  # clamped
+    assert StateStore(tmp_path).load() == SavedState(muted=True, volume=100)
+
+
+def test_for_settings_uses_state_dir_and_configured_volume(tmp_path: Path) -> None:
+    settings = Settings(path=tmp_path / "speaker.toml", audio=AudioConfig(volume=55), state=StateConfig(dir=str(tmp_path / "s")))
+    store = StateStore.for_settings(settings)
+    assert store.path == tmp_path / "s" / FILENAME
+    assert store.load() == SavedState(muted=False, volume=55)
+
+
+def test_missing_file_gives_defaults(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "device.state_store")
+    assert StateStore(tmp_path / "nowhere", default_volume=20).load() == SavedState(False, 20)
+    assert "no saved state" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{\"muted\": tr", b"\x00\xff\xfe garbage", b"[1, 2]", b"", b"null"],
+    ids=["truncated", "binary", "list", "empty", "null"],
+)
+def test_corrupt_file_is_logged_and_defaults_used(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+    (tmp_path / FILENAME).write_bytes(content)
+    store = StateStore(tmp_path, default_volume=64)
+    assert store.load() == SavedState(muted=False, volume=64)
+    assert str(tmp_path / FILENAME) in caplog.text
+    # and the next save repairs it
+    assert store.save(SavedState(True, 10))
+    assert StateStore(tmp_path).load() == SavedState(True, 10)
+
+
+def test_invalid_fields_fall_back_one_by_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / FILENAME).write_text(json.dumps({"muted": True, "volume": "loud"}))
+    assert StateStore(tmp_path, default_volume=50).load() == SavedState(muted=True, volume=50)
+    assert "'volume' must be an integer 0-100" in caplog.text
+
+    (tmp_path / FILENAME).write_text(json.dumps({"muted": "yes", "volume": 12}))
+    assert StateStore(tmp_path, default_volume=50).load() == SavedState(muted=False, volume=12)
+    assert "'muted' must be true or false" in caplog.text
+
+    (tmp_path / FILENAME).write_text(json.dumps({"muted": True, "volume": 101}))
+    assert StateStore(tmp_path, default_volume=50).load().volume == 50
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path)
+    assert store.save(SavedState(True, 40))
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    assert store.save(SavedState(False, 90)) is False
+    assert "cannot save state" in caplog.text and "No space left" in caplog.text
+    monkeypatch.undo()
+    assert StateStore(tmp_path).load() == SavedState(True, 40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
+
+
+def test_unwritable_state_dir_is_survivable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = StateStore(blocker / "state")
+    assert store.load() == SavedState()
+    assert store.save(SavedState(True, 1)) is False
+    assert store.update(muted=True).muted is True  # holds in memory until restart
+    assert str(blocker / "state") in caplog.text
+
+
+def test_stale_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
+    (tmp_path / f".{FILENAME}.abc123.tmp").write_text('{"muted": tr')
+    (tmp_path / FILENAME).write_text('{"muted": true, "volume": 5}')
+    assert StateStore(tmp_path).load() == SavedState(True, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
