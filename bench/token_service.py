@@ -215,6 +215,28 @@ def run(kind: str, requests: int, concurrencies: list[int], n_devices: int) -> l
     return rows
 
 
+def identify_timing(n_devices: int, rounds: int = 20000) -> dict[str, float]:
+    """ns per identify() for the first device, the last one and an unknown secret: they should match."""
+    from services.tokens import TokenService
+    from services.tokens_config import DeviceEntry, TokenServiceConfig
+
+    devs = {f"room{i}": secrets.token_urlsafe(32) for i in range(n_devices)}
+    cfg = TokenServiceConfig(path=Path("bench.toml"), devices=tuple(DeviceEntry(id=k, secret_hash=hash_secret(v)) for k, v in devs.items()))
+    svc = TokenService(cfg)
+    cases = {"first": devs["room0"], "last": devs[f"room{n_devices - 1}"], "unknown": secrets.token_urlsafe(32)}
+    out: dict[str, float] = {}
+    for _ in range(2):  # the second pass counts (warm)
+        for name, secret in cases.items():
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter_ns()
+                for _ in range(rounds // 5):
+                    svc.identify(secret)
+                best = min(best, (time.perf_counter_ns() - t0) / (rounds // 5))
+            out[name] = best
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--upstream", choices=["sim", "stub", "both"], default="both")
@@ -228,6 +250,8 @@ def main() -> None:
         asyncio.run(_stub_upstream(os.environ["BENCH_API_KEY"]))
         return
     print(f"python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs; {args.requests} requests per run, {args.devices} devices")
+    t = identify_timing(args.devices)
+    print("identify() over %d devices: first %.0f ns, last %.0f ns, unknown %.0f ns (best of 5)" % (args.devices, t["first"], t["last"], t["unknown"]))
     rows: list[dict[str, Any]] = []
     for kind in (["stub", "sim"] if args.upstream == "both" else [args.upstream]):
         rows += run(kind, args.requests, args.concurrency, args.devices)

@@ -194,15 +194,20 @@ class App:
             from .controls import Controls
             from .leds import StatusLeds
 
+            # No GPIO on this machine is survivable: run on without buttons or LEDs, and say so.
+            controls = Controls(s.gpio, assistant, loop)
             try:
-                controls = Controls(s.gpio, assistant, loop)
                 controls.start()
                 self._on_cleanup(controls.close)
-                leds = StatusLeds(s.leds, self.bus)
-                leds.start()
-                self._on_cleanup(leds.close)
-            except Exception as exc:  # no GPIO on this machine: run on without controls, say so
-                _LOG.error("GPIO is configured but unavailable (%s: %s); running without buttons and LEDs", type(exc).__name__, exc)
+            except Exception as exc:
+                _LOG.error("buttons unavailable (%s); running without them", exc)
+            if s.leds.kind != "none":
+                try:
+                    leds = StatusLeds(s.leds, self.bus, pin_factory=controls.pin_factory or s.gpio.pin_factory or None)
+                    leds.start(initial=assistant.state)
+                    self._on_cleanup(leds.close)
+                except Exception as exc:
+                    _LOG.error("status LEDs unavailable (%s); running without them", exc)
 
         capture.start()
         self._on_cleanup(capture.stop)

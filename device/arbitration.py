@@ -29,11 +29,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .mqtt import MqttConnection
 
 _LOG = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def winner(claims: list[Claim]) -> Claim:
 class Arbiter:
     """Decides whether this speaker answers a wake word heard by several speakers."""
 
-    def __init__(self, settings: Settings, mqtt: Any | None) -> None:
+    def __init__(self, settings: Settings, mqtt: MqttConnection | None) -> None:
         m = settings.mqtt
         self.device_id = m.device_id
         self.window_s = m.arbitration_ms / 1000.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,8 +57,10 @@ SUPERVISE_S = 0.1  # how often timers (silence, follow-up, session age) are chec
 CLOSE_TIMEOUT_S = 1.0
 SESSION_GRACE_S = 60.0  # a session past max_session_s mid-turn gets this long to finish the reply
 ANNOUNCEMENT_MAX_CHARS = 2000
+DRAIN_SLACK_S = 5.0
 
-_BENIGN_ERRORS = {"response_cancel_not_active"}  # a race with the server's own interruption
+# Races with the server's own turn handling (it interrupted or answered first): nothing to tell anyone.
+_BENIGN_ERRORS = {"response_cancel_not_active", "conversation_already_has_active_response"}
 _NORMAL_ENDS = {"no speech", "no follow-up", "end_conversation", "talk button", "session limit"}
 
 
@@ -151,6 +152,7 @@ class _Conversation:
         self.first_append_t: float | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.spoke = False  # any reply audio reached the speaker
+        self.reply_ms = 0  # reply audio received so far (bounds the wait for it to be played)
         self.last_error_t = 0.0
         self.announced = False
 
@@ -235,9 +237,8 @@ class _Conversation:
     async def _open(self) -> None:
         a = self.a
         rt = a.rt
-        if self.trigger == "wake" and a.arbiter is not None:
-            if not await a.arbiter.claim(self.score):
-                raise _StandDown()
+        if self.trigger == "wake" and a.arbiter is not None and not await a.arbiter.claim(self.score):
+            raise _StandDown()
         # Only now: a speaker that loses the arbitration shows and plays nothing.
         a._set_state(State.LISTENING if self.mic_open else State.THINKING, self.trigger)
         if self.announcement is None:
@@ -313,11 +314,11 @@ class _Conversation:
                     self.end_reason = "session limit"
 
     async def _close(self) -> None:
-        for task in list(self.tasks):
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self.tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
         if self.session is not None:
             try:
                 await asyncio.wait_for(self.session.close(), CLOSE_TIMEOUT_S)
@@ -433,7 +434,9 @@ class _Conversation:
         if item != self.item:
             a.playback.begin(item)
             self.item, self.item_response = item, rid
-        a.playback.write(protocol.decode_audio_delta(ev))
+        audio = protocol.decode_audio_delta(ev)
+        a.playback.write(audio)
+        self.reply_ms += protocol.pcm_ms(len(audio))
         self.spoke = True
         if a.state is not State.SPEAKING:
             a._set_state(State.SPEAKING, "reply")
@@ -483,7 +486,10 @@ class _Conversation:
     async def _after_reply(self, turn: int) -> None:
         """The reply is complete: once it has been heard, end or open the follow-up window."""
         if self.spoke:
-            await self.a.playback.drained()
+            try:
+                await asyncio.wait_for(self.a.playback.drained(), self.reply_ms / 1000 + DRAIN_SLACK_S)
+            except TimeoutError:
+                _LOG.warning("the speaker did not finish playing the reply in time; going on")
         if self.finished.done() or turn != self.turn or self.active_response is not None:
             return
         if self.a.state not in (State.SPEAKING, State.THINKING):
@@ -709,6 +715,9 @@ class Assistant:
         if barge:
             assert conv is not None
             conv.interrupt("wake word")
+            if conv.announcement is not None and not conv.announced:
+                conv.announced = True  # cut short by the person, who now talks: a conversation
+                self._publish(AnnouncementEvent(text=conv.announcement.text, status="spoken", reason="interrupted by the wake word"))
             conv.listen_deadline = time.monotonic() + max(self.rt.follow_up_s, FIRST_TURN_MIN_S)
             self._set_state(State.LISTENING, "wake word")
             self._cue("wake")
@@ -782,11 +791,12 @@ class Assistant:
             return
         self._cancel_reason = reason
         conv.finish(reason)
-        self.playback.stop()
+        if not task.done():
+            self.playback.stop()
         task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(task), 3.0)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
+        except (asyncio.CancelledError, TimeoutError):
             pass
         except Exception:
             _LOG.exception("conversation cleanup failed")
@@ -807,13 +817,19 @@ class Assistant:
         if muted:
             self.capture.muted = True
             self.muted = True
-            self.playback.stop()
-            self._drop_announcements("muted")
-            await self._cancel_conversation("muted")
             self._preroll.clear()
+            self._drop_announcements("muted")
+            # All of this before the first await, so a concurrent unmute sees a consistent state.
+            conv = self._conv
+            if conv is not None:
+                conv.finish("muted")
+            self.playback.stop()
             self._set_state(State.MUTED, source)
             self._publish(MuteChanged(muted=True, source=source))
-            self._cue("mute_on")
+            self._persist()
+            await self._cancel_conversation("muted")
+            if self.muted:
+                self._cue("mute_on")
         else:
             self.muted = False
             self._preroll.clear()
@@ -821,8 +837,8 @@ class Assistant:
             self.capture.muted = False
             self._set_state(State.IDLE, source)
             self._publish(MuteChanged(muted=False, source=source))
+            self._persist()
             self._cue("mute_off")
-        self._persist()
 
     async def toggle_mute(self, source: str) -> None:
         await self.set_muted(not self.muted, source)

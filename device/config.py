@@ -463,5 +463,6 @@ __all__ = [
     "WakeConfig",
     "build_section",
     "load_settings",
+    "parse_toml",
     "read_secret",
 ]

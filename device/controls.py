@@ -54,8 +54,8 @@ _FACTORIES = {
     "mock": "gpiozero.pins.mock:MockFactory",
 }
 _HINT = (
-    "on a Raspberry Pi install lgpio (pip install lgpio, or apt install python3-lgpio); "
-    "on a machine without GPIO remove the [gpio] and [leds] sections from the config"
+    "On a Raspberry Pi install lgpio (pip install lgpio, or apt install python3-lgpio); "
+    "on a machine without GPIO remove the [gpio] and [leds] sections from the config."
 )
 _factory_cache: dict[str, Factory] = {}
 
@@ -89,7 +89,7 @@ def resolve_pin_factory(name: str = "") -> Factory:
             raise
         except Exception as exc:
             raise GpioUnavailable(
-                f"GPIO is configured but gpiozero pin factory {name!r} failed: {type(exc).__name__}: {exc} ({_HINT})"
+                f"GPIO is configured but gpiozero pin factory {name!r} failed: {type(exc).__name__}: {exc}. {_HINT}"
             ) from None
     else:
         failures: list[str] = []
@@ -162,7 +162,8 @@ class Controls:
     """The mute and talk buttons.
 
     Mute button, ``mute_mode = "toggle"``: each press toggles mute. ``"latch"``: a switch whose
-    position is the state (closed = muted), applied at start too. Talk button: a short press calls
+    position is the state (closed = muted), applied at start and on every move (a change made
+    meanwhile over MQTT holds until the switch is moved). Talk button: a short press calls
     ``talk_pressed()`` when released; holding it ``long_press_s`` mutes (and the release then does
     nothing). Acting on release is what lets a long press mute without first opening a
     conversation.

@@ -177,6 +177,30 @@ state_topic = "zigbee2mqtt/kitchen_light"
     return path
 
 
+def _script(says: list[str], *, with_light: bool) -> list[Any]:
+    """What the simulated model answers to each utterance."""
+    from services.simulator import Turn
+
+    turns = []
+    for text in says:
+        heard = text.split(",", 1)[1].strip() if text.lower().startswith("hey jarvis,") else text
+        if with_light and "kitchen light" in text.lower():
+            action = "turn_off" if " off" in text.lower() else "turn_on"
+            turns.append(
+                Turn(
+                    transcript=heard,
+                    call="control_device",
+                    arguments={"device": "kitchen light", "action": action},
+                    then=f"Done, the kitchen light is {'off' if action == 'turn_off' else 'on'}.",
+                )
+            )
+        elif "weather" in text.lower():
+            turns.append(Turn(transcript=heard, say="I can't see outside from the kitchen, but the forecast says sunny and mild."))
+        else:
+            turns.append(Turn(transcript=heard, say="This is the offline simulator answering. With a real key, the model would."))
+    return turns
+
+
 def _printer(start: float) -> Any:
     def show(event: ev.Event) -> None:
         stamp = f"[{time.monotonic() - start:6.2f}s]"
@@ -219,9 +243,9 @@ async def _demo(args: argparse.Namespace, workdir: Path, out: Path) -> int:
     )
     os.environ["ALSA_CONFIG_PATH"] = f"/usr/share/alsa/alsa.conf:{asound}"
 
-    sim = RealtimeSimulator(api_key="sk-demo-local-simulator")
-    await sim.start()
     broker = await asyncio.to_thread(_start_mosquitto, workdir)
+    sim = RealtimeSimulator(api_key="sk-demo-local-simulator", script=_script(says, with_light=broker is not None))
+    await sim.start()
     light = None
     if broker:
         light = await asyncio.to_thread(DemoLight, broker[1])

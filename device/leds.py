@@ -120,7 +120,7 @@ class _Driver:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, blank: bool = True) -> None:
         raise NotImplementedError
 
 
@@ -183,10 +183,11 @@ class _SingleDriver(_Driver):
         lamps = ", ".join(f"GPIO{pin} ({'/'.join(names)})" for pin, names in sorted(by_pin.items()))
         return f"single LEDs {lamps}{'' if self._pwm else ' without PWM'}"
 
-    def close(self) -> None:
+    def close(self, blank: bool = True) -> None:
         for dev in self._devices.values():
             try:
-                dev.off()
+                if blank:
+                    dev.off()
                 dev.close()
             except Exception:
                 _LOG.debug("closing LED %r failed", dev, exc_info=True)
@@ -219,9 +220,10 @@ class _RgbDriver(_Driver):
         c = self._cfg
         return f"RGB LED GPIO{c.red_pin}/{c.green_pin}/{c.blue_pin}"
 
-    def close(self) -> None:
+    def close(self, blank: bool = True) -> None:
         try:
-            self._led.off()
+            if blank:
+                self._led.off()
             self._led.close()
         except Exception:
             _LOG.debug("closing RGB LED failed", exc_info=True)
@@ -286,13 +288,15 @@ class _RingDriver(_Driver):
         last: bytes | None = None
         failing = False
         timeout: float | None = None
+        next_t = time.monotonic()
         while True:
             self._wake.wait(timeout)
             self._wake.clear()
             if self._stopping:
                 return
             pattern, since = self._current
-            frame = self.render(pattern, time.monotonic() - since)
+            now = time.monotonic()
+            frame = self.render(pattern, now - since)
             if frame != last:
                 try:
                     self._dev.write(frame)
@@ -303,25 +307,32 @@ class _RingDriver(_Driver):
                     if not failing:
                         _LOG.warning("LED ring write failed: %s: %s", type(exc).__name__, exc)
                     failing = True
-            timeout = 1 / self._fps if pattern.animated else None
+            if pattern.animated:
+                # frames on a fixed grid, so the time spent writing does not slow the animation
+                next_t = max(next_t + 1 / self._fps, now)
+                timeout = max(0.0, next_t - time.monotonic())
+            else:
+                timeout = 1.0 if failing else None  # retry a failed write; otherwise sleep until told
 
     def describe(self) -> str:
         power = f", power GPIO{self._cfg.power_pin}" if self._power is not None else ""
         return f"APA102 ring x{self._count} on SPI0.{self._cfg.spi_device}{power}"
 
-    def close(self) -> None:
+    def close(self, blank: bool = True) -> None:
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(1.0)
             self._thread = None
-        try:
-            self._dev.write(apa102_frame([(0, 0, 0)] * self._count, 0))
-        except Exception:
-            _LOG.debug("LED ring: final off frame failed", exc_info=True)
+        if blank:
+            try:
+                self._dev.write(apa102_frame([(0, 0, 0)] * self._count, 0))
+            except Exception:
+                _LOG.debug("LED ring: final off frame failed", exc_info=True)
         self._dev.close()
         if self._power is not None:
-            self._power.off()
+            if blank:
+                self._power.off()
             self._power.close()
 
 
@@ -362,7 +373,7 @@ class StatusLeds:
         from .controls import GpioUnavailable, resolve_pin_factory
 
         arg = self._factory_arg
-        factory = resolve_pin_factory(arg) if arg is None or isinstance(arg, str) else arg
+        factory = resolve_pin_factory(arg or "") if arg is None or isinstance(arg, str) else arg
         cfg = self._cfg
         try:
             if cfg.kind == "single":
@@ -395,14 +406,14 @@ class StatusLeds:
         driver.show(state, pattern_for(state, self._cfg.idle))
 
     def probe(self) -> str:
-        """Open and close the LEDs (for ``speaker check``); describes them."""
+        """Open and close the LEDs without changing them (for ``speaker check``); describes them."""
         if self._cfg.kind == "none":
             return "no LEDs"
         driver = self._open()
         try:
             return driver.describe()
         finally:
-            driver.close()
+            driver.close(blank=False)
 
     def close(self) -> None:
         """Lights off, devices released."""

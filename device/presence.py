@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .config import Settings
@@ -47,6 +47,9 @@ from .events import (
     VolumeChanged,
     WakeDetected,
 )
+
+if TYPE_CHECKING:
+    from .mqtt import MqttConnection
 
 _LOG = logging.getLogger(__name__)
 
@@ -366,7 +369,7 @@ class _Lane:
 class Presence:
     """Publishes the speaker's discovery, state and events; executes MQTT commands."""
 
-    def __init__(self, settings: Settings, mqtt: Any, bus: EventBus, assistant: AssistantAPI) -> None:
+    def __init__(self, settings: Settings, mqtt: MqttConnection, bus: EventBus, assistant: AssistantAPI) -> None:
         self._settings = settings
         self._mqtt = mqtt
         self._bus = bus

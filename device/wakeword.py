@@ -41,7 +41,7 @@ class _Engine(Protocol):
 class _OnnxEngine:
     """openWakeWord's own package with ONNX runtime (optional dependency)."""
 
-    def __init__(self, model: str, threads: int) -> None:
+    def __init__(self, model: str) -> None:
         try:
             from openwakeword.model import Model  # type: ignore[import-not-found]
         except ImportError:
@@ -53,7 +53,6 @@ class _OnnxEngine:
             self._model = Model(wakeword_models=[model], inference_framework="onnx")
         except Exception as exc:  # openwakeword raises assorted types for a bad model
             raise WakeWordError(f"openwakeword cannot load wake model {model!r}: {exc}") from None
-        self._threads = threads
 
     def process(self, pcm: bytes) -> float:
         scores = self._model.predict(np.frombuffer(pcm, dtype=np.int16))
@@ -105,7 +104,7 @@ class WakeWord:
         self.name, target = resolve_model(cfg)
         self._engine: _Engine
         if cfg.engine == "onnx":
-            self._engine = _OnnxEngine(target, cfg.threads)
+            self._engine = _OnnxEngine(target)
         else:
             try:
                 self._engine = OpenWakeWordEngine(target, threads=cfg.threads, xnnpack=True)

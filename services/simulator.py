@@ -251,6 +251,11 @@ class SimSession:
         return bytes(self._audio)
 
     @property
+    def audio_in_ms(self) -> int:
+        """Milliseconds of input audio received (cheap, for wait predicates)."""
+        return len(self._audio) // BYTES_PER_MS
+
+    @property
     def closed(self) -> bool:
         return self.closed_at is not None
 
@@ -313,6 +318,7 @@ class SimSession:
 
     async def run(self) -> None:
         await self.send({"type": "session.created", "session": self.config})
+        limit = asyncio.get_running_loop().call_later(self.sim.max_session_s, lambda: asyncio.ensure_future(self._expire()))
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.TEXT:
@@ -326,11 +332,17 @@ class SimSession:
                     continue
                 await self._handle(event)
         finally:
+            limit.cancel()
             self.closed_at = time.monotonic()
             self.close_code = self.ws.close_code
             for task in (self._idle_task, self._active.task if self._active else None):
                 if task is not None:
                     task.cancel()
+
+    async def _expire(self) -> None:
+        minutes = self.sim.max_session_s / 60
+        await self.error("session_expired", f"Your session hit the maximum duration of {minutes:g} minutes.")
+        await self.ws.close(code=1000, message=b"session expired")
 
     async def _handle(self, event: Any) -> None:
         self.client_events.append(event if isinstance(event, dict) else {"type": None, "raw": event})
@@ -532,11 +544,11 @@ class SimSession:
         self.speech.append((self._speech_start_ms, end_ms))
         _LOG.info("speech stopped at %d ms", end_ms)
         await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end_ms, "item_id": self._user_item})
-        turn = await self._commit(end, item_id=self._user_item)
+        await self._commit(end, item_id=self._user_item)
         if td.get("create_response", True) and self._active is None:
-            self._start_response(turn)
+            self._start_response(self.sim.next_turn())
 
-    async def _commit(self, end: int, item_id: str | None = None) -> Turn:
+    async def _commit(self, end: int, item_id: str | None = None) -> None:
         item_id = item_id or _new_id("item")
         seconds = (end - self._buffer_start) / (BYTES_PER_MS * 1000)
         self._buffer_start = end
@@ -547,14 +559,14 @@ class SimSession:
         await self.send({"type": "conversation.item.added", "previous_item_id": self._last_item, "item": item})
         await self.send({"type": "conversation.item.done", "previous_item_id": self._last_item, "item": item})
         self._last_item = item_id
-        turn = self.sim.next_turn()
         transcription = (self.config.get("audio") or {}).get("input", {}).get("transcription")
         if transcription and transcription.get("model"):
-            text = turn.transcript or self.sim.default_transcript
+            # what the person "said" is scripted on the turn that will answer it
+            upcoming = self.sim.script[0] if self.sim.script else None
+            text = (upcoming.transcript if upcoming else "") or self.sim.default_transcript
             await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id, "content_index": 0, "delta": text})
             await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id, "content_index": 0,
                              "transcript": text, "usage": {"type": "duration", "seconds": round(seconds, 3)}})
-        return turn
 
     # -- responses --
     def _start_response(self, turn: Turn) -> None:
@@ -666,7 +678,7 @@ class SimSession:
         t0 = time.monotonic()
         sent = 0
         _LOG.info("reply %s: %r (%d ms of audio)", resp.id, resp.text, total_ms)
-        while sent < len(pcm) and resp.cancel_reason is None:
+        while sent < len(pcm) and resp.cancel_reason is None and not self.silent:
             piece = pcm[sent:sent + chunk]
             await self.send({"type": "response.output_audio.delta", **base, "delta": base64.b64encode(piece).decode("ascii")})
             if resp.first_audio_at is None:
@@ -726,8 +738,8 @@ class SimSession:
             item_id = _new_id("item")
             await self.send({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": start_ms,
                              "audio_end_ms": end // BYTES_PER_MS, "item_id": item_id})
-            turn = await self._commit(end, item_id=item_id)
-            self._start_response(turn)
+            await self._commit(end, item_id=item_id)
+            self._start_response(self.sim.next_turn())
 
         self._idle_task = asyncio.get_running_loop().create_task(fire())
 
@@ -756,6 +768,7 @@ class RealtimeSimulator:
         default_transcript: str = "what's the weather like",
         chunk_ms: int = 50,
         vad_rms: float | None = None,
+        max_session_s: float = 3600.0,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -768,6 +781,9 @@ class RealtimeSimulator:
         self.chunk_ms = chunk_ms
         self.vad_rms = vad_rms
         """RMS (of S16 samples) that counts as speech; None = from the session's VAD threshold."""
+        self.max_session_s = max_session_s
+        """Sessions end with a ``session_expired`` error after this long (the API's limit is 60 min)."""
+        self._warmers: set[asyncio.Future[Any]] = set()
         self.sessions: list[SimSession] = []
         self.minted: list[str] = []
         self.keys: dict[str, MintedKey] = {}
@@ -802,13 +818,15 @@ class RealtimeSimulator:
         """Queue turns (strings are replies); thread-safe."""
         for t in turns:
             self.script.append(Turn(say=t) if isinstance(t, str) else t)
+        self._warm(turns)
 
     def next_turn(self, instructions: str = "") -> Turn:
         try:
             return self.script.popleft()
         except IndexError:
-            quoted = re.search(r"[\"“']([^\"”']{2,})[\"”']", instructions or "")
-            return Turn(say=quoted.group(1) if quoted else self.default_reply)
+            # An unscripted response.create that quotes what to say (an announcement) gets it said.
+            quoted = re.findall(r"[\"“]([^\"”]{2,})[\"”]", instructions or "")
+            return Turn(say=quoted[-1] if quoted else self.default_reply)
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -821,9 +839,29 @@ class RealtimeSimulator:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._warm([self.default_reply, DEFAULT_AFTER_CALL, *self.script])
         _LOG.info("realtime simulator on %s (keys from %s/realtime/client_secrets)", self.ws_url, self.api_base)
+        if not conformance.available():
+            _LOG.warning("the openai package is not installed: client events are not checked for conformance")
+
+    def _warm(self, turns: Iterable[Turn | str]) -> None:
+        """Synthesise replies ahead (espeak-ng takes a few hundred ms per sentence)."""
+        texts = [t for turn in turns for t in ((turn,) if isinstance(turn, str) else (turn.say, turn.then)) if t]
+        if not texts or self._loop is None or self._loop.is_closed():
+            return
+
+        def schedule() -> None:
+            task = asyncio.ensure_future(asyncio.to_thread(lambda: [speech_pcm(t) for t in texts]))
+            self._warmers.add(task)
+            task.add_done_callback(self._warmers.discard)
+
+        self._loop.call_soon_threadsafe(schedule)
 
     async def stop(self) -> None:
+        for task in list(self._warmers):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for s in self.sessions:
             if not s.ws.closed:
                 with contextlib.suppress(Exception):

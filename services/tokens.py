@@ -364,6 +364,18 @@ def setup_logging(level: str, redactor: RedactingFilter) -> None:
     logging.getLogger("aiohttp.access").disabled = True  # our middleware logs each request
 
 
+def _warn_loose_permissions(cfg: TokenServiceConfig) -> None:
+    for key, value in (("upstream.api_key_file", cfg.upstream.api_key_file), ("server.tls_key_file", cfg.server.tls_key_file)):
+        if not value:
+            continue
+        try:
+            mode = os.stat(Path(value).expanduser()).st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            _LOG.warning("%s %s is readable by other users (mode %04o): chmod 600 it", key, value, mode & 0o777)
+
+
 @dataclass
 class Listening:
     """Where the service ended up listening."""
@@ -399,6 +411,7 @@ async def serve(cfg: TokenServiceConfig, redactor: RedactingFilter | None = None
         cfg.session.key_ttl_s,
         cfg.limits.per_device_per_minute,
     )
+    _warn_loose_permissions(cfg)
     if not cfg.devices:
         _LOG.warning("no devices configured: every request gets 401 (add one with `speaker-tokens add-device NAME --config %s`)", cfg.path)
     loop = asyncio.get_running_loop()

@@ -25,6 +25,7 @@ from device.events import (
     ErrorEvent,
     Event,
     EventBus,
+    MuteChanged,
     State,
     StateChanged,
     ToolCalled,
@@ -124,7 +125,7 @@ class Device:
         """The first change to ``state`` among events from index ``after`` on."""
         def find() -> StateChanged | None:
             for e in self.events[after:]:
-                if isinstance(e, StateChanged) and e.new is state:
+                if isinstance(e, StateChanged) and e.new is state and e.old is not state:
                     return e
             return None
         return await self.until(find, timeout, f"state {state.value}")
@@ -165,8 +166,9 @@ def locate(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
     n = needle.astype(np.float64)
     size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
     corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
-    energy = np.sqrt(np.convolve(h * h, np.ones(len(n)), "valid"))
-    score = corr / (energy * np.linalg.norm(n) + 1e-9)
+    energy = np.sqrt(np.maximum(np.convolve(h * h, np.ones(len(n)), "valid"), 0.0))
+    norm = np.linalg.norm(n)
+    score = np.where(energy > 0.05 * norm, corr / (energy * norm + 1e-9), 0.0)
     best = int(np.argmax(score))
     return best, float(score[best])
 
@@ -192,13 +194,28 @@ def pcm(data: bytes) -> np.ndarray:
 
 @pytest.mark.simulator(pace=0, script=[Turn(say="It is sunny.", transcript=REQUEST), Turn(say="You are welcome.", transcript="thank you")])
 async def test_wake_word_conversation_with_follow_up(make_device, speech: Speech, simulator: RealtimeSimulator) -> None:
-    d = await make_device()
+    d = await make_device(realtime={"follow_up_s": 3.0})
     await asyncio.sleep(1.2)  # the wake model ignores its first second
-    utt, starts = d.say(speech, WAKE, REQUEST)
+    d.say(speech, WAKE, REQUEST)
     await d.state(State.FOLLOW_UP, 15)
+    # Follow-up without the wake word, in the same session.
+    mark = len(d.events)
+    d.say(speech, "thank you")
+    await d.state(State.SPEAKING, 10, after=mark)
+    await d.state(State.IDLE, 10, after=mark)
     sim = simulator
-    assert len(sim.sessions) == 1
+    assert len(sim.sessions) == 1 and len(d.of(WakeDetected)) == 1
     s = sim.sessions[0]
+    await d.until(lambda: s.closed, 3, "socket closed")
+    assert d.states() == ["listening", "thinking", "speaking", "follow_up", "listening", "thinking", "speaking",
+                          "follow_up", "idle"]
+    assert [e.text for e in d.of(Transcript, lambda e: e.role == "user")] == [REQUEST, "thank you"]
+    assert [e.text for e in d.of(Transcript, lambda e: e.role == "assistant")] == ["It is sunny.", "You are welcome."]
+    ended = d.of(ConversationEnded)
+    assert len(ended) == 1 and ended[0].reason == "no follow-up"
+    done = [e for e in s.server_events if e["type"] == "response.done"]
+    assert ended[0].usage["total_tokens"] == sum(e["response"]["usage"]["total_tokens"] for e in done) > 0
+
     # The ephemeral key minted by the API endpoint was used on the socket; the API key never was.
     assert s.key.startswith("ek_") and s.key in sim.minted and s.key != sim.api_key
     assert s.headers["Authorization"] == f"Bearer {s.key}" and "OpenAI-Beta" not in s.headers
@@ -219,31 +236,14 @@ async def test_wake_word_conversation_with_follow_up(make_device, speech: Speech
     assert begin >= 0, f"{-begin / 24:.0f} ms of the words after the wake word were not streamed"
     _, whole = locate(audio_in[begin : begin + len(request)], request)
     assert whole > 0.9, f"the streamed request is damaged (correlation {whole:.2f})"
-    # Transcripts, reply audio on the speaker.
-    assert [e.text for e in d.of(Transcript, lambda e: e.role == "user")] == [REQUEST]
-    assert [e.text for e in d.of(Transcript, lambda e: e.role == "assistant")] == ["It is sunny."]
-    reply = pcm(speech_pcm("It is sunny."))
+    # The replies came out of the speaker.
     out = pcm(d.rig.speaker_output("test_spk"))
-    _, played = played_prefix_ms(out, reply, volume_gain(d.assistant.volume))
-    # The file plugin passes on the last buffer (output_buffer_ms) only when more audio follows.
-    assert played >= len(reply) // 24 - d.settings.audio.output_buffer_ms - 20, \
-        f"only {played} ms of the {len(reply) // 24} ms reply came out of the speaker"
-    assert len(d.of(WakeDetected)) == 1
-
-    # Follow-up without the wake word, in the same session.
-    mark = len(d.events)
-    d.say(speech, "thank you")
-    await d.state(State.SPEAKING, 10, after=mark)
-    await d.state(State.IDLE, 10, after=mark)
-    assert len(sim.sessions) == 1 and len(d.of(WakeDetected)) == 1
-    assert [e.text for e in d.of(Transcript, lambda e: e.role == "assistant")] == ["It is sunny.", "You are welcome."]
-    await d.until(lambda: s.closed, 3, "socket closed")
-    ended = d.of(ConversationEnded)
-    assert len(ended) == 1 and ended[0].reason == "no follow-up"
-    done = [e for e in s.server_events if e["type"] == "response.done"]
-    assert ended[0].usage["total_tokens"] == sum(e["response"]["usage"]["total_tokens"] for e in done) > 0
-    assert d.states() == ["listening", "thinking", "speaking", "follow_up", "listening", "thinking", "speaking",
-                          "follow_up", "idle"]
+    for text in ("It is sunny.", "You are welcome."):
+        reply = pcm(speech_pcm(text))
+        _, played = played_prefix_ms(out, reply, volume_gain(d.assistant.volume))
+        # The file plugin passes on the last buffer (output_buffer_ms) only when more audio follows.
+        assert played >= len(reply) // 24 - d.settings.audio.output_buffer_ms - 20, \
+            f"only {played} ms of the {len(reply) // 24} ms reply {text!r} came out of the speaker"
 
 
 @pytest.mark.simulator(pace=0)
@@ -272,12 +272,13 @@ async def _barge_in_case(d: Device, speech: Speech, sim: RealtimeSimulator, inte
     stopped_at = time.monotonic()
     s = sim.sessions[0]
     await d.until(lambda: s.truncations, 3, "truncate at the server")
-    (item_id, end_ms), = s.truncations
+    (_, end_ms), = s.truncations
     assert not s.errors_sent, f"server errors: {s.errors_sent}"
     # The reply was still being generated (pace 1): it was cancelled, and no more of it was played.
-    assert s.responses[0].status == "cancelled"
+    await d.until(lambda: s.responses[0].status == "cancelled", 3, "reply cancelled")
     await d.state(State.LISTENING, 3, after=mark)
     await asyncio.sleep(0.6)
+    assert d.speaker is not None
     out = pcm(d.speaker.data())
     reply = pcm(speech_pcm(LONG_REPLY))
     start, played = played_prefix_ms(out, reply, volume_gain(d.assistant.volume))
@@ -336,7 +337,7 @@ async def test_local_tool_calls(make_device, speech: Speech, simulator: Realtime
     ended = await d.until(lambda: d.of(ConversationEnded), 15, "conversation end")
     assert ended[0].reason == "end_conversation"
     assert "Goodbye." in [e.text for e in d.of(Transcript)]
-    assert State.FOLLOW_UP not in [e.new for e in d.events[mark:] if isinstance(e, StateChanged) and e.new is State.FOLLOW_UP][1:]
+    assert State.FOLLOW_UP not in [e.new for e in d.events[mark:] if isinstance(e, StateChanged)]
     await d.until(lambda: s.closed, 3, "socket closed")
     assert d.assistant.state is State.IDLE
 
@@ -425,10 +426,119 @@ async def test_announcement_waits_for_the_conversation_and_mute_drops_it(make_de
     assert "The washing machine has finished." in create["response"]["instructions"]
     assert not second.events_of("input_audio_buffer.append")  # the microphone is not streamed into it
     assert "The washing machine has finished." in [e.text for e in d.of(Transcript)]
-    await d.state(State.IDLE, 3, after=len(d.events) - 1) if d.assistant.state is not State.IDLE else None
+    await d.until(lambda: d.assistant.state is State.IDLE, 3, "idle after the announcement")
     # Muted: announcements are dropped, and said so.
     await d.assistant.set_muted(True, "test")
     assert d.capture.muted and d.assistant.state is State.MUTED
     await d.assistant.announce("Nobody hears this.")
     assert d.of(AnnouncementEvent)[-1].status == "dropped" and d.of(AnnouncementEvent)[-1].reason == "muted"
     assert len(simulator.sessions) == 2
+
+
+@pytest.mark.simulator(pace=1, script=[Turn(say=LONG_REPLY, transcript=REQUEST), Turn(say=LONG_REPLY)])
+async def test_talk_button_prompt_and_mute(make_device, speech: Speech, simulator: RealtimeSimulator, tmp_path: Path) -> None:
+    d = await make_device(realtime={"follow_up_s": 5.0})
+    a, sim = d.assistant, simulator
+    await asyncio.sleep(0.3)
+    # Idle: the talk button opens a session without the wake word.
+    await a.talk_pressed()
+    await d.until(lambda: sim.sessions and a.state is State.LISTENING, 5, "listening after the talk button")
+    d.say(speech, REQUEST)
+    await d.state(State.SPEAKING, 15)
+    await asyncio.sleep(0.5)
+    # Speaking: the talk button stops the reply (the barge-in path), the person may answer.
+    await a.talk_pressed()
+    s = sim.sessions[0]
+    await d.until(lambda: s.truncations, 3, "truncate")
+    assert a.state is State.FOLLOW_UP and not d.of(WakeDetected)
+    # Follow-up: the talk button ends the conversation.
+    await a.talk_pressed()
+    await d.until(lambda: d.of(ConversationEnded), 3, "end")
+    assert d.of(ConversationEnded)[0].reason == "talk button"
+    await d.until(lambda: s.closed and a.state is State.IDLE, 3, "closed and idle")
+
+    # start_conversation with a prompt: the assistant speaks first, the mic waits for its turn.
+    await a.start_conversation("Ask whether the lights should be turned off.", source="mqtt")
+    await d.state(State.SPEAKING, 10, after=len(d.events) - 1)
+    s2 = sim.sessions[1]
+    create, = s2.events_of("response.create")
+    assert "Ask whether the lights should be turned off." in create["response"]["instructions"]
+    assert not s2.events_of("input_audio_buffer.append")
+    # Mute mid-reply: the session is closed, the speaker stops, no frame leaves the capture layer.
+    await a.set_muted(True, "button")
+    assert a.state is State.MUTED and d.capture.muted and a.muted
+    await d.until(lambda: s2.closed, 3, "session closed by mute")
+    assert d.of(ConversationEnded)[-1].reason == "muted"
+    delivered = d.capture.frames_delivered
+    await a.talk_pressed()
+    await a.start_conversation()
+    await asyncio.sleep(0.5)
+    assert len(sim.sessions) == 2 and a.state is State.MUTED and d.capture.frames_delivered == delivered
+    assert '"muted": true' in (tmp_path / "state" / "state.json").read_text()
+    await a.set_muted(False, "button")
+    assert a.state is State.IDLE and not d.capture.muted
+    assert '"muted": false' in (tmp_path / "state" / "state.json").read_text()
+
+
+@pytest.mark.simulator(pace=1)
+async def test_mute_storm_leaves_a_consistent_device(make_device, simulator: RealtimeSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    """Mute toggles racing conversations (button presses arrive as concurrent tasks)."""
+    import random
+
+    d = await make_device()
+    a, sim = d.assistant, simulator
+    rng = random.Random(7)
+    tasks: list[asyncio.Task[Any]] = []
+    for _ in range(120):
+        tasks.append(asyncio.ensure_future(a.toggle_mute("button")))
+        await asyncio.sleep(0)
+        if a.state is State.IDLE and rng.random() < 0.5:
+            await a.start_conversation("Say hello." if rng.random() < 0.5 else None)
+        # mostly a burst of presses, sometimes long enough for a session to open and reply
+        await asyncio.sleep(rng.uniform(0.2, 0.4) if rng.random() < 0.1 else rng.uniform(0, 0.02))
+    await asyncio.gather(*tasks)
+    await d.until(lambda: a.conversation is None, 5, "conversations closed")
+    assert a.muted == d.capture.muted
+    assert a.state is (State.MUTED if a.muted else State.IDLE)
+    assert len(sim.sessions) >= 3, len(sim.sessions)  # the storm did hit open conversations
+    await d.until(lambda: all(s.closed for s in sim.sessions), 5, "every socket closed")
+    # Every mute closed what was open; the events tell the same story as the flag.
+    mutes = d.of(MuteChanged)
+    assert mutes[-1].muted == a.muted
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    # And it still works.
+    await a.set_muted(False, "test")
+    await a.start_conversation()
+    await d.until(lambda: a.state is State.LISTENING and not sim.sessions[-1].closed, 5, "a new conversation")
+
+
+async def test_local_tool_arguments() -> None:
+    """set_volume and end_conversation as the model calls them, good and bad arguments."""
+
+    class Actions:
+        volume = 50
+        ended: list[str] = []
+
+        async def set_volume(self, volume: int, source: str) -> None:
+            self.volume = volume
+
+        def request_end(self, reason: str) -> bool:
+            self.ended.append(reason)
+            return True
+
+    actions = Actions()
+    tools = ToolRegistry()
+    register_local_tools(tools, actions)
+    assert tools.names() == ["end_conversation", "set_volume"]
+
+    async def call(name: str, args: str) -> dict[str, Any]:
+        return (await tools.call(name, args, 1.0)).output
+
+    assert await call("set_volume", '{"volume": 30}') == {"ok": True, "volume": 30}
+    assert await call("set_volume", '{"change": -40}') == {"ok": True, "volume": 0}
+    assert await call("set_volume", '{"change": 150}') == {"ok": True, "volume": 100}
+    for bad in ('{"volume": 130}', '{"volume": "loud"}', '{}', '{"volume": 10, "change": 5}', '{"level": 3}', "not json"):
+        out = await call("set_volume", bad)
+        assert out["ok"] is False and out["error"], bad
+    assert actions.volume == 100
+    assert (await call("end_conversation", "{}"))["ok"] is True and actions.ended == ["end_conversation"]

@@ -388,6 +388,7 @@ async def test_no_frame_passes_capture_while_muted_over_1000_random_toggles(fifo
     try:
         await wait_until(lambda: len(delivered) >= 3, timeout=10)
         rng = random.Random(5)
+        before = len(delivered)
         on_since = 0.0
         count_at_mute = 0
         for i in range(1000):
@@ -400,10 +401,11 @@ async def test_no_frame_passes_capture_while_muted_over_1000_random_toggles(fifo
                 intervals.append((on_since, now))
                 assert capture.frames_delivered == count_at_mute, f"frames passed during mute window {len(intervals)}"
             # mostly short, sometimes long enough for frames to flow (or pile up) in between
-            await asyncio.sleep(rng.uniform(0.12, 0.25) if rng.random() < 0.03 else rng.uniform(0, 0.012))
+            await asyncio.sleep(rng.uniform(0.2, 0.35) if rng.random() < 0.02 else rng.uniform(0, 0.012))
         if muted:
             capture.muted = muted = False
             intervals.append((on_since, time.monotonic()))
+        during = len(delivered) - before
         resumed = len(delivered)
         await wait_until(lambda: len(delivered) >= resumed + 3, timeout=3)  # audio flows again after unmute
     finally:
@@ -414,7 +416,7 @@ async def test_no_frame_passes_capture_while_muted_over_1000_random_toggles(fifo
     # No delivered frame was read from the device while muted.
     read_while_muted = [f.t for f in delivered if any(a <= f.t <= b for a, b in intervals)]
     assert read_while_muted == []
-    assert len(delivered) > 20  # frames flowed in the unmuted windows: the test could have failed
+    assert during >= 3  # frames flowed in the longer unmuted windows: the test could have failed
     overlap = [f for f in delivered if any(a < f.t - 0.08 < b or a < f.t < b for a, b in intervals)]
-    print(f"mute property: {len(delivered)} frames delivered, {len(intervals)} mute windows, "
+    print(f"mute property: {len(delivered)} frames delivered ({during} amid the toggles), {len(intervals)} mute windows, "
           f"{len(overlap)} delivered frames whose 80 ms of audio began inside a mute window")

@@ -195,6 +195,8 @@ def test_rgb_error_blinks(pwm_factory: MockFactory) -> None:
 class RingRecorder(MockSPIDevice):
     """The LED ring's side of the SPI bus: records each transfer as bytes."""
 
+    rx_buf: list[bool]
+
     def __init__(self, factory: MockFactory, select_pin: int = 7) -> None:
         super().__init__(11, 10, None, select_pin, pin_factory=factory)
         self.frames: list[bytes] = []
@@ -278,8 +280,8 @@ async def test_ring_animates_thinking_and_stops_writing_when_idle(factory: MockF
         count = len(ring.frames)
         await asyncio.sleep(0.4)
         assert len(ring.frames) == count  # idle-off: nothing is animated, nothing written
-        assert leds._driver is not None and leds._driver._thread is not None
-        assert leds._driver._thread.is_alive()  # ... the animator sleeps on an event
+        thread = getattr(leds._driver, "_thread", None)
+        assert thread is not None and thread.is_alive()  # ... the animator sleeps on an event
     finally:
         leds.close()
 
@@ -311,6 +313,12 @@ async def test_ring_power_pin_of_the_4mic_hat(factory: MockFactory, ring: RingRe
     finally:
         leds.close()
     assert factory.pin(5).state is False
+
+
+def test_probe_describes_the_ring_without_touching_it(factory: MockFactory, ring: RingRecorder) -> None:
+    text = StatusLeds(LedsConfig(kind="apa102", count=12, spi_device=1), None, pin_factory=factory).probe()
+    assert text == "APA102 ring x12 on SPI0.1"
+    assert ring.frames == []  # a running daemon's ring keeps its colour during `speaker check`
 
 
 # -- configuration -------------------------------------------------------------------------

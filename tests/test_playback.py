@@ -140,3 +140,32 @@ async def test_missing_speaker_does_not_block_callers(alsa_rig) -> None:
     await pb.close()
     assert time.monotonic() - t0 < 1.0
     assert pb.played_ms("x") == 0
+
+
+@pytest.mark.timeout(30)
+async def test_played_position_on_a_speaker_that_reports_its_delay(alsa_rig) -> None:
+    """Frames written minus frames still in the device: what the user really heard."""
+    alsa_rig.start_pulse()
+    pb = Playback(AudioConfig(output="test_pulse", volume=100), asyncio.get_running_loop())
+    pb.start()
+    pb.begin("reply")
+    for _ in range(30):
+        pb.write(tone24k(330, 0.1))
+    t0 = time.monotonic()
+    await asyncio.sleep(1.0)
+    played = pb.played_ms("reply")
+    elapsed_ms = (time.monotonic() - t0) * 1000
+    pb.stop()
+    await asyncio.wait_for(pb.drained(), 2)
+    at_stop = pb.played_ms("reply")
+    await asyncio.sleep(0.3)
+    after = pb.played_ms("reply")
+    await pb.close()
+    print(f"after {elapsed_ms:.0f} ms: played {played} ms; at stop {at_stop} ms; 0.3 s later {after} ms")
+    assert pb.format is not None and pb.format.buffer >= 0.15 * pb.format.rate
+    # Behind the wall clock by no more than start-up, never ahead of it, and well short of
+    # what was written (3 s queued; the device buffer alone holds 200 ms).
+    assert elapsed_ms - 400 < played <= elapsed_ms + 60, (played, elapsed_ms)
+    assert played <= at_stop <= played + 300
+    assert after == at_stop  # nothing plays after stop()
+    assert pb.received_ms("reply") == 3000

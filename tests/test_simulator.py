@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 
 from device.config import RealtimeConfig
 from device.realtime import protocol as P
-from device.realtime.session import RealtimeSession
+from device.realtime.session import RealtimeSession, SessionClosed
 from services.simulator import RealtimeSimulator, Turn, speech_pcm
 
 pytestmark = pytest.mark.timeout(40)
@@ -283,7 +283,7 @@ async def test_beta_shaped_events_are_flagged(simulator: RealtimeSimulator) -> N
     assert not client.of("response.created")
 
 
-@pytest.mark.simulator(pace=0)
+@pytest.mark.simulator(pace=0, script=["Manual answer."])
 async def test_manual_turns_without_server_vad(simulator: RealtimeSimulator) -> None:
     client = await Client.open(simulator)
     await client.s.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}})
@@ -296,8 +296,11 @@ async def test_manual_turns_without_server_vad(simulator: RealtimeSimulator) -> 
     await client.s.send(P.audio_commit())
     await client.until("input_audio_buffer.committed")
     await asyncio.sleep(0.3)
-    await client.close()
     assert not client.of("input_audio_buffer.speech_started") and not client.of("response.created")
+    await client.s.send(P.response_create())
+    transcript = await client.until("response.output_audio_transcript.done")
+    await client.close()
+    assert transcript["transcript"] == "Manual answer."
 
 
 @pytest.mark.simulator(pace=0, script=[Turn(fail="error")])
@@ -318,6 +321,16 @@ async def test_scripted_silence(simulator: RealtimeSimulator) -> None:
         await client.until("response.created", timeout=1.0)
     await client.close()
     assert simulator.sessions[0].silent
+
+
+@pytest.mark.simulator(max_session_s=0.5)
+async def test_sessions_end_at_the_duration_limit(simulator: RealtimeSimulator) -> None:
+    client = await Client.open(simulator)
+    err = P.parse_error(await client.until("error", timeout=5))
+    assert err.code == "session_expired"
+    with pytest.raises(SessionClosed) as info:
+        await client.until("never", timeout=5)
+    assert info.value.code == 1000
 
 
 async def test_handshake_refuses_beta_header_and_expired_keys(simulator: RealtimeSimulator) -> None:
@@ -392,3 +405,15 @@ def test_cli_serves_keys_and_the_websocket(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.simulator(pace=1.0, script=["A reply long enough to go silent in the middle of it, for the test."])
+async def test_a_server_told_to_go_silent_stops_mid_reply(simulator: RealtimeSimulator) -> None:
+    client = await Client.open(simulator)
+    await client.s.send(P.response_create())
+    await client.until("response.output_audio.delta")
+    simulator.sessions[0].go_silent()
+    with pytest.raises(TimeoutError):
+        await client.until("response.done", timeout=1.5)
+    await client.close()
+    assert P.pcm_ms(len(client.audio)) < 1000

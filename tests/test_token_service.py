@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -108,9 +110,10 @@ class Service:
         self._reader: asyncio.Task[None] | None = None
         self._new_line = asyncio.Event()
 
-    async def start(self, timeout: float = 20.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    async def start(self, timeout: float = 20.0, env_extra: dict[str, str] | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "NOTIFY_SOCKET")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(env_extra or {})
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.tokens", "--config", str(self.config),
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -202,9 +205,7 @@ level = "{level}"
 
 
 def new_secrets(leaks: Leaks, names: list[str]) -> dict[str, str]:
-    import secrets as _secrets
-
-    out = {n: _secrets.token_urlsafe(32) for n in names}
+    out = {n: secrets.token_urlsafe(32) for n in names}
     leaks.secrets.update(out.values())
     return out
 
@@ -213,10 +214,10 @@ def new_secrets(leaks: Leaks, names: list[str]) -> dict[str, str]:
 async def run_service(leaks: Leaks, simulator: RealtimeSimulator) -> AsyncIterator[Any]:
     started: list[Service] = []
 
-    async def start(config: Path) -> Service:
+    async def start(config: Path, env: dict[str, str] | None = None) -> Service:
         svc = Service(config, leaks)
         started.append(svc)
-        await svc.start()
+        await svc.start(env_extra=env)
         return svc
 
     yield start
@@ -365,6 +366,11 @@ async def test_upstream_failures_map_to_clear_statuses(tmp_path, simulator, run_
     a = await ask(http, svc, leaks, k)
     assert a.status == 502 and "HTTP 500" in a.body["error"]["message"]
 
+    simulator.fail_client_secrets = 400  # e.g. a model or voice in [session] the upstream refuses
+    a = await ask(http, svc, leaks, k)
+    assert a.status == 502 and "HTTP 400" in a.body["error"]["message"]
+    await svc.wait_for(r"ERROR speaker_tokens: the upstream refused to mint \(HTTP 400, simulated\): simulated failure; check \[session\]")
+
     simulator.fail_client_secrets = "timeout"
     a = await ask(http, svc, leaks, k)
     assert a.status == 504, a.body
@@ -412,7 +418,11 @@ async def test_add_device_cli_then_reload(tmp_path, simulator, run_service, http
     config.write_text(config.read_text() + "# keep this comment\n")
     config.chmod(0o640)
     before = config.read_text()
-    svc = await run_service(config)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's NOTIFY_SOCKET
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    svc = await run_service(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    assert await asyncio.to_thread(notify.recv, 256) == b"READY=1"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -436,6 +446,8 @@ async def test_add_device_cli_then_reload(tmp_path, simulator, run_service, http
     assert svc.proc is not None
     svc.proc.send_signal(signal.SIGHUP)
     await svc.wait_for(r"reloaded .*: 2 devices", start=n)
+    assert [await asyncio.to_thread(notify.recv, 256) for _ in range(2)] == [b"RELOADING=1", b"READY=1"]
+    notify.close()
     assert (await ask(http, svc, leaks, secret)).status == 200
     await svc.wait_for(r"device=living-room status=200")
     assert (await ask(http, svc, leaks, sec["kitchen"])).status == 200
@@ -508,8 +520,11 @@ async def test_tls(tmp_path, simulator, run_service, leaks) -> None:
     )
     sec = new_secrets(leaks, ["kitchen"])
     config = write_config(tmp_path, simulator.api_base, sec, extra_server=f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"')
+    key.chmod(0o644)
     svc = await run_service(config)
     assert svc.url.startswith("https://")
+    await svc.wait_for(r"WARNING speaker_tokens: server\.tls_key_file .*key\.pem is readable by other users \(mode 0644\)")
+    assert not any("api_key_file" in l and "readable" in l for l in svc.lines), "the 0600 API key file is fine"
     ctx = ssl.create_default_context(cafile=str(cert))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
         a = await ask(http, svc, leaks, sec["kitchen"])

@@ -14,6 +14,9 @@ import alsaaudio
 
 _LOG = logging.getLogger(__name__)
 
+# Names of PCMs that open a sound card directly (never a FIFO through the file plugin).
+_HW_PREFIXES = {"hw", "plughw", "sysdefault", "front", "dsnoop", "dmix"}
+
 SUPPORTED_FORMATS = {alsaaudio.PCM_FORMAT_S16_LE: ("S16_LE", 2), alsaaudio.PCM_FORMAT_S32_LE: ("S32_LE", 4)}
 
 
@@ -65,6 +68,15 @@ def open_pcm(device: str, *, capture: bool, rate: int, channels: int, period_ms:
     kind = alsaaudio.PCM_CAPTURE if capture else alsaaudio.PCM_PLAYBACK
     mode = alsaaudio.PCM_NONBLOCK if nonblock else alsaaudio.PCM_NORMAL
     what = "microphone" if capture else "speaker"
+    if device.split(":", 1)[0] in _HW_PREFIXES and not nonblock:
+        # A blocking open of a busy card waits until the other program lets go, and pyalsaaudio
+        # holds the GIL meanwhile (the whole daemon would freeze): check with a non-blocking open.
+        try:
+            alsaaudio.PCM(type=kind, mode=alsaaudio.PCM_NONBLOCK, device=device).close()
+        except alsaaudio.ALSAAudioError as exc:
+            if "busy" in str(exc).lower():
+                raise OSError(f"{what} ALSA PCM '{device}' is busy (another program is using it)") from None
+            # Anything else: the real open below reports it.
     try:
         pcm, got = _open(device, kind, mode, rate, channels, alsaaudio.PCM_FORMAT_S16_LE, rate * period_ms // 1000, periods)
         if got.rate != rate or got.format not in SUPPORTED_FORMATS:

@@ -100,8 +100,9 @@ class Capture:
             _LOG.exception("audio frame consumer failed")
 
     def _status(self, text: str, level: int = logging.WARNING) -> None:
-        _LOG.log(level, "%s", text)
-        if self._on_status is not None:
+        if self._on_status is None:  # otherwise the owner reports it (no double log lines)
+            _LOG.log(level, "%s", text)
+        else:
             try:
                 self._loop.call_soon_threadsafe(self._on_status, text)
             except RuntimeError:  # loop closed during shutdown
@@ -164,11 +165,12 @@ class Capture:
         rate = fmt.rate
         # A real card never delivers faster than real time beyond its buffer; a device that does
         # (the rig's FIFO after its writer left, a broken driver) is treated as gone.
-        ahead_limit = fmt.buffer / rate + 0.5
+        ahead_limit = fmt.buffer / rate + 0.25
         anchor = time.monotonic()
         audio_s = 0.0
         was_muted = False
         overruns = 0
+        empty = 0
         call = self._loop.call_soon_threadsafe
         deliver = self._deliver
         stop = self._stop
@@ -182,8 +184,13 @@ class Capture:
                     _LOG.warning("microphone '%s': overrun (%d so far): audio was lost", self.cfg.input, overruns)
                 anchor, audio_s = now, 0.0
                 continue
-            if n == 0:
+            if n == 0:  # a blocking read returning nothing, again and again, is a dead device
+                empty += 1
+                if empty > 50:
+                    raise _DeviceGone("returns no audio")
+                time.sleep(0.01)
                 continue
+            empty = 0
             audio_s += n / rate
             self._flowed_s += n / rate
             ahead = audio_s - (now - anchor)

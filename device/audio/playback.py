@@ -114,9 +114,7 @@ class Playback:
         """A new reply item starts: later :meth:`write` calls belong to it."""
         self._current = item_id
         with self._cond:
-            self._items[item_id] = _Item()
-            while len(self._items) > _KEEP_ITEMS:
-                self._items.pop(next(iter(self._items)))
+            self._new_item(item_id)
 
     def write(self, pcm24k: bytes) -> None:
         """Queue S16LE 24 kHz mono audio of the current item (non-blocking)."""
@@ -162,7 +160,7 @@ class Playback:
         gain = volume_gain(self._volume) * self.cfg.cue_volume / 100.0
         key = f"cue:{name}:{self._enqueued}"
         with self._cond:
-            self._items[key] = _Item()
+            self._new_item(key)
         self._enqueue(key, pcm, gain)
         try:
             await asyncio.wait_for(self.drained(), cue_ms(name) / 1000 + 2.0)
@@ -175,13 +173,19 @@ class Playback:
         if not pcm:
             return
         with self._cond:
-            item = self._items.get(item_id)
-            if item is None:
-                item = self._items[item_id] = _Item()
+            item = self._items.get(item_id) or self._new_item(item_id)
             item.received += len(pcm) // 2
             self._queue.append((item_id, pcm, gain))
             self._enqueued += 1
             self._cond.notify()
+
+    def _new_item(self, item_id: str) -> _Item:
+        """(Re)start the counters of ``item_id``, forgetting the oldest items (caller holds the lock)."""
+        self._items.pop(item_id, None)
+        item = self._items[item_id] = _Item()
+        while len(self._items) > _KEEP_ITEMS:
+            self._items.pop(next(iter(self._items)))
+        return item
 
     def _position(self) -> int:
         """Frames played so far (caller holds the lock)."""

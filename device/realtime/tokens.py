@@ -128,7 +128,8 @@ class TokenSource:
             _LOG.warning("no way to get realtime keys: set auth.token_url (token service) or "
                          "auth.api_key_file / OPENAI_API_KEY (direct)")
             return
-        self._wake = asyncio.Event()
+        if self._wake is None:
+            self._wake = asyncio.Event()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="token-refresh")
 

@@ -30,9 +30,6 @@ from device.config import DeviceConfig
 
 _LOG = logging.getLogger(__name__)
 
-DeviceType = Literal[
-    "light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor", "garage_door", "alarm"
-]
 DEVICE_TYPES: tuple[str, ...] = (
     "light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor", "garage_door", "alarm",
 )
@@ -468,7 +465,7 @@ class DeviceSpec:
         return ()
 
 
-def _check_topic(topic: str, what: str, *, command: bool) -> str:
+def _check_topic(topic: str, what: str) -> str:
     if not topic:
         return ""
     if "\x00" in topic or "#" in topic or "+" in topic:
@@ -480,7 +477,7 @@ def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
     """A device declared in the config file; raises ValueError naming the key on a bad template/topic."""
     where = f"[[devices]] {dev.name!r}"
     topics = {
-        k: _check_topic(getattr(dev, k), f"{where} {k}", command=k.endswith("command_topic"))
+        k: _check_topic(getattr(dev, k), f"{where} {k}")
         for k in (
             "command_topic", "state_topic", "availability_topic", "brightness_command_topic", "brightness_state_topic",
             "position_command_topic", "position_topic", "temperature_command_topic", "temperature_state_topic",
@@ -546,6 +543,23 @@ def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
     )
     if kind == "lock" and dev.state_on:
         spec = replace(spec, state_locked=dev.state_on, state_unlocked=dev.state_off or spec.state_unlocked)
+    if json_state and kind != "light":
+        # Zigbee2MQTT's <device>/set takes JSON commands and reports {"state": "ON"|"LOCK"|"OPEN"...}.
+        def j(payload: str, key: str = "state") -> str:
+            return json.dumps({key: payload})
+
+        base.update(
+            payload_on=j(dev.payload_on), payload_off=j(dev.payload_off),
+            state_on=dev.state_on or dev.payload_on, state_off=dev.state_off or dev.payload_off,
+            payload_open=j(dev.payload_open), payload_close=j(dev.payload_close), payload_stop=j(dev.payload_stop),
+            payload_lock=j(dev.payload_lock), payload_unlock=j(dev.payload_unlock),
+        )
+        if kind == "lock" and not dev.state_on:
+            base.update(state_locked=dev.payload_lock, state_unlocked=dev.payload_unlock)
+        if kind in ("cover", "garage_door"):
+            base.update(state_open=dev.payload_open, state_closed=dev.payload_close, state_stopped=dev.payload_stop)
+        if kind in ("cover", "garage_door") and not topics["position_command_topic"]:
+            base.update(position_command_topic=topics["command_topic"], position_command_template=Template('{"position": {{ position }}}'))
     if base:
         spec = replace(spec, **base)
     return spec

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,12 +279,16 @@ def entity_name(cfg: dict[str, Any], d: DiscoveryTopic) -> str:
     return d.object_id.replace("_", " ")
 
 
-def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any]) -> DeviceSpec | None:
+Ignore = Callable[[dict[str, Any]], bool]
+
+
+def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], ignore: Ignore | None = None) -> DeviceSpec | None:
     """One entity's config -> DeviceSpec; None for entities the model should not see (diagnostics,
-    disabled ones, unsupported components). Raises DiscoveryError when the config is unusable."""
+    disabled ones, unsupported components, ``ignore(expanded config)``). Raises DiscoveryError when
+    the config is unusable."""
     cfg = expand(raw)
     component = d.component
-    if component not in COMPONENTS:
+    if component not in COMPONENTS or (ignore is not None and ignore(cfg)):
         return None
     if cfg.get("entity_category") in ("diagnostic", "config") or cfg.get("enabled_by_default") is False:
         return None
@@ -440,8 +445,10 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any]) -> D
     return DeviceSpec(**common)
 
 
-def parse_message(topic: str, payload: bytes, prefix: str) -> list[tuple[str, DeviceSpec | None]]:
-    """A discovery message -> [(key, spec or None to remove)]. Raises DiscoveryError when malformed."""
+def parse_message(topic: str, payload: bytes, prefix: str, ignore: Ignore | None = None) -> list[tuple[str, DeviceSpec | None]]:
+    """A discovery message -> [(key, spec or None to remove)]. Raises DiscoveryError when malformed.
+
+    ``ignore`` gets each entity's expanded config; True leaves the entity out (e.g. speakers' own)."""
     d = parse_topic(topic, prefix)
     if d is None:
         raise DiscoveryError("not a discovery config topic")
@@ -456,7 +463,7 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> list[tuple[str, De
     if not isinstance(raw, dict):
         raise DiscoveryError("payload must be a JSON object")
     if d.component != "device":
-        return [(f"discovery:{topic}", spec_from_discovery(topic, d, raw))]
+        return [(f"discovery:{topic}", spec_from_discovery(topic, d, raw, ignore))]
     # Device-based discovery: shared keys at the top, one entity per entry of "components".
     base = raw.get(TOPIC_BASE)
     top = expand(raw)
@@ -477,7 +484,7 @@ def parse_message(topic: str, payload: bytes, prefix: str) -> list[tuple[str, De
             continue
         merged = {**top, **entity}  # shared options at device level, the entity's own win
         sub = DiscoveryTopic(platform, d.object_id, str(comp_id))
-        spec = spec_from_discovery(topic, sub, merged)
+        spec = spec_from_discovery(topic, sub, merged, ignore)
         if spec is not None:
             spec = DeviceSpec(**{**spec.__dict__, "key": key})
         results.append((key, spec))

@@ -139,6 +139,30 @@ def _number(args: dict[str, Any], key: str, lo: float | None = None, hi: float |
     return float(v)
 
 
+def _is_speaker(cfg: dict[str, Any]) -> bool:
+    """Entities announced by a speaker (this one or another) are not home devices for the model."""
+    try:
+        from device.presence import is_speaker_discovery
+    except ImportError:  # presence is optional for this module
+        origin = cfg.get("origin")
+        return isinstance(origin, dict) and origin.get("name") == "realtime-speaker"
+    return bool(is_speaker_discovery(cfg))
+
+
+def check_devices(settings: Settings) -> str:
+    """For ``speaker check``: every [[devices]] entry must be usable; raises ValueError naming the bad ones."""
+    problems = []
+    for dev_cfg in settings.devices:
+        try:
+            spec_from_config(dev_cfg)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError(f"{settings.path}: " + "; ".join(problems))
+    n = len(settings.devices)
+    return f"{n} configured device{'s' if n != 1 else ''} OK" + (", plus Home Assistant discovery" if settings.mqtt.discovery else "")
+
+
 class HomeDevices:
     """The home's devices (config + Home Assistant discovery) and the three tools that use them."""
 
@@ -231,7 +255,7 @@ class HomeDevices:
 
     def _on_discovery(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
-            entries = parse_message(topic, payload, self.cfg.discovery_prefix)
+            entries = parse_message(topic, payload, self.cfg.discovery_prefix, _is_speaker)
         except DiscoveryError as exc:
             _LOG.warning("discovery: skipping %s: %s", topic, exc)
             return
@@ -661,4 +685,4 @@ class HomeDevices:
         return ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing usable"
 
 
-__all__ = ["ACTIONS", "HomeDevices", "RefusedTopic"]
+__all__ = ["ACTIONS", "HomeDevices", "RefusedTopic", "check_devices"]

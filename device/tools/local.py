@@ -45,10 +45,13 @@ def _volume_tool(actions: LocalActions) -> Tool:
                 return {"ok": False, "error": f"{name} must be a number, got {value!r}"}
         if (volume is None) == (change is None):
             return {"ok": False, "error": "give exactly one of volume (0-100) or change (-100..100)"}
-        target = round(volume) if volume is not None else actions.volume + round(change)  # type: ignore[operator]
-        if volume is not None and not 0 <= target <= 100:
-            return {"ok": False, "error": f"volume must be between 0 and 100, got {volume!r}"}
-        target = max(0, min(100, target))
+        if volume is not None:
+            target = round(float(volume))
+            if not 0 <= target <= 100:
+                return {"ok": False, "error": f"volume must be between 0 and 100, got {volume!r}"}
+        else:
+            assert change is not None
+            target = max(0, min(100, actions.volume + round(float(change))))
         await actions.set_volume(target, "voice")
         return {"ok": True, "volume": actions.volume}
 

@@ -8,6 +8,9 @@ this process at it (``ALSA_CONFIG_PATH``); for a daemon subprocess pass ``rig.en
 - ``test_spk``     speaker, 24 kHz mono S16, written to the file ``spk.raw``
 - ``test_spk48``   speaker that only takes 48 kHz stereo S16, written to ``spk48.raw``
 - ``test_spk_fifo`` speaker, 24 kHz mono S16, into ``spk.fifo`` (read at real-time pace)
+- ``test_pulse``   speaker on a private PulseAudio null sink (``rig.start_pulse()`` first): paced
+  in real time by a clock and reporting its delay, for played-position tests (the file PCMs'
+  ``null`` slave reports no delay, so there "played" equals "written")
 
 ``rig.start_mic("test_mic")`` starts the feeder process (silence unless told otherwise);
 ``mic.play(samples16k)`` queues an utterance and returns an :class:`Utterance` whose
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -55,11 +59,16 @@ class Utterance:
     seconds: float  # length of the audio played
     started: float | None = None  # time.monotonic() when its first chunk was handed to the FIFO
     ended: float | None = None
+    _started: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def wait(self, timeout: float) -> bool:
         """Wait until the whole utterance was fed; True if it was."""
         return self._done.wait(timeout)
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until its first chunk was fed; True if it was."""
+        return self._started.wait(timeout)
 
 
 class _Process:
@@ -135,6 +144,7 @@ class MicFeeder(_Process):
             return
         if event["ev"] == "start":
             u.started = event["t"]
+            u._started.set()
         elif event["ev"] == "end":
             u.ended = event["t"]
             u._done.set()
@@ -195,10 +205,14 @@ class AlsaRig:
             self.pcms[name] = PcmSpec(name, rate, ch, str(path), capture=False, fifo=fifo)
             lines.append(f'pcm.{name}_raw {{ type file slave.pcm "null" file "{path}" format "raw" }}')
             lines.append(f'pcm.{name} {{ type plug slave {{ pcm "{name}_raw" rate {rate} channels {ch} format S16_LE }} }}')
+        self.pulse_socket = d / "pulse" / "native"
+        lines.append(f'pcm.test_pulse {{ type pulse server "unix:{self.pulse_socket}" device "rig_sink" }}')
         self.conf = d / "asound.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.env = {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{self.conf}"}
         self._procs: list[_Process] = []
+        self._pulse: subprocess.Popen[bytes] | None = None
+        self._pulse_keepalive: subprocess.Popen[bytes] | None = None
 
     def start_mic(self, name: str = "test_mic") -> MicFeeder:
         """Start feeding the microphone FIFO of ``name`` (silence until told otherwise)."""
@@ -216,6 +230,42 @@ class AlsaRig:
         self._procs.append(reader)
         return reader
 
+    def start_pulse(self, rate: int = 24000, channels: int = 1) -> None:
+        """Start a private PulseAudio server with a null sink behind the ``test_pulse`` PCM."""
+        exe = shutil.which("pulseaudio")
+        plugin = [*Path("/usr/lib").glob("*/alsa-lib/libasound_module_pcm_pulse.so"), *Path("/usr/lib/alsa-lib").glob("libasound_module_pcm_pulse.so")]
+        if exe is None or not plugin:
+            pytest.skip("needs pulseaudio and ALSA's pulse plugin (Debian: pulseaudio libasound2-plugins)")
+        home = self.pulse_socket.parent
+        (home / "rt").mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(home / "rt"), PULSE_RUNTIME_PATH=str(home / "rt"))
+        proc = subprocess.Popen(
+            [exe, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--disallow-exit", "--log-target=stderr",
+             "--log-level=error", "-L", f"module-null-sink sink_name=rig_sink rate={rate} channels={channels}",
+             "-L", f"module-native-protocol-unix socket={self.pulse_socket} auth-anonymous=1"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._pulse = proc
+        deadline = time.monotonic() + 10
+        while not self.pulse_socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("pulseaudio did not start for the rig")
+            time.sleep(0.05)
+        # An idle null sink wakes up only every 2 s, so a new stream can wait that long to start.
+        # A quiet low-latency stream keeps it running with short ticks, like a real card.
+        keepalive = subprocess.Popen(
+            ["aplay", "-q", "-D", "test_pulse", "-r", str(rate), "-c", str(channels), "-f", "S16_LE", "-t", "raw",
+             "--buffer-time=40000", "/dev/zero"],
+            env=dict(os.environ, **self.env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._pulse_keepalive = keepalive
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until a short stream plays promptly
+            t0 = time.monotonic()
+            subprocess.run(["aplay", "-q", "-D", "test_pulse", "-r", str(rate), "-c", str(channels), "-f", "S16_LE", "-t", "raw"],
+                           input=bytes(rate * channels * 2 // 20), env=dict(os.environ, **self.env), timeout=10,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if time.monotonic() - t0 < 0.5:
+                break
+
     def speaker_output(self, name: str = "test_spk") -> bytes:
         """What a file speaker received (the plugin truncates it whenever the PCM is opened)."""
         return Path(self.pcms[name].path).read_bytes()
@@ -228,6 +278,18 @@ class AlsaRig:
         for p in self._procs:
             p.stop()
         self._procs.clear()
+        if self._pulse_keepalive is not None:
+            self._pulse_keepalive.terminate()
+            self._pulse_keepalive.wait(3)
+            self._pulse_keepalive = None
+        if self._pulse is not None:
+            self._pulse.terminate()
+            try:
+                self._pulse.wait(3)
+            except subprocess.TimeoutExpired:
+                self._pulse.kill()
+                self._pulse.wait(3)
+            self._pulse = None
 
 
 @pytest.fixture

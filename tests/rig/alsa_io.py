@@ -9,7 +9,7 @@ Events on stdout, one JSON object per line, ``t`` from time.monotonic() (system-
 ``closed``, ``reader_gone``.
 
 ``spk FIFO OUT BYTES_PER_S``: a speaker. Reads the FIFO at real-time pace into OUT, so the
-writer blocks like on a sound card; reopens the FIFO when the writer closes it.
+writer blocks like on a sound card; writers may close and reopen the FIFO.
 
 Microphone and speaker must be other processes than the one using ALSA: pyalsaaudio holds
 the GIL while the file plugin opens a FIFO, which blocks until the other end is open.
@@ -118,28 +118,20 @@ def mic(path: str, chunk_bytes: int) -> None:
 
 def spk(path: str, out: str, bytes_per_s: int) -> None:
     step = max(2, bytes_per_s // 50)  # 20 ms
+    # O_RDWR: the open does not wait for a writer, the pipe is shrunk before any writer can fill
+    # it, and writers may come and go (the file plugin reopens it) without an EOF here.
+    fd = os.open(path, os.O_RDWR)
+    fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
+    _emit(ev="open", t=time.monotonic())
     with open(out, "wb", buffering=0) as sink:
+        next_t = time.monotonic()
         while True:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
-            except OSError:
-                pass
-            _emit(ev="open", t=time.monotonic())
-            next_t = time.monotonic()
-            while True:
-                data = os.read(fd, step)
-                if not data:
-                    break
-                sink.write(data)
-                next_t += len(data) / bytes_per_s
-                now = time.monotonic()
-                if next_t - now < -0.1:
-                    next_t = now
-                if next_t > now:
-                    time.sleep(next_t - now)
-            os.close(fd)
-            _emit(ev="closed", t=time.monotonic())
+            data = os.read(fd, step)
+            sink.write(data)
+            now = time.monotonic()
+            next_t = max(next_t, now - 0.1) + len(data) / bytes_per_s  # no catch-up after a pause
+            if next_t > now:
+                time.sleep(next_t - now)
 
 
 if __name__ == "__main__":

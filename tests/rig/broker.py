@@ -172,8 +172,9 @@ class Mosquitto:
 class _PahoClient:
     """A paho client in its own network thread, reconnecting quickly, for rig parts."""
 
-    def __init__(self, broker: Mosquitto, client_id: str) -> None:
+    def __init__(self, broker: Mosquitto, client_id: str, *, quickack: bool = True) -> None:
         self.broker = broker
+        self.quickack = quickack
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
@@ -186,7 +187,7 @@ class _PahoClient:
         # Acknowledge the broker's PUBACK at once, so the broker's Nagle does not hold the next
         # command to this device for a delayed-ACK period: a device that "answers at once".
         sock = client.socket()
-        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        if self.quickack and sock is not None and hasattr(socket, "TCP_QUICKACK"):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             except OSError:
@@ -556,8 +557,8 @@ class ClimateSim(SimDevice):
 class DeviceSimulator(_PahoClient):
     """Runs simulated devices on one paho client; records the commands they receive."""
 
-    def __init__(self, broker: Mosquitto) -> None:
-        super().__init__(broker, f"devsim-{os.getpid()}-{id(self)}")
+    def __init__(self, broker: Mosquitto, *, quickack: bool = True) -> None:
+        super().__init__(broker, f"devsim-{os.getpid()}-{id(self)}", quickack=quickack)
         self.devices: list[SimDevice] = []
         self.received: list[tuple[str, str]] = []
         self._lock = threading.RLock()
