@@ -384,7 +384,9 @@ class _Conversation:
             a._publish(ErrorEvent(where="session", message=f"{code}: {message}"))
         elif kind == "input_audio_buffer.speech_started":
             if a.state is State.SPEAKING or (self.item is not None and a.playback.busy):
-                self.interrupt("voice")
+                # With barge_in = "voice" the session has interrupt_response on: the server has
+                # cancelled the response itself, a response.cancel would only race it.
+                self.interrupt("voice", cancel=False)
             self.turn += 1
             self.listen_deadline = self.follow_deadline = None
             a._set_state(State.LISTENING, "speech")
@@ -516,7 +518,7 @@ class _Conversation:
 
     # ----- barge-in --------------------------------------------------------------------------------
 
-    def interrupt(self, why: str) -> Interruption:
+    def interrupt(self, why: str, *, cancel: bool = True) -> Interruption:
         """Silence the speaker now, drop the rest of the reply, tell the server what was heard."""
         pb = self.a.playback
         item = self.item
@@ -531,7 +533,7 @@ class _Conversation:
         for rid in (self.active_response, self.item_response):
             if rid:
                 self.cancelled.add(rid)
-        if self.active_response is not None:
+        if self.active_response is not None and cancel:
             self.out.put_nowait(protocol.response_cancel())
         if item is not None:
             self.out.put_nowait(protocol.item_truncate(item, 0, end_ms))
