@@ -18,7 +18,11 @@ about 1.5 s of reply -> answer -> follow-up window -> idle. Measured:
   So also: "interrupt -> drop", when the writer thread had dropped the ALSA buffer (silence on a
   card), and "written after", reply audio the device still wrote to ALSA after the decision;
 - truncate error: ``audio_end_ms`` sent minus the reply audio that really came out (target
-  +-50 ms);
+  +-50 ms). On the FIFO speaker "played" equals "written" (its null slave reports no delay), so
+  the same barge-in is also run on a PulseAudio null sink, which paces in real time and reports
+  its delay: its monitor is recorded (parec) and the reply followed in it across underrun gaps;
+  that run also gives interrupt -> silent on a device whose drop() discards (incl. ~10 ms of
+  recording latency);
 - CPU: CPU seconds of the device process per second of conversation (audio both ways).
 
     python -m bench.conversation [--rounds 5] [--json]
@@ -175,6 +179,119 @@ async def latency_rounds(rounds: int, workdir: Path, speech: Speech) -> list[dic
     return results
 
 
+def heard_ms(rec: np.ndarray, reply: np.ndarray, gain: float, tol: int = 2) -> tuple[int, int]:
+    """How far into ``reply`` the recording got (ms), and the recording's sample index there.
+
+    The reply is followed across underrun gaps.
+
+    On an underrun the sound server plays silence and may skip some samples, so the recording is
+    followed piecewise: exact runs of the reply, zero gaps, and jumps ahead within the reply.
+    """
+    expected = np.clip(np.rint(reply.astype(np.float64) * gain), -32768, 32767)
+    rec = rec.astype(np.float64)
+    pos, score = locate(rec, expected[:7200])
+    if score < 0.95:
+        return 0, 0
+    block, k, last, last_pos = 240, 0, 0, 0
+    while pos + block <= len(rec) and k < len(expected):
+        n = min(block, len(expected) - k)
+        bad = np.abs(rec[pos : pos + n] - expected[k : k + n]) > tol
+        if not bad.any():
+            pos, k = pos + n, k + n
+            last, last_pos = k, pos
+            continue
+        j = int(np.argmax(bad))
+        if j > 0:
+            pos, k = pos + j, k + j
+            last, last_pos = k, pos
+            continue
+        if rec[pos] == 0:  # a gap of silence: skip it (but not the silence after the reply)
+            ahead = np.flatnonzero(rec[pos : pos + 12000])
+            if not len(ahead):
+                break
+            pos += int(ahead[0])
+            continue
+        seg = rec[pos : pos + block]
+        window = expected[k : k + 12000]
+        if len(window) < block:
+            break
+        at, _ = locate(window, seg)
+        if np.max(np.abs(window[at : at + block] - seg)) > tol:
+            break  # no longer the reply: it was stopped here
+        k += at
+    return last * 1000 // 24000, last_pos
+
+
+async def pulse_rounds(rounds: int, workdir: Path, speech: Speech) -> list[dict[str, float]]:
+    """Barge-in on a speaker that reports its delay (PulseAudio null sink): truncate vs. heard.
+
+    The sink's monitor is recorded; what of the reply is in the recording is what was played.
+    """
+    # Faster than real time, like the real API: deltas paced at exactly real time would underrun
+    # the speaker now and then, and the recording would hold the gaps.
+    runner = SimulatorThread(pace=2.0)
+    sim = runner.start()
+    (workdir / "alsa3").mkdir()
+    rig = AlsaRig(workdir / "alsa3")
+    os.environ.update(rig.env)
+    results: list[dict[str, float]] = []
+    rec_path = workdir / "monitor.raw"
+    recorder: subprocess.Popen[bytes] | None = None
+    d: Device | None = None
+    try:
+        rig.start_pulse()
+        with open(rec_path, "wb") as rec_file:
+            recorder = subprocess.Popen(
+                ["parec", f"--server=unix:{rig.pulse_socket}", "-d", "rig_sink.monitor", "--raw", "--format=s16le",
+                 "--rate=24000", "--channels=1", "--latency-msec=10"], stdout=rec_file, stderr=subprocess.DEVNULL)
+        settings = load_settings(write_device_config(workdir / "dev3", sim, sections={
+            "audio": {"input": "test_mic", "output": "test_pulse"},
+            "realtime": {"follow_up_s": 1.5, "response_timeout_s": 5.0},
+            "state": {"dir": str(workdir / "dev3" / "state")},
+        }))
+        d = Device(settings, rig, sim)
+        await d.start()
+        watch = SizeWatch(rec_path)  # when did the recording get each byte (+ parec's ~10 ms latency)
+        watch.start()
+        reply = pcm(speech_pcm(LONG_REPLY))
+        await asyncio.sleep(1.5)
+        for r in range(rounds):
+            sim.add(Turn(say=LONG_REPLY, transcript=REQUEST), Turn(say="Sure.", transcript="stop"))
+            mark = len(d.events)
+            n_sessions = len(sim.sessions)
+            rec_start = os.path.getsize(rec_path)
+            d.say(speech, WAKE, REQUEST)
+            await d.state(State.SPEAKING, 20, after=mark)
+            await asyncio.sleep(1.2 + 0.3 * r)
+            n_int = len(d.assistant.interruptions)
+            d.say(speech, WAKE, "stop")
+            await d.until(lambda n=n_int: len(d.assistant.interruptions) > n, 10, "interruption")  # type: ignore[misc]
+            intr = d.assistant.interruptions[-1]
+            await d.until(lambda: d.assistant.state is State.IDLE, 30, "idle")
+            await asyncio.sleep(0.5)
+            s = sim.sessions[n_sessions]
+            (_, end_ms), = s.truncations
+            heard = pcm(rec_path.read_bytes()[rec_start - rec_start % 2:])
+            if os.environ.get("BENCH_KEEP"):
+                np.save(os.environ["BENCH_KEEP"], heard)
+            played, end_pos = heard_ms(heard, reply, volume_gain(d.assistant.volume))
+            silent_t = watch.time_of(rec_start - rec_start % 2 + end_pos * 2)
+            results.append({"truncate_error_ms": float(end_ms - played), "audio_end_ms": float(end_ms),
+                            "heard_ms": float(played), "received_ms": float(intr.received_ms),
+                            "interrupt_to_silent_ms": (silent_t - intr.t) * 1000 if silent_t else float("nan")})
+            print(f"pulse round {r + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in results[-1].items()), file=sys.stderr, flush=True)
+        watch.stop_flag.set()
+    finally:
+        if d is not None:
+            await d.stop()
+        if recorder is not None:
+            recorder.terminate()
+            recorder.wait(5)
+        rig.close()
+        runner.stop()
+    return results
+
+
 async def cpu_run(workdir: Path, speech: Speech) -> dict[str, float]:
     """CPU of this (device) process: idle, and over one conversation; simulator in its own process."""
     proc = subprocess.Popen([sys.executable, "-m", "services.simulator", "--port", "0", "--pace", "1",
@@ -230,8 +347,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         (workdir / "speech").mkdir()
         speech = Speech(workdir / "speech")
         rounds = await latency_rounds(args.rounds, workdir, speech)
+        try:
+            pulse = await pulse_rounds(max(1, args.rounds // 2 + 1), workdir, speech)
+        except BaseException as exc:  # pytest.skip() without pulseaudio, or a rig failure: report, go on
+            if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+                raise
+            print(f"pulse rounds skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+            pulse = []
         cpu = await cpu_run(workdir, speech)
-    return {"rounds": rounds, "cpu": cpu}
+    return {"rounds": rounds, "pulse": pulse, "cpu": cpu}
 
 
 def main() -> None:
@@ -255,6 +379,10 @@ def main() -> None:
     }
     for key, note in targets.items():
         print(f"{key:28s} {_summary([r[key] for r in rounds])}  [{note}]")
+    print(f"{'truncate_error_ms (pulse)':28s} {_summary([r['truncate_error_ms'] for r in result['pulse']])}  "
+          "[target +-50, speaker reporting its delay]")
+    print(f"{'interrupt_to_silent (pulse)':28s} {_summary([r['interrupt_to_silent_ms'] for r in result['pulse']])}  "
+          "[target <= 50, null sink monitor, incl. recording latency]")
     cpu = result["cpu"]
     print(f"{'cpu_per_audio_s':28s} conversation {cpu['conversation_cpu_per_s']:.3f} CPU-s/s over {cpu['conversation_s']:.1f} s; "
           f"idle {cpu['idle_cpu_per_s']:.3f}")

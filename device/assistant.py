@@ -227,6 +227,10 @@ class _Conversation:
         except asyncio.CancelledError:
             reason = self.a._cancel_reason or "cancelled"
             raise
+        except Exception as exc:  # a bug here must not leave the speaker stuck in a conversation
+            _LOG.exception("conversation failed unexpectedly")
+            self.failure = _Failure("internal", f"{type(exc).__name__}: {exc}")
+            reason = "error"
         finally:
             if self.finished.done() and self.failure is None:
                 reason = self.finished.result()
@@ -383,9 +387,16 @@ class _Conversation:
             self.last_error_t = now
             a._publish(ErrorEvent(where="session", message=f"{code}: {message}"))
         elif kind == "input_audio_buffer.speech_started":
+            voice = a.rt.barge_in == "voice"
+            if a.state is State.SPEAKING and not voice:
+                # Speech in audio streamed before the reply began; only the wake word interrupts.
+                _LOG.debug("speech started while speaking (wake_word barge-in): not an interruption")
+                return
+            if voice and self.active_response is not None:
+                # interrupt_response is on with barge_in = "voice": the server cancels the response
+                # itself (a response.cancel would only race it); drop whatever of it still arrives.
+                self.cancelled.add(self.active_response)
             if a.state is State.SPEAKING or (self.item is not None and a.playback.busy):
-                # With barge_in = "voice" the session has interrupt_response on: the server has
-                # cancelled the response itself, a response.cancel would only race it.
                 self.interrupt("voice", cancel=False)
             self.turn += 1
             self.listen_deadline = self.follow_deadline = None
@@ -471,7 +482,7 @@ class _Conversation:
 
     async def _tool(self, call_id: str, name: str, arguments: str) -> None:
         result = await self.a.tools.call(name, arguments, self.a.rt.tool_timeout_s)
-        _LOG.info("tool %s(%s) -> %s", name, arguments, result.output_json)
+        _LOG.debug("tool %s(%s) -> %s", name, arguments, result.output_json)
         self.a._publish(ToolCalled(name=name, arguments=result.arguments, result=result.output, duration_s=result.duration_s))
         if not self.finished.done():
             self.out.put_nowait(protocol.function_call_output(call_id, result.output_json))

@@ -420,3 +420,4 @@ async def test_no_frame_passes_capture_while_muted_over_1000_random_toggles(fifo
     overlap = [f for f in delivered if any(a < f.t - 0.08 < b or a < f.t < b for a, b in intervals)]
     print(f"mute property: {len(delivered)} frames delivered ({during} amid the toggles), {len(intervals)} mute windows, "
           f"{len(overlap)} delivered frames whose 80 ms of audio began inside a mute window")
+    assert overlap == [], "audio recorded while muted reached the capture layer's output"

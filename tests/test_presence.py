@@ -268,7 +268,13 @@ def discovery_configs(obs: Observer, prefix: str = "homeassistant") -> dict[str,
 
 
 async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(speaker: Speaker, mosquitto: Mosquitto) -> None:
-    # A client subscribing after the announcement gets the retained configs, as HA does at its start.
+    # Wait until the speaker has announced itself (it does so right after connecting) ...
+    first = Observer(mosquitto.port, "homeassistant/#")
+    try:
+        await first.wait(lambda: len(discovery_configs(first)) >= 10, what="the announcement")
+    finally:
+        first.close()
+    # ... then a client subscribing later gets the retained configs, as HA does at its start.
     obs = Observer(mosquitto.port, "homeassistant/#")
     try:
         configs = await obs.wait(lambda: len(c := discovery_configs(obs)) >= 10 and c, what="10 discovery configs")

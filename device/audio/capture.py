@@ -54,6 +54,7 @@ class Capture:
         self._loop = loop
         self._on_status = on_status
         self._muted = False
+        self._unmuted_at = 0.0  # monotonic time of the last unmute
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.frames_delivered = 0
@@ -69,6 +70,8 @@ class Capture:
 
     @muted.setter
     def muted(self, value: bool) -> None:
+        if self._muted and not value:
+            self._unmuted_at = time.monotonic()
         self._muted = bool(value)
 
     def start(self) -> None:
@@ -91,7 +94,8 @@ class Capture:
     # -- loop side ---------------------------------------------------------------------------
 
     def _deliver(self, frame: AudioFrame) -> None:
-        if self._muted:  # muted between the read and now: still never delivered
+        # Muted between the read and now, or read partly before the unmute: never delivered.
+        if self._muted or frame.t - PERIOD_MS / 1000 < self._unmuted_at:
             return
         self.frames_delivered += 1
         try:
@@ -198,7 +202,8 @@ class Capture:
                 anchor = now - audio_s
             elif ahead > ahead_limit:
                 raise _DeviceGone(f"delivers audio faster than real time ({ahead:.1f} s ahead), the device is gone")
-            if self._muted:
+            # A read that began before the last unmute holds audio recorded while muted.
+            if self._muted or now - n / rate < self._unmuted_at:
                 was_muted = True
                 continue
             if was_muted:

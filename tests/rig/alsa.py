@@ -228,6 +228,9 @@ class AlsaRig:
         assert spec.fifo and not spec.capture, f"{name} is not a FIFO speaker"
         reader = SpeakerReader(spec, self.dir / f"{name}.out")
         self._procs.append(reader)
+        # Ready before any writer: the FIFO is shrunk while it is still empty.
+        if reader.wait_event("open", 10) is None:
+            raise RuntimeError(f"the speaker reader for {name} did not start")
         return reader
 
     def start_pulse(self, rate: int = 24000, channels: int = 1) -> None:

@@ -121,7 +121,10 @@ def spk(path: str, out: str, bytes_per_s: int) -> None:
     # O_RDWR: the open does not wait for a writer, the pipe is shrunk before any writer can fill
     # it, and writers may come and go (the file plugin reopens it) without an EOF here.
     fd = os.open(path, os.O_RDWR)
-    fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
+    except OSError:  # a writer already filled it (it did not wait for "open"): read on anyway
+        pass
     _emit(ev="open", t=time.monotonic())
     with open(out, "wb", buffering=0) as sink:
         next_t = time.monotonic()
