@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .audio.ringbuffer import PreRoll
+from .arbitration import claim_score
 from .config import Settings
 from .events import (
     AnnouncementEvent,
@@ -48,6 +49,7 @@ _LOG = logging.getLogger("speaker.assistant")
 PREROLL_S = 3.0  # recent microphone audio kept for the words after the wake word
 # openWakeWord fires 200-550 ms after the end of the wake word, while the person is already
 # saying the next words: the session's input starts this long before the detection.
+WAKE_WORD_S = 1.5  # audio that holds the whole wake word, for the arbitration score
 LOOKBACK_S = 0.6
 BUTTON_LOOKBACK_S = 0.2  # people start talking while pressing the talk button
 FIRST_TURN_MIN_S = 6.0  # after the wake word, wait at least this long for speech to start
@@ -736,7 +738,11 @@ class Assistant:
             self._cue("wake")
             conv.stream_frames(frames)
             return
-        self._begin("wake", frames=frames, score=det.score)
+        score = det.score
+        if self.arbiter is not None:
+            # Speakers compare how loud they heard the wake word: the nearest one answers.
+            score = claim_score(det.score, b"".join(f.pcm16k for f in self._preroll.since(frame.t - WAKE_WORD_S)))
+        self._begin("wake", frames=frames, score=score)
 
     # ----- conversations -----------------------------------------------------------------------------
 

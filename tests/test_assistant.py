@@ -521,8 +521,9 @@ async def test_local_tool_arguments() -> None:
     """set_volume and end_conversation as the model calls them, good and bad arguments."""
 
     class Actions:
-        volume = 50
-        ended: list[str] = []
+        def __init__(self) -> None:
+            self.volume = 50
+            self.ended: list[str] = []
 
         async def set_volume(self, volume: int, source: str) -> None:
             self.volume = volume

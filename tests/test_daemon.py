@@ -5,6 +5,7 @@ simulator), with MQTT devices and the speaker's own topics."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -173,3 +174,49 @@ def test_mqtt_mute_announce_and_availability(tmp_path, alsa_rig, simulator, mosq
         assert "Traceback" not in d.output
     finally:
         spy.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.simulator(pace=2.0)
+def test_three_speakers_one_wake_word_only_the_loudest_answers(tmp_path, speech, simulator, mosquitto, daemon_factory) -> None:
+    from tests.rig.alsa import AlsaRig
+
+    # The loudest is neither the first nor the last device id, so a tie-break cannot pass the test.
+    gains = {"a_hall": 0.08, "b_kitchen": 1.0, "c_living": 0.3}
+    for name in gains:
+        (tmp_path / f"alsa-{name}").mkdir()
+    rigs = {name: AlsaRig(tmp_path / f"alsa-{name}") for name in gains}
+    try:
+        mics = {name: rig.start_mic("test_mic") for name, rig in rigs.items()}
+        daemons = {}
+        for name, rig in rigs.items():
+            config = write_device_config(
+                tmp_path / name,
+                simulator,
+                sections={
+                    "audio": {"input": "test_mic", "output": "test_spk"},
+                    "realtime": {"follow_up_s": 1.0},
+                    # Wider than the default 150 ms: the rig's three microphones are not in phase.
+                    "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "device_id": name, "arbitration_ms": 400},
+                    "state": {"dir": str(tmp_path / name / "state")},
+                },
+            )
+            daemons[name] = daemon_factory(["run", "--config", str(config)], rig.env)
+        for d in daemons.values():
+            d.wait_for(r"ready: listening", timeout=30)
+        time.sleep(1.0)  # every speaker has seen the others come online
+        words = np.concatenate([speech.say("hey jarvis, what time is it?"), speech.silence(1.0)]).astype(np.float64)
+        for name, mic in mics.items():
+            mic.play((words * gains[name]).astype(np.int16))
+        for d in daemons.values():
+            d.wait_for(r"wake word hey_jarvis detected", timeout=15)
+        time.sleep(2.0)
+        answered = [name for name, d in daemons.items() if "state idle -> listening" in d.output]
+        assert answered == ["b_kitchen"], {n: d.output[-2000:] for n, d in daemons.items()}
+        assert len(simulator.sessions) == 1
+        for name, d in daemons.items():
+            if name != "b_kitchen":
+                assert re.search(r"wake arbitration: lost to b_kitchen|standing down", d.output), d.output[-2000:]
+    finally:
+        for rig in rigs.values():
+            rig.close()
