@@ -160,6 +160,7 @@ class App:
             await home.start()
             await mqtt.start()
             self._on_cleanup(mqtt.stop)
+            self._on_cleanup(home.stop)
 
         def on_frame(frame: Any) -> None:
             if not self._first_frame.is_set():

@@ -93,6 +93,15 @@ async def _checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
 
         checks.append(("mqtt broker", mqtt))
 
+    if settings.devices:
+
+        def devices() -> str:
+            from .tools.home import check_devices
+
+            return check_devices(settings)
+
+        checks.append(("home devices", devices))
+
     if gpio_wanted(settings):
 
         def gpio() -> str:

@@ -403,6 +403,13 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
             raise ConfigError(f"{file}: 'devices[{i}].command_topic' is required for a {dev.type}")
         devices.append(dev)
 
+    from .wakeword import WakeWordError, resolve_model
+
+    try:
+        resolve_model(sections["wake"])
+    except WakeWordError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+
     auth: AuthConfig = sections["auth"]
     rt: RealtimeConfig = sections["realtime"]
     if not rt.url.startswith(("ws://", "wss://")):

@@ -36,6 +36,8 @@ def write(tmp_path: Path, text: str, name: str = "speaker.toml") -> Path:
         ("[[devices]]\nname = \"lamp\"\ntype = \"light\"\n", r"'devices\[0\].command_topic' is required"),
         ("[[devices]]\ntype = \"light\"\ncommand_topic = \"a/set\"\n", r"missing key 'devices\[0\].name'"),
         ("[auth]\ntoken_url = \"http://h:8780/v1/realtime/token\"\n", r"'auth.device_secret_file' is required"),
+        ("[wake]\nmodel = \"hey_javis\"\n", r"wake.model: unknown built-in model 'hey_javis'"),
+        ("[wake]\nmodel = \"/nonexistent/jarvis.tflite\"\n", r"wake.model: model file /nonexistent/jarvis.tflite does not exist"),
     ],
 )
 def test_config_error_messages(tmp_path: Path, text: str, expected: str) -> None:

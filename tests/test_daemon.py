@@ -217,6 +217,8 @@ def test_three_speakers_one_wake_word_only_the_loudest_answers(tmp_path, speech,
         for name, d in daemons.items():
             if name != "b_kitchen":
                 assert re.search(r"wake arbitration: lost to b_kitchen|standing down", d.output), d.output[-2000:]
+                assert not np.frombuffer(rigs[name].speaker_output("test_spk"), dtype=np.int16).any()  # no cue, nothing
+        assert np.frombuffer(rigs["b_kitchen"].speaker_output("test_spk"), dtype=np.int16).any()
     finally:
         for rig in rigs.values():
             rig.close()
