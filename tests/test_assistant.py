@@ -567,3 +567,61 @@ async def test_session_near_its_limit_ends_after_the_reply(make_device, speech: 
     assert State.FOLLOW_UP not in [e.new for e in d.of(StateChanged)]
     assert ended[0].t - speaking.t > len(speech_pcm(MEDIUM_REPLY)) / 48000 - 0.5
     await d.until(lambda: simulator.sessions[0].closed, 3, "socket closed")
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.simulator(pace=4, default_reply="Hi there.")
+async def test_no_microphone_frame_passes_while_muted_over_1000_toggles_in_every_state(make_device, simulator: RealtimeSimulator) -> None:
+    """The mute property, on the real capture layer and the real assistant: 1,000 toggles at random
+    moments in idle, listening, speaking and follow-up; no frame leaves the capture layer while muted,
+    and no audio reaches the network."""
+    import random
+    from collections import Counter
+
+    d = await make_device(realtime={"follow_up_s": 1.0})
+    a, capture = d.assistant, d.capture
+    rng = random.Random(1234)
+    leaked: list[float] = []
+    flowed = 0
+    forward = a.on_frame
+
+    def at_capture_output(frame: Any) -> None:
+        nonlocal flowed
+        flowed += 1
+        if capture.muted or a.muted:
+            leaked.append(frame.t)
+        forward(frame)
+
+    a.on_frame = at_capture_output  # type: ignore[method-assign]
+    seen: Counter[str] = Counter()
+    windows: list[tuple[float, float]] = []
+    targets = {0: State.LISTENING, 7: State.SPEAKING, 14: State.FOLLOW_UP}
+    for cycle in range(500):  # 500 mutes + 500 unmutes
+        target = targets.get(cycle % 21)
+        if target is State.LISTENING:
+            await a.start_conversation()
+        elif target is not None:
+            await a.start_conversation("Say hi.")
+        if target is not None:
+            await d.until(lambda: a.state is target, 5, target.value)
+        await asyncio.sleep(rng.uniform(0, 0.03))
+        seen[a.state.value] += 1
+        count_at_mute = capture.frames_delivered
+        started = time.monotonic()
+        await a.set_muted(True, "test")
+        assert a.state is State.MUTED and capture.muted
+        # Mostly short windows; some long enough that frames would have flowed.
+        await asyncio.sleep(rng.uniform(0.1, 0.25) if rng.random() < 0.1 else rng.uniform(0, 0.02))
+        assert capture.frames_delivered == count_at_mute, f"frames passed capture in mute window {cycle}"
+        windows.append((started, time.monotonic()))
+        await a.set_muted(False, "test")
+    await d.until(lambda: a.conversation is None or a.state is State.IDLE, 5, "settled")
+
+    assert leaked == []
+    assert seen.keys() >= {"idle", "listening", "speaking", "follow_up"}, seen
+    assert flowed > 50  # audio did flow between the windows: the property could have failed
+    # Nothing captured while muted went out on any session (50 ms slack for appends in flight).
+    for s in simulator.sessions:
+        for ev, t in zip(s.client_events, s.client_times):
+            if ev["type"] == "input_audio_buffer.append":
+                assert not any(a0 + 0.05 < t < b0 for a0, b0 in windows), "audio sent while muted"
