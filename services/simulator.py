@@ -217,6 +217,7 @@ class SimSession:
         self.client_events: list[dict[str, Any]] = []
         self.client_times: list[float] = []
         self.server_events: list[dict[str, Any]] = []
+        self.server_times: list[float] = []  # time.monotonic() when each server event was sent
         self.violations: list[str] = []
         self.errors_sent: list[dict[str, Any]] = []
         self.truncations: list[tuple[str, int]] = []
@@ -299,6 +300,7 @@ class SimSession:
             self.sim.server_violations.extend(problems)
             _LOG.error("simulator sent a non-conformant event: %s", "; ".join(problems))
         self.server_events.append(event)
+        self.server_times.append(time.monotonic())
         if self.ws.closed:
             return
         async with self._send_lock:
