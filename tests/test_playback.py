@@ -169,3 +169,25 @@ async def test_played_position_on_a_speaker_that_reports_its_delay(alsa_rig) -> 
     assert played <= at_stop <= played + 300
     assert after == at_stop  # nothing plays after stop()
     assert pb.received_ms("reply") == 3000
+
+
+async def test_reply_arriving_at_real_time_plays_without_gaps(alsa_rig) -> None:
+    """Deltas that arrive exactly as fast as they play (a slow network) must not underrun the
+    speaker: the start of a reply is held back until a little audio is queued."""
+    alsa_rig.start_pulse()
+    pb = Playback(AudioConfig(output="test_pulse", output_buffer_ms=200), asyncio.get_running_loop())
+    pb.start()
+    try:
+        await asyncio.sleep(0.3)
+        tone = (np.sin(np.arange(24000 * 2) * 2 * np.pi * 300 / 24000) * 5000).astype("<i2").tobytes()
+        pb.begin("reply")
+        chunk = 24000 * 2 // 20  # 50 ms deltas, sent at real-time pace
+        t0 = time.monotonic()
+        for n, i in enumerate(range(0, len(tone), chunk), 1):
+            pb.write(tone[i : i + chunk])
+            await asyncio.sleep(max(0.0, t0 + n * 0.05 - time.monotonic()))
+        await asyncio.wait_for(pb.drained(), 10)
+        assert pb.underruns == 0
+        assert pb.played_ms("reply") == pb.received_ms("reply") == 2000
+    finally:
+        await pb.close()

@@ -28,6 +28,9 @@ _LOG = logging.getLogger(__name__)
 
 IN_RATE = 24000
 PERIOD_MS = 20
+# A reply that starts on an idle speaker waits for this much audio (or this long) before the first
+# write, so deltas arriving at exactly real time with network jitter do not underrun the device.
+PREBUFFER_MS = 100
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 8.0
 _KEEP_ITEMS = 32
@@ -57,6 +60,7 @@ class Playback:
         self._volume = cfg.volume
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple[str, bytes, float]] = collections.deque()
+        self._queue_since = 0.0  # when the queue last went from empty to non-empty
         self._stop_gen = 0
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -175,6 +179,8 @@ class Playback:
         with self._cond:
             item = self._items.get(item_id) or self._new_item(item_id)
             item.received += len(pcm) // 2
+            if not self._queue:
+                self._queue_since = time.monotonic()
             self._queue.append((item_id, pcm, gain))
             self._enqueued += 1
             self._cond.notify()
@@ -288,6 +294,10 @@ class Playback:
                     seen_gen = self._stop_gen
                     action = "stop"
                 elif action == "write":
+                    wait_s = self._prebuffer_wait(tail_item)
+                    if wait_s > 0:
+                        self._cond.wait(wait_s)
+                        continue
                     if self._queue:
                         entry = self._queue.popleft()
                     else:
@@ -320,6 +330,14 @@ class Playback:
                 x = resampler.resample_chunk(x)
                 tail_item = item_id
             self._write_all(pcm, fmt, item_id, self._to_device(x, fmt), seen_gen)
+
+    def _prebuffer_wait(self, tail_item: str | None) -> float:
+        """Seconds to hold back the start of a reply on an idle device (caller holds the lock)."""
+        if self._delay > 0 or tail_item is not None or not self._queue or self._queue[0][0].startswith("cue:"):
+            return 0.0
+        if sum(len(e[1]) for e in self._queue) >= PREBUFFER_MS * IN_RATE * 2 // 1000:
+            return 0.0
+        return self._queue_since + PREBUFFER_MS / 1000 - time.monotonic()
 
     @staticmethod
     def _to_device(x: np.ndarray, fmt: PcmFormat) -> bytes:
