@@ -186,7 +186,11 @@ class DeviceConfig:
     temperature_state_topic: str = _f("", "climate: set-point state topic")
     mode_command_topic: str = _f("", "climate: mode command topic")
     mode_state_topic: str = _f("", "climate: mode state topic")
-    value_template: str = _f("", "state JSON key to read, e.g. '{{ value_json.state }}'")
+    value_template: str = _f("", "how to read the state payload, e.g. '{{ value_json.state }}' (or just the JSON key)")
+    command_template: str = _f("", "how to build the command payload from {{ value }}, e.g. '{\"power\": \"{{ value }}\"}'")
+    brightness_command_template: str = _f("", "how to build the brightness payload from {{ value }}")
+    payload_available: str = _f("online", "availability payload meaning online")
+    payload_not_available: str = _f("offline", "availability payload meaning offline")
     confirm: bool = _f(False, "require confirmed=true even for this type")
 
 

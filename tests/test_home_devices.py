@@ -16,6 +16,7 @@ from tests.rig.broker import (
     DeviceSimulator,
     HomeRig,
     Mosquitto,
+    SimDevice,
     StandardDevices,
     SwitchSim,
     Z2MLightSim,
@@ -328,3 +329,34 @@ async def test_speakers_own_discovery_entities_are_not_home_devices(mosquitto: M
         await rig.wait_devices(*ALL)
         await asyncio.sleep(0.4)
         assert sorted(rig.home.registry.names()) == sorted(ALL)
+
+
+class _TemplatedHeater(SimDevice):
+    """A device that takes {"power": "ON"} and reports {"power": "ON", "temp": ...}."""
+
+    def __init__(self) -> None:
+        super().__init__("Heater")
+        self.power = "OFF"
+
+    def command_topics(self) -> list[str]:
+        return ["home/heater/set"]
+
+    def state_messages(self) -> list[tuple[str, str, bool]]:
+        return [("home/heater", json.dumps({"power": self.power, "temp": 21.5}), False)]
+
+    def handle(self, topic: str, payload: str) -> list[tuple[str, str, bool]]:
+        self.power = json.loads(payload)["power"]
+        return self.state_messages()
+
+
+async def test_config_declared_device_with_command_and_value_templates(mosquitto: Mosquitto, device_sim: DeviceSimulator) -> None:
+    heater = _TemplatedHeater()
+    device_sim.add(heater)
+    devices = (DeviceConfig(name="Heater", type="switch", area="Bathroom", command_topic="home/heater/set",
+                            state_topic="home/heater", command_template='{"power": "{{ value }}"}',
+                            value_template="{{ value_json.power }}"),)
+    async with HomeRig(mosquitto, devices=devices, discovery=False) as rig:
+        out = await rig.call("control_device", {"device": "heater", "action": "turn_on"})
+        assert out["ok"], out
+        assert heater.commands[-1] == ("home/heater/set", '{"power": "ON"}')
+        assert heater.power == "ON" and out["state"]["state"] == "on"

@@ -517,7 +517,13 @@ def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
         command_topic=topics["command_topic"],
         state_topic=state_topic,
         value_template=value_template,
-        availability=(Availability(topics["availability_topic"]),) if topics["availability_topic"] else (),
+        availability=(
+            (Availability(topics["availability_topic"], dev.payload_available, dev.payload_not_available),)
+            if topics["availability_topic"]
+            else ()
+        ),
+        command_template=_template(dev.command_template, f"{where} command_template"),
+        brightness_command_template=_template(dev.brightness_command_template, f"{where} brightness_command_template"),
         payload_on=dev.payload_on,
         payload_off=dev.payload_off,
         state_on=dev.state_on,

@@ -627,7 +627,11 @@ class HomeDevices:
         expect = plan.expect
         optimistic = expect.empty()
         try:
+            spec = dev.spec
             for topic, payload in plan.messages:
+                if topic == spec.command_topic and spec.command_template is not None and spec.schema != "json":
+                    rendered = spec.command_template.render({"value": payload})  # HA's command_template
+                    payload = payload if rendered is None else rendered
                 await self.mqtt.publish(topic, payload, qos=1, wait_ack=optimistic)
         except MqttUnavailable as exc:
             return _fail(f"{exc}; {name} may not have been changed")
