@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
+JOIN_MARGIN_S = 0.04  # time left in a round for a late claim to reach every speaker
 LATE_S = 1.5  # a claim this recent means the same utterance was already claimed elsewhere
 CLAIM_TOPIC = "{prefix}/_arbitration/claim"
 
@@ -95,6 +96,10 @@ class Arbiter:
         m = settings.mqtt
         self.device_id = m.device_id
         self.window_s = m.arbitration_ms / 1000.0
+        # A speaker may still join a round this long after its first claim: late enough for the
+        # 80 ms frame phase between speakers, early enough for its claim to reach every other
+        # speaker before their windows close (so all of them judge the same claims).
+        self.join_s = max(self.window_s / 2, self.window_s - max(JOIN_MARGIN_S, self.window_s / 5))
         self._prefix = m.topic_prefix
         self._topic = claim_topic(settings)
         self._mqtt = mqtt
@@ -183,7 +188,7 @@ class Arbiter:
         recent = [c for c in self._claims if c.device_id != self.device_id and now - c.arrived <= LATE_S]
         if recent:
             start = min(c.arrived for c in recent)
-            if now - start > self.window_s / 2:
+            if now - start > self.join_s:
                 _LOG.info("wake word claimed %.0f ms earlier by %s: standing down",
                           (now - start) * 1000, ", ".join(sorted({c.device_id for c in recent})))
                 return False

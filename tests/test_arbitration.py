@@ -106,11 +106,22 @@ async def test_a_late_detection_stands_down_even_when_louder(nodes: Callable[...
         await obs.wait(lambda: obs.messages, what="the first claim on the broker")
     finally:
         obs.close()
-    await asyncio.sleep(0.075 + 0.03)  # more than half the 150 ms window after the first claim
+    await asyncio.sleep(late.arbiter.join_s + 0.03)  # past the point where the round takes newcomers
     t0 = time.perf_counter()
     assert await late.arbiter.claim(0.99) is False
     assert time.perf_counter() - t0 < 0.02, "standing down is immediate"
     assert await first_claim is True
+
+
+async def test_a_louder_speaker_detecting_a_frame_later_still_wins(nodes: Callable[..., Any], mosquitto: Mosquitto) -> None:
+    # Speakers' 80 ms audio frames are not in phase: the louder one may detect a frame later.
+    first, later = await nodes("hall", "kitchen")
+    await wait_peers([first, later], 1)
+    assert later.arbiter.join_s >= 0.1  # default 150 ms window
+    first_claim = asyncio.create_task(first.arbiter.claim(0.6))
+    await asyncio.sleep(0.085)  # more than half the window after the first claim, a frame later
+    assert await later.arbiter.claim(0.99) is True
+    assert await first_claim is False
 
 
 async def test_a_silent_peer_costs_at_most_the_window(nodes: Callable[..., Any]) -> None:

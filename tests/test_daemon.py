@@ -196,8 +196,7 @@ def test_three_speakers_one_wake_word_only_the_loudest_answers(tmp_path, speech,
                 sections={
                     "audio": {"input": "test_mic", "output": "test_spk"},
                     "realtime": {"follow_up_s": 1.0},
-                    # Wider than the default 150 ms: the rig's three microphones are not in phase.
-                    "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "device_id": name, "arbitration_ms": 400},
+                    "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "device_id": name},
                     "state": {"dir": str(tmp_path / name / "state")},
                 },
             )
