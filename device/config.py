@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import typing
@@ -55,6 +56,10 @@ def _f(default: Any, doc: str = "", **meta: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# Topic levels without wildcards or empty levels, e.g. "speaker" or "home/speakers".
+_TOPIC_PATH = r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\Z"
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,9 @@ class MqttConfig:
     enabled: bool = _f(True, "connect to MQTT at all")
     host: str = _f("localhost", "broker host")
     port: int = _f(1883, "broker port", **_range(1, 65535))
-    device_id: str = _f("speaker", "topics live under <topic_prefix>/<device_id>/", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    topic_prefix: str = _f("speaker", "root of the speaker's own topics", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
-    discovery_prefix: str = _f("homeassistant", "Home Assistant discovery prefix")
+    device_id: str = _f("speaker", "topics live under <topic_prefix>/<device_id>/", pattern=r"[A-Za-z0-9_-]{1,64}\Z")
+    topic_prefix: str = _f("speaker", "root of the speaker's own topics", pattern=_TOPIC_PATH)
+    discovery_prefix: str = _f("homeassistant", "Home Assistant discovery prefix", pattern=_TOPIC_PATH)
     discovery: bool = _f(True, "import devices from Home Assistant MQTT discovery")
     username: str = _f("", "broker user name")
     password_file: str = _f("", "file holding the broker password")
@@ -305,7 +310,7 @@ def _check_value(tp: Any, value: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
@@ -340,7 +345,7 @@ def build_section(cls: type, table: Any, where: str, file: str) -> Any:
             raise ConfigError(f"{file}: '{key}' must be between {lo} and {hi}, got {value!r}")
         pattern = f.metadata.get("pattern")
         if pattern and not re.match(pattern, value):
-            raise ConfigError(f"{file}: '{key}' must match {pattern}, got {value!r}")
+            raise ConfigError(f"{file}: '{key}' must match {pattern.removesuffix(chr(92) + 'Z')}, got {value!r}")
         values[name] = value
     return cls(**values)
 

@@ -366,7 +366,10 @@ class MqttConnection:
             _LOG.info("MQTT: connected to %s", self.broker)
         self._failures = 0
         for sub in self._subs.values():
-            self._client.subscribe(sub.filter, qos=sub.qos)
+            try:
+                self._client.subscribe(sub.filter, qos=sub.qos)
+            except ValueError as exc:  # one bad filter must not cost the others or the announcement
+                _LOG.error("MQTT: cannot subscribe to %r: %s", sub.filter, exc)
         if not self._stopping:
             self._client.publish(self.availability_topic, self.ONLINE, qos=1, retain=True)
         for cb in list(self._connected_cbs):

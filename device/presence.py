@@ -405,6 +405,8 @@ class Presence:
             sub(t.ha_status, self._on_ha_status),
             sub(t.tokens, self._on_own_tokens),
         ]
+        if t.ha_status != "homeassistant/status":  # HA's birth topic stays this unless changed in HA
+            self._unsubs.append(sub("homeassistant/status", self._on_ha_status))
         self._unsubs.append(self._bus.subscribe(self._on_event))
         self._started = True
         if not self._hooked:  # the connection offers no way to unregister: hook once

@@ -589,6 +589,7 @@ class Device:
 
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
+        self.given_name = spec.name  # the name before a clash renamed it (deny lists use both)
         self.state: dict[str, Any] = {}
         self._avail: dict[int, bool] = {}
         self._avail_latest: bool | None = None
@@ -603,8 +604,9 @@ class Device:
 
     def replace_spec(self, spec: DeviceSpec) -> None:
         """A discovery update: new topics/payloads, keep what was reported."""
+        if [a.topic for a in spec.availability] != [a.topic for a in self.spec.availability]:
+            self._avail = {}  # availability comes from other topics now; the old answers do not hold
         self.spec = spec
-        self._avail = {}
 
     @property
     def available(self) -> bool | None:
@@ -859,7 +861,7 @@ class DeviceRegistry:
 
     def put(self, spec: DeviceSpec) -> Device:
         """Add a device or update one with the same key; a clashing name gets a suffix."""
-        name = spec.name
+        given = name = spec.name
         if self._name_taken(name, spec.key):
             if spec.area and not self._name_taken(f"{spec.area} {name}", spec.key):
                 name = f"{spec.area} {name}"
@@ -875,6 +877,7 @@ class DeviceRegistry:
             dev = self._by_key[spec.key] = Device(spec)
         else:
             dev.replace_spec(spec)
+        dev.given_name = given
         self._changed()
         return dev
 
@@ -886,10 +889,10 @@ class DeviceRegistry:
 
     def exposed(self, dev: Device) -> bool:
         """Whether the model may see and control this device (allow/deny lists, shell-style patterns)."""
-        n = normalize_name(dev.name)
-        if any(fnmatch.fnmatchcase(n, p) for p in self._deny):
+        names = {normalize_name(dev.name), normalize_name(dev.given_name)}
+        if any(fnmatch.fnmatchcase(n, p) for n in names for p in self._deny):
             return False
-        return not self._allow or any(fnmatch.fnmatchcase(n, p) for p in self._allow)
+        return not self._allow or any(fnmatch.fnmatchcase(normalize_name(dev.name), p) for p in self._allow)
 
     def visible(self) -> list[Device]:
         """Exposed devices sorted by area and name."""

@@ -482,9 +482,16 @@ def parse_message(topic: str, payload: bytes, prefix: str, ignore: Ignore | None
         if not isinstance(platform, str) or platform not in COMPONENTS:
             results.append((key, None))
             continue
+        if not entity:  # only the platform key: Home Assistant's way to remove one component
+            results.append((key, None))
+            continue
         merged = {**top, **entity}  # shared options at device level, the entity's own win
         sub = DiscoveryTopic(platform, d.object_id, str(comp_id))
-        spec = spec_from_discovery(topic, sub, merged, ignore)
+        try:
+            spec = spec_from_discovery(topic, sub, merged, ignore)
+        except DiscoveryError as exc:  # one unusable component must not cost the others
+            _LOG.warning("discovery: skipped component %s of %s: %s", comp_id, topic, exc)
+            spec = None
         if spec is not None:
             spec = DeviceSpec(**{**spec.__dict__, "key": key})
         results.append((key, spec))

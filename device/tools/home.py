@@ -41,6 +41,8 @@ ARMED_STATES = frozenset({"armed_away", "armed_home", "armed_night", "armed_vaca
 # After a report that does not (yet) match, how long to wait for a further one (a light reports
 # state and brightness on two topics; a lock reports "locking" before "locked").
 MISMATCH_GRACE_S = 1.0
+# States on the way to the requested one: keep waiting for the device, up to the full timeout.
+IN_PROGRESS = frozenset({"locking", "unlocking", "opening", "closing", "arming", "pending"})
 
 
 class RefusedTopic(Exception):
@@ -172,7 +174,8 @@ class HomeDevices:
         self.mqtt = mqtt
         self.tools = tools
         self.registry = DeviceRegistry(self.cfg.allow, self.cfg.deny)
-        self.command_timeout_s = self.cfg.command_timeout_s
+        # Answer within the tool's own time limit, so the model hears what the device did.
+        self.command_timeout_s = min(self.cfg.command_timeout_s, max(0.1, settings.realtime.tool_timeout_s - 0.5))
         self.problems: list[str] = []  # config devices that could not be used, for `speaker check`
         self._dev_unsubs: dict[str, list[Callable[[], None]]] = {}
         self._discovery_keys: dict[str, set[str]] = {}
@@ -657,7 +660,7 @@ class HomeDevices:
                     return _fail(f"{name} reported {st.get('state')!r}", device=name, state=st)
                 if expect.check(st):
                     return {"ok": True, "device": name, "state": st}
-                if grace_end is None:
+                if grace_end is None and str(st.get("state", "")).lower() not in IN_PROGRESS:
                     grace_end = min(deadline, loop.time() + MISMATCH_GRACE_S)
             if dev.available is False:
                 return _fail(f"{name} went offline after the command", device=name, state=st)
