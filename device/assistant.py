@@ -174,6 +174,8 @@ class _Conversation:
             self._append(frame.pcm24k)
 
     def _append(self, pcm24k: bytes) -> None:
+        if not pcm24k:  # the first frame after the microphone (re)starts has no 24 kHz audio yet
+            return
         if self.first_append_t is None:
             self.first_append_t = time.monotonic()
         self.out.put_nowait(protocol.audio_append(pcm24k))
@@ -387,6 +389,11 @@ class _Conversation:
             culprit = self.session.sent_type(err.get("event_id") or "") if self.session is not None else None
             _LOG.warning("server error %s: %s%s", code, message, f" (in reply to {culprit})" if culprit else "")
             self.last_error_t = now
+            if culprit == "session.update":
+                # The server rejects a whole update: going on would mean no instructions, no tools,
+                # and the server's default turn detection. Say so instead of a worse assistant.
+                self.fail("session", f"the server rejected the session configuration: {code}: {message}")
+                return
             a._publish(ErrorEvent(where="session", message=f"{code}: {message}"))
         elif kind == "input_audio_buffer.speech_started":
             voice = a.rt.barge_in == "voice"
@@ -394,10 +401,14 @@ class _Conversation:
                 # Speech in audio streamed before the reply began; only the wake word interrupts.
                 _LOG.debug("speech started while speaking (wake_word barge-in): not an interruption")
                 return
-            if voice and self.active_response is not None:
-                # interrupt_response is on with barge_in = "voice": the server cancels the response
-                # itself (a response.cancel would only race it); drop whatever of it still arrives.
+            if self.active_response is not None:
+                # The person goes on talking: drop whatever of the reply still arrives. With
+                # barge_in = "voice" the server cancels it itself (interrupt_response is on; a
+                # response.cancel would only race it); with "wake_word" nothing has played yet, so
+                # cancelling cannot be the speaker hearing itself.
                 self.cancelled.add(self.active_response)
+                if not voice:
+                    self.out.put_nowait(protocol.response_cancel())
             if a.state is State.SPEAKING or (self.item is not None and a.playback.busy):
                 self.interrupt("voice", cancel=False)
             self.turn += 1
@@ -894,11 +905,12 @@ class Assistant:
             _LOG.info("stop speaking (%s) ignored while %s", source, self.state.value)
             return
         conv.interrupt(source)
-        if conv.announcement is not None and not conv.announcement.then_listen:
-            conv.announced = True
+        if conv.announcement is not None and not conv.announced:
+            conv.announced = True  # heard, if not to its end
             self._publish(AnnouncementEvent(text=conv.announcement.text, status="spoken", reason=f"stopped by {source}"))
-            conv.finish("stopped")
-            return
+            if not conv.announcement.then_listen:
+                conv.finish("stopped")
+                return
         conv.enter_follow_up()
 
     async def set_volume(self, volume: int, source: str) -> None:

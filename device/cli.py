@@ -11,7 +11,7 @@ from typing import Any
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 
-EXIT_CONFIG = 2  # the config file is missing or invalid
+EXIT_CONFIG = 2  # `speaker run`: the config file is missing or invalid
 EXIT_FAILED = 1  # a check failed, or the daemon could not start
 
 
@@ -136,7 +136,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and probe what it names; one line per check."""
     from .logs import settings_secrets, setup_logging
 
-    settings = _load(args.config)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:  # the first check failed: one line like the others, exit 1
+        print(f"FAIL  config: {exc}")
+        return EXIT_FAILED
     setup_logging("error", settings_secrets(settings))
     return asyncio.run(_run_checks(settings))
 

@@ -100,10 +100,17 @@ def test_example_config_is_valid_apart_from_its_secret_file(tmp_path: Path) -> N
     assert "{{devices}}" in s.realtime.instructions
 
 
-@pytest.mark.parametrize("command", ["run", "check"])
-def test_cli_config_error_exits_2_without_traceback(tmp_path: Path, command: str) -> None:
+def test_run_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "[wake]\nthreshold = -1\n")
-    result = run_cli([command, "--config", str(path)])
+    result = run_cli(["run", "--config", str(path)])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"speaker: config error: {path}: 'wake.threshold' must be between 0.0 and 1.0" in result.stderr
+
+
+def test_check_reports_a_config_error_as_a_failed_check(tmp_path: Path) -> None:
+    path = write(tmp_path, "[wake]\nthreshold = -1\n")
+    result = run_cli(["check", "--config", str(path)])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.splitlines() == [f"FAIL  config: {path}: 'wake.threshold' must be between 0.0 and 1.0, got -1.0"]

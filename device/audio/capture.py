@@ -200,6 +200,8 @@ class Capture:
             ahead = audio_s - (now - anchor)
             if ahead < 0:
                 anchor = now - audio_s
+            elif now - anchor > 60.0:
+                anchor, audio_s = now - ahead, ahead  # re-baseline: a card's clock drift must not add up
             elif ahead > ahead_limit:
                 raise _DeviceGone(f"delivers audio faster than real time ({ahead:.1f} s ahead), the device is gone")
             # A read that began before the last unmute holds audio recorded while muted.

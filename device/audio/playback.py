@@ -267,8 +267,9 @@ class Playback:
         rate = fmt.rate
         resampler = None if rate == IN_RATE else soxr.ResampleStream(IN_RATE, rate, 1, dtype="float32", quality="HQ")
         with self._cond:
-            self._rate = rate
-            self._written = 0
+            if rate != self._rate:  # positions are counted in device frames: keep them across a reopen
+                self._rate = rate
+                self._written = 0
             self._delay = 0
             seen_gen = self._stop_gen
         tail_item: str | None = None  # item whose last samples soxr still holds back
