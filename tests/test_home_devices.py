@@ -360,3 +360,24 @@ async def test_config_declared_device_with_command_and_value_templates(mosquitto
         assert out["ok"], out
         assert heater.commands[-1] == ("home/heater/set", '{"power": "ON"}')
         assert heater.power == "ON" and out["state"]["state"] == "on"
+
+
+async def test_fahrenheit_thermostat_takes_and_reports_celsius(mosquitto: Mosquitto, device_sim: DeviceSimulator) -> None:
+    from tests.rig.broker import ClimateSim
+
+    sim = ClimateSim("Den thermostat", "home/den", "Den")
+    assert sim.discovery is not None
+    sim.discovery.update({"temp_unit": "F", "min_temp": 45, "max_temp": 90, "temp_step": 1})
+    sim.target, sim.current = 68.0, 66.2
+    device_sim.add(sim)
+    async with HomeRig(mosquitto) as rig:
+        await rig.wait_devices("den thermostat")
+        await rig.wait_state("den thermostat", lambda s: "current_temperature" in s)
+        state = (await rig.call("get_device_state", {"device": "den thermostat"}))["state"]
+        assert state["target_temperature"] == 20.0 and state["current_temperature"] == 19.0
+        out = await rig.call("control_device", {"device": "den thermostat", "action": "set", "temperature": 21})
+        assert out["ok"], out
+        assert sim.commands[-1] == ("home/den/target/set", "70.0")  # 21 °C in whole °F
+        assert abs(out["state"]["target_temperature"] - 21.1) < 0.06
+        out = await rig.call("control_device", {"device": "den thermostat", "action": "set", "temperature": 40})
+        assert not out["ok"] and "7.22 to 32.2 °C" in out["error"]

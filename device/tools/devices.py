@@ -379,8 +379,9 @@ class DeviceSpec:
     mode_state_topic: str = ""
     mode_state_template: Template | None = None
     modes: tuple[str, ...] = ("off", "heat")
-    min_temp: float = 7.0
+    min_temp: float = 7.0  # in the device's unit
     max_temp: float = 35.0
+    temperature_unit: str = "C"  # "F": the device speaks Fahrenheit; the model always gets °C
     power_command_topic: str = ""
     # button / scene / alarm
     payload_press: str = "PRESS"
@@ -727,6 +728,8 @@ class Device:
             v = _num(raw)
             if v is None:
                 raise ValueError("not a number")
+            if s.temperature_unit == "F":
+                v = round((v - 32.0) * 5.0 / 9.0, 1)
             return {"target_temperature" if role == "temperature" else "current_temperature": v}
         if role == "mode":
             raw = self._value(s.mode_state_template, text)

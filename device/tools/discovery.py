@@ -424,6 +424,7 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
             modes=tuple(str(m) for m in modes) if isinstance(modes, list) and modes else ("auto", "off", "cool", "heat", "dry", "fan_only"),
             min_temp=_num(c, "min_temp", 45.0 if unit == "F" else 7.0),
             max_temp=_num(c, "max_temp", 95.0 if unit == "F" else 35.0),
+            temperature_unit="F" if unit == "F" else "C",
             power_command_topic=_topic(c, "power_command_topic"),
             payload_on=_s(c, "payload_on", "ON"),
             payload_off=_s(c, "payload_off", "OFF"),

@@ -590,11 +590,18 @@ class HomeDevices:
                 raise CommandError("'set' on a thermostat needs 'temperature' (°C)")
             if not s.temperature_command_topic:
                 raise CommandError(f"{s.name} has no set-point")
-            if not s.min_temp <= temperature <= s.max_temp:
-                raise CommandError(f"{s.name} accepts set-points from {s.min_temp:g} to {s.max_temp:g} °C, not {temperature:g}")
-            value = round(temperature * 2) / 2 if abs(temperature * 2 - round(temperature * 2)) < 1e-9 else round(temperature, 1)
+            fahrenheit = s.temperature_unit == "F"
+            lo, hi = ((s.min_temp - 32) * 5 / 9, (s.max_temp - 32) * 5 / 9) if fahrenheit else (s.min_temp, s.max_temp)
+            if not lo - 1e-9 <= temperature <= hi + 1e-9:
+                raise CommandError(f"{s.name} accepts set-points from {lo:.3g} to {hi:.3g} °C, not {temperature:g}")
+            if fahrenheit:  # the device speaks °F, in whole degrees
+                value: float = min(s.max_temp, max(s.min_temp, round(temperature * 9 / 5 + 32)))
+                celsius = (value - 32) * 5 / 9
+            else:
+                value = round(temperature * 2) / 2 if abs(temperature * 2 - round(temperature * 2)) < 1e-9 else round(temperature, 1)
+                celsius = value
             payload = s.temperature_command_template.render({"value": value}) if s.temperature_command_template else str(float(value))
-            expect = Expect(target_temperature=float(value)) if s.temperature_state_topic else Expect()
+            expect = Expect(target_temperature=float(celsius)) if s.temperature_state_topic else Expect()
             return Plan([(s.temperature_command_topic, payload or str(float(value)))], expect)
         on = action == "turn_on"
         if s.mode_command_topic:
