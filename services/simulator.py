@@ -989,6 +989,13 @@ def _http_error(status: int, message: str, code: str, *, param: str | None = Non
     return web.json_response(body, status=status, headers=headers)
 
 
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class SimulatorThread:
     """Runs a :class:`RealtimeSimulator` on its own loop in a thread (so blocking tests cannot stall it)."""
 
@@ -1013,6 +1020,8 @@ class SimulatorThread:
         try:
             self.call(self.sim.stop(), timeout)
         finally:
+            with contextlib.suppress(Exception):
+                self.call(_cancel_pending(), timeout)  # handlers still running: end them, quietly
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout)
             if not self._thread.is_alive():
