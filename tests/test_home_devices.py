@@ -85,6 +85,9 @@ async def test_malformed_discovery_and_state_messages_are_logged_and_skipped(
     caplog.set_level(logging.WARNING)
     async with HomeRig(mosquitto) as rig:
         await rig.wait_devices(*ALL)
+        # Subscribed to their state topics (their retained states arrived) before the garbage comes.
+        for name in ("living room lamp", "kitchen light", "front door"):
+            await rig.wait_state(name, lambda s: bool(s))
         device_sim.publish("homeassistant/light/bad1/config", b"{not json")
         device_sim.publish("homeassistant/switch/bad2/config", json.dumps({"name": "Evil", "cmd_t": "#"}))
         device_sim.publish("homeassistant/switch/bad3/config", b"\xff\xfe")

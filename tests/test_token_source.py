@@ -77,6 +77,9 @@ async def test_a_ready_key_is_refreshed_before_it_expires(simulator: RealtimeSim
         start = time.monotonic()
         await simulator.wait_for(lambda: len(simulator.minted) >= 2, 5, "refreshed key")
         assert time.monotonic() - start < 2.9, "refreshed only after the key expired"
+        # minted on the server; wait for the answer to reach the source before taking the key
+        await simulator.wait_for(lambda: source.ready and source._ready.value.reveal() == simulator.minted[-1],
+                                 2, "refreshed key ready")
         key = await source.get()
         assert key.value.reveal() == simulator.minted[-1] and key.remaining() > 0.5
     finally:
