@@ -125,9 +125,17 @@ def test_cover_lock_climate_and_sensor_specs() -> None:
     assert d.state == {"state": "on"}  # Jinja renders true as "True", as Home Assistant compares it
 
 
-def test_diagnostic_and_unsupported_components_are_ignored() -> None:
-    _, s = one("homeassistant/sensor/x/linkquality/config", {"name": "LQI", "stat_t": "z", "ent_cat": "diagnostic"})
+def test_settings_disabled_and_unsupported_components_are_ignored() -> None:
+    # Zigbee2MQTT's linkquality is disabled by default, its settings are entity_category config.
+    _, s = one("homeassistant/sensor/x/linkquality/config", {"name": "LQI", "stat_t": "z", "ent_cat": "diagnostic", "en": False})
     assert s is None
+    _, s = one("homeassistant/switch/x/child_lock/config", {"name": "Child lock", "cmd_t": "z/set", "ent_cat": "config"})
+    assert s is None
+    _, s = one("homeassistant/button/x/identify/config", {"name": "Identify", "cmd_t": "z/set", "ent_cat": "diagnostic"})
+    assert s is None
+    # A diagnostic reading (Zigbee2MQTT's battery) stays: people ask for it.
+    _, s = one("homeassistant/sensor/x/battery/config", {"name": "Battery", "stat_t": "z", "ent_cat": "diagnostic"})
+    assert s is not None and s.entity_category == "diagnostic"
     _, s = one("homeassistant/vacuum/robo/config", {"name": "Robo", "cmd_t": "v/set"})
     assert s is None
 
@@ -162,8 +170,10 @@ def test_device_based_discovery_with_components() -> None:
     }
     out = dict(parse_message("homeassistant/device/desk/config", json.dumps(payload).encode(), P))
     light = out["discovery:homeassistant/device/desk/config#light"]
-    assert (light.name, light.area, light.command_topic, light.state_topic) == ("Desk", "Office", "zigbee2mqtt/Desk/set", "zigbee2mqtt/Desk")
-    assert out["discovery:homeassistant/device/desk/config#batt"] is None
+    # No name key and no device class: Home Assistant calls a JSON light "MQTT JSON Light".
+    assert (light.name, light.area, light.command_topic, light.state_topic) == (
+        "Desk MQTT JSON Light", "Office", "zigbee2mqtt/Desk/set", "zigbee2mqtt/Desk")
+    assert out["discovery:homeassistant/device/desk/config#batt"].name == "Desk Battery"  # a diagnostic reading
     assert out["discovery:homeassistant/device/desk/config#power"].name == "Desk Power"
     assert out["discovery:homeassistant/device/desk/config#weird"] is None
 

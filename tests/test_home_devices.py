@@ -44,12 +44,19 @@ async def test_discovery_builds_the_registry_schemas_and_summary(mosquitto: Mosq
         await asyncio.sleep(0.3)  # tool schemas are refreshed once a discovery burst settles
         out = await rig.call("list_devices")
         assert out["ok"]
-        by_name = {d["name"]: d for d in out["devices"]}
-        assert set(by_name) == set(ALL)
-        assert (by_name["Kitchen light"]["type"], by_name["Kitchen light"]["area"]) == ("light", "Kitchen")
-        assert by_name["Garage door"]["type"] == "garage_door" and by_name["Garage door"]["needs_confirmation"]
-        assert by_name["Living room lamp"]["state"] == {"state": "off", "brightness": 100, "available": True}
-        assert by_name["Hallway thermostat"]["state"] == {"target_temperature": 20.0, "current_temperature": 19.5, "mode": "heat"}
+        lines = {line.split(" (")[0]: line for line in out["devices"]}  # one line per device
+        assert set(lines) == set(ALL)
+        assert lines["Kitchen light"].startswith("Kitchen light (light, Kitchen)")
+        assert lines["Living room lamp"] == "Living room lamp (light, Living room): off"
+        assert lines["Hallway thermostat"] == "Hallway thermostat (climate, Hall): heat set 20°C now 19.5°C"
+        state = {n: await rig.call("get_device_state", {"device": n}) for n in ("Garage door", "Living room lamp", "Hallway thermostat")}
+        assert state["Garage door"]["type"] == "garage_door" and state["Garage door"]["needs_confirmation"]
+        assert state["Living room lamp"]["state"] == {"state": "off", "brightness": 100, "available": True}
+        assert state["Hallway thermostat"]["state"] == {"target_temperature": 20.0, "current_temperature": 19.5, "mode": "heat"}
+        only_hall = await rig.call("list_devices", {"area": "hall"})
+        assert sorted(line.split(" (")[0] for line in only_hall["devices"]) == ["Front door", "Hallway thermostat"]
+        only_covers = await rig.call("list_devices", {"type": "cover"})
+        assert [line.split(" (")[0] for line in only_covers["devices"]] == ["Living room blinds"]
         schemas = {s["name"]: s for s in rig.tools.schemas()}
         assert set(schemas) == {"list_devices", "get_device_state", "control_device"}
         params = schemas["control_device"]["parameters"]
@@ -71,7 +78,7 @@ async def test_removed_discovery_config_removes_the_device(mosquitto: Mosquitto,
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
-        assert "Coffee machine" not in [d["name"] for d in (await rig.call("list_devices"))["devices"]]
+        assert not [line for line in (await rig.call("list_devices"))["devices"] if line.startswith("Coffee machine")]
         enum = {s["name"]: s for s in rig.tools.schemas()}["control_device"]["parameters"]["properties"]["device"]["enum"]
         assert "Coffee machine" not in enum
         out = await rig.call("control_device", {"device": "coffee machine", "action": "turn_on"})
@@ -211,7 +218,7 @@ async def test_allow_and_deny_lists(mosquitto: Mosquitto, std: StandardDevices, 
     async with HomeRig(mosquitto, allow=["*light*", "front door", "living room *"], deny=["front door", "porch*"]) as rig:
         await rig.wait_devices("Kitchen light", "Living room lamp", "Living room blinds")
         await asyncio.sleep(0.5)
-        names = [d["name"] for d in (await rig.call("list_devices"))["devices"]]
+        names = [line.split(" (")[0] for line in (await rig.call("list_devices"))["devices"]]
         assert sorted(names) == ["Kitchen light", "Living room blinds", "Living room lamp"]
         enum = {s["name"]: s for s in rig.tools.schemas()}["control_device"]["parameters"]["properties"]["device"]["enum"]
         assert sorted(enum) == sorted(names)
@@ -229,8 +236,8 @@ async def test_allow_and_deny_lists(mosquitto: Mosquitto, std: StandardDevices, 
 async def test_unknown_device_names_the_closest_matches(mosquitto: Mosquitto, std: StandardDevices) -> None:
     async with HomeRig(mosquitto) as rig:
         await rig.wait_devices(*ALL)
-        out = await rig.call("control_device", {"device": "kitchen lamp", "action": "turn_on"})
-        assert not out["ok"] and "Kitchen light" in out["suggestions"] and "unknown device 'kitchen lamp'" in out["error"]
+        out = await rig.call("control_device", {"device": "kitchen lihgt", "action": "turn_on"})
+        assert not out["ok"] and "Kitchen light" in out["suggestions"] and "unknown device 'kitchen lihgt'" in out["error"]
         out = await rig.call("get_device_state", {"device": "zzzz"})
         assert not out["ok"] and "known devices:" in out["error"] and "Front door" in out["error"]
         out = await rig.call("control_device", {"device": "the Coffee  Machine", "action": "turn_on"})
@@ -263,7 +270,8 @@ async def test_config_declared_devices_scene_and_json(mosquitto: Mosquitto, devi
     )
     async with HomeRig(mosquitto, devices=devices, discovery=False) as rig:
         # grouped by area, for the {{devices}} placeholder
-        assert rig.home.summary() == "Hall sensor (sensor, Hall), Movie scene (scene, Living room), Desk plug (switch, Office)"
+        assert rig.home.summary().splitlines() == ["Hall sensor (sensor, Hall)", "Movie scene (scene, Living room)",
+                                                   "Desk plug (switch, Office)"]
         out = await rig.call("control_device", {"device": "movie scene", "action": "activate"})
         assert out["ok"] and "activated" in out["note"]
         assert mqtt_spy.wait_for(lambda m: m.topic == "home/scenes/movie" and m.payload == b"ON", 2)

@@ -14,19 +14,18 @@ State as the model sees it (all keys optional): ``state`` ("on"/"off", "open"/"c
 from __future__ import annotations
 
 import asyncio
-import colorsys
-import difflib
-import fnmatch
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from device.config import DeviceConfig
+from device.tools.colors import COLOR_NAMES, color_from_json, colors_close, hex_to_rgb, parse_color, rgb_to_hex, rgb_to_xy, xy_to_hex
+from device.tools.templates import Template, TemplateError
+from device.tools.templates import template_or_none as _template
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,268 +35,6 @@ DEVICE_TYPES: tuple[str, ...] = (
 # Types whose every change needs the person's explicit confirmation.
 CONFIRM_TYPES = frozenset({"lock", "garage_door", "alarm"})
 READ_ONLY_TYPES = frozenset({"sensor", "binary_sensor"})
-
-
-# --------------------------------------------------------------------------- templates
-
-
-class TemplateError(ValueError):
-    """A template outside the small subset of Home Assistant's Jinja that we understand."""
-
-
-_EXPR_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
-_PATH_TOKEN = re.compile(r"\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:'([^']*)'|\"([^\"]*)\"|(-?\d+))\s*\])")
-_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)")
-_FILTER = re.compile(r"\s*\|\s*([A-Za-z_]+)\s*(?:\(\s*([^)]*?)\s*\))?")
-_UNDEFINED = object()
-
-
-def _jinja_str(v: Any) -> str:
-    """How Jinja prints a value (True -> 'True', 21.0 -> '21.0', None -> 'None')."""
-    if isinstance(v, str):
-        return v
-    return str(v)
-
-
-class Template:
-    """The subset of Home Assistant templates that device announcements use.
-
-    ``{{ value }}``, ``{{ value_json.a.b }}``, ``{{ value_json['a'][0] }}`` and command variables
-    (``{{ position }}``), each with filters ``int``, ``float``, ``round(n)``, ``string``, ``lower``,
-    ``upper``, ``trim``, ``tojson``, ``default(x)``, in any surrounding literal text. Anything else
-    (``{% ... %}``, expressions) raises :class:`TemplateError` when the template is built.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        if "{%" in text or "{#" in text:
-            raise TemplateError(f"unsupported template (statements): {text!r}")
-        self._parts: list[str | tuple[str, list[str | int], list[tuple[str, str | None]]]] = []
-        pos = 0
-        for m in _EXPR_RE.finditer(text):
-            self._parts.append(text[pos : m.start()])
-            self._parts.append(self._parse_expr(m.group(1)))
-            pos = m.end()
-        self._parts.append(text[pos:])
-        if "{{" in text[pos:] or "}}" in text[pos:]:
-            raise TemplateError(f"unbalanced template: {text!r}")
-
-    @staticmethod
-    def _parse_expr(expr: str) -> tuple[str, list[str | int], list[tuple[str, str | None]]]:
-        m = _NAME.match(expr)
-        if not m:
-            raise TemplateError(f"unsupported template expression {expr.strip()!r}")
-        name = m.group(1)
-        pos = m.end()
-        path: list[str | int] = []
-        while True:
-            t = _PATH_TOKEN.match(expr, pos)
-            if not t:
-                break
-            if t.group(1) is not None:
-                path.append(t.group(1))
-            elif t.group(4) is not None:
-                path.append(int(t.group(4)))
-            else:
-                path.append(t.group(2) if t.group(2) is not None else t.group(3))
-            pos = t.end()
-        filters: list[tuple[str, str | None]] = []
-        while True:
-            f = _FILTER.match(expr, pos)
-            if not f:
-                break
-            if f.group(1) not in ("int", "float", "round", "string", "lower", "upper", "trim", "tojson", "default", "d"):
-                raise TemplateError(f"unsupported template filter {f.group(1)!r} in {expr.strip()!r}")
-            filters.append((f.group(1), f.group(2)))
-            pos = f.end()
-        if expr[pos:].strip():
-            raise TemplateError(f"unsupported template expression {expr.strip()!r}")
-        return name, path, filters
-
-    @staticmethod
-    def _literal(arg: str | None) -> Any:
-        if arg is None or arg == "":
-            return None
-        if arg[0] in "'\"" and arg[-1] == arg[0]:
-            return arg[1:-1]
-        try:
-            return json.loads(arg.lower() if arg in ("True", "False") else arg)
-        except ValueError:
-            return arg
-
-    def _eval(self, name: str, path: list[str | int], filters: list[tuple[str, str | None]], variables: dict[str, Any]) -> Any:
-        value = variables.get(name, _UNDEFINED)
-        for key in path:
-            if isinstance(value, dict) and isinstance(key, str):
-                value = value.get(key, _UNDEFINED)
-            elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
-                value = value[key]
-            else:
-                value = _UNDEFINED
-            if value is _UNDEFINED:
-                break
-        for fname, arg in filters:
-            if fname in ("default", "d"):
-                if value is _UNDEFINED:
-                    value = self._literal(arg)
-                continue
-            if value is _UNDEFINED:
-                continue
-            if fname == "int":
-                try:
-                    value = int(float(value)) if not isinstance(value, bool) else int(value)
-                except (TypeError, ValueError):
-                    value = 0
-            elif fname == "float":
-                try:
-                    value = float(value)
-                except (TypeError, ValueError):
-                    value = 0.0
-            elif fname == "round":
-                digits = self._literal(arg)
-                try:
-                    value = round(float(value), int(digits) if digits is not None else 0)
-                except (TypeError, ValueError):
-                    pass
-            elif fname == "string":
-                value = _jinja_str(value)
-            elif fname == "lower":
-                value = _jinja_str(value).lower()
-            elif fname == "upper":
-                value = _jinja_str(value).upper()
-            elif fname == "trim":
-                value = _jinja_str(value).strip()
-            elif fname == "tojson":
-                value = json.dumps(value)
-        return value
-
-    def render(self, variables: dict[str, Any]) -> str | None:
-        """Render; None when a value the template reads is missing (the message has no such key)."""
-        out: list[str] = []
-        for part in self._parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            value = self._eval(*part, variables)
-            if value is _UNDEFINED:
-                return None
-            out.append(_jinja_str(value))
-        return "".join(out)
-
-    def render_value(self, payload: str) -> str | None:
-        """A value template applied to a state message (``value`` and, if JSON, ``value_json``)."""
-        variables: dict[str, Any] = {"value": payload}
-        if "value_json" in self.text:
-            try:
-                variables["value_json"] = json.loads(payload)
-            except ValueError:
-                return None
-        return self.render(variables)
-
-
-def _template(text: str, where: str) -> Template | None:
-    if not text:
-        return None
-    try:
-        return Template(text)
-    except TemplateError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-
-
-# --------------------------------------------------------------------------- colours
-
-COLOR_NAMES: dict[str, str] = {
-    "white": "#ffffff", "warm white": "#ffd7a0", "cool white": "#e6f0ff", "red": "#ff0000", "green": "#00ff00",
-    "blue": "#0000ff", "yellow": "#ffff00", "orange": "#ff8000", "purple": "#8000ff", "violet": "#8f00ff",
-    "pink": "#ff69b4", "magenta": "#ff00ff", "cyan": "#00ffff", "turquoise": "#40e0d0", "teal": "#008080",
-    "lime": "#80ff00", "amber": "#ffbf00", "gold": "#ffd700", "lavender": "#b57edc", "indigo": "#4b0082",
-    "crimson": "#dc143c", "coral": "#ff7f50", "salmon": "#fa8072",
-}
-_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
-
-
-def parse_color(text: str) -> str | None:
-    """'Red', 'warm white', '#FF8000' -> '#ff8000'; None if unknown."""
-    t = " ".join(text.strip().casefold().replace("-", " ").replace("_", " ").split())
-    if t in COLOR_NAMES:
-        return COLOR_NAMES[t]
-    if t.replace(" ", "") in COLOR_NAMES:
-        return COLOR_NAMES[t.replace(" ", "")]
-    m = _HEX.match(t.replace(" ", ""))
-    return f"#{m.group(1).lower()}" if m else None
-
-
-def hex_to_rgb(h: str) -> tuple[int, int, int]:
-    h = h.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
-
-
-def rgb_to_hex(r: float, g: float, b: float) -> str:
-    return "#" + "".join(f"{max(0, min(255, int(round(v)))):02x}" for v in (r, g, b))
-
-
-def rgb_to_xy(rgb: tuple[int, int, int]) -> tuple[float, float]:
-    """sRGB (0-255) -> CIE xy chromaticity."""
-
-    def lin(c: float) -> float:
-        c /= 255.0
-        return ((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92
-
-    r, g, b = (lin(v) for v in rgb)
-    x = r * 0.4124 + g * 0.3576 + b * 0.1805
-    y = r * 0.2126 + g * 0.7152 + b * 0.0722
-    z = r * 0.0193 + g * 0.1192 + b * 0.9505
-    s = x + y + z
-    return (0.3127, 0.329) if s == 0 else (round(x / s, 4), round(y / s, 4))
-
-
-def xy_to_hex(x: float, y: float) -> str:
-    """CIE xy -> the brightest sRGB colour of that chromaticity."""
-    if y <= 0:
-        return "#ffffff"
-    big_y = 1.0
-    big_x = big_y / y * x
-    big_z = big_y / y * (1 - x - y)
-    r = big_x * 3.2406 - big_y * 1.5372 - big_z * 0.4986
-    g = -big_x * 0.9689 + big_y * 1.8758 + big_z * 0.0415
-    b = big_x * 0.0557 - big_y * 0.2040 + big_z * 1.0570
-    r, g, b = (max(0.0, v) for v in (r, g, b))
-    m = max(r, g, b) or 1.0
-    r, g, b = (v / m for v in (r, g, b))
-
-    def gamma(c: float) -> float:
-        return 12.92 * c if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055
-
-    return rgb_to_hex(*(gamma(v) * 255 for v in (r, g, b)))
-
-
-def _color_from_json(c: Any) -> str | None:
-    if not isinstance(c, dict):
-        return None
-    try:
-        if all(k in c for k in ("r", "g", "b")):
-            return rgb_to_hex(float(c["r"]), float(c["g"]), float(c["b"]))
-        if "x" in c and "y" in c:
-            return xy_to_hex(float(c["x"]), float(c["y"]))
-        if "h" in c and "s" in c:
-            r, g, b = colorsys.hsv_to_rgb(float(c["h"]) / 360.0, float(c["s"]) / 100.0, 1.0)
-            return rgb_to_hex(r * 255, g * 255, b * 255)
-        if "hue" in c and "saturation" in c:
-            r, g, b = colorsys.hsv_to_rgb(float(c["hue"]) / 360.0, float(c["saturation"]) / 100.0, 1.0)
-            return rgb_to_hex(r * 255, g * 255, b * 255)
-        if isinstance(c.get("hex"), str):
-            return parse_color(c["hex"])
-    except (TypeError, ValueError):
-        return None
-    return None
-
-
-def colors_close(a: str, b: str) -> bool:
-    """Same colour within what a bulb's colour space conversion loses (compared as xy chromaticity)."""
-    ax, ay = rgb_to_xy(hex_to_rgb(a))
-    bx, by = rgb_to_xy(hex_to_rgb(b))
-    return math.hypot(ax - bx, ay - by) <= 0.04
-
 
 # --------------------------------------------------------------------------- specs
 
@@ -319,6 +56,15 @@ class DeviceSpec:
     type: str
     area: str = ""
     source: Literal["config", "discovery"] = "config"
+    # Home Assistant's device model: the device that owns this entity and the entity's own name
+    # (None: the entity is the device itself, Home Assistant's ``name: null``).
+    device_id: str = ""
+    device_name: str = ""
+    entity_name: str | None = None
+    entity_category: str = ""
+    model: str = ""
+    manufacturer: str = ""
+    via_device: str = ""
     schema: Literal["default", "json"] = "default"
     device_class: str = ""
     command_topic: str = ""
@@ -391,6 +137,10 @@ class DeviceSpec:
     unit: str = ""
     optimistic: bool = False
     confirm: bool = False
+
+    @property
+    def controllable(self) -> bool:
+        return self.type not in READ_ONLY_TYPES
 
     @property
     def needs_confirmation(self) -> bool:
@@ -511,6 +261,8 @@ def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
     spec = DeviceSpec(
         key=f"config:{dev.name.casefold()}",
         name=dev.name.strip(),
+        device_id=f"config:{dev.name.casefold()}",
+        device_name=dev.name.strip(),
         type=kind,
         area=dev.area,
         source="config",
@@ -796,7 +548,7 @@ class Device:
         b = data.get("brightness")
         if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b):
             out["brightness"] = int(round(max(0.0, min(100.0, b * 100.0 / s.brightness_scale))))
-        color = _color_from_json(data.get("color"))
+        color = color_from_json(data.get("color"))
         if color:
             out["color"] = color
         return out or None
@@ -816,132 +568,20 @@ class Device:
                 fut.set_result(None)
 
 
-# --------------------------------------------------------------------------- registry
-
-
-def normalize_name(name: str) -> str:
-    """Case- and space-insensitive form of a spoken name."""
-    return " ".join(name.casefold().replace("_", " ").split())
-
-
-@dataclass
-class Lookup:
-    device: Device | None
-    suggestions: list[str] = field(default_factory=list)
-
-
-class DeviceRegistry:
-    """Devices by unique name; allow/deny lists decide which the model sees."""
-
-    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
-        self._by_key: dict[str, Device] = {}
-        self._allow = [normalize_name(p) for p in allow]
-        self._deny = [normalize_name(p) for p in deny]
-        self._listeners: list[Callable[[], None]] = []
-
-    def on_change(self, cb: Callable[[], None]) -> None:
-        self._listeners.append(cb)
-
-    def _changed(self) -> None:
-        for cb in list(self._listeners):
-            try:
-                cb()
-            except Exception:
-                _LOG.exception("device registry listener failed")
-
-    def __len__(self) -> int:
-        return len(self._by_key)
-
-    def get(self, key: str) -> Device | None:
-        return self._by_key.get(key)
-
-    def all(self) -> list[Device]:
-        return list(self._by_key.values())
-
-    def _name_taken(self, name: str, key: str) -> bool:
-        n = normalize_name(name)
-        return any(normalize_name(d.name) == n and k != key for k, d in self._by_key.items())
-
-    def put(self, spec: DeviceSpec) -> Device:
-        """Add a device or update one with the same key; a clashing name gets a suffix."""
-        given = name = spec.name
-        if self._name_taken(name, spec.key):
-            if spec.area and not self._name_taken(f"{spec.area} {name}", spec.key):
-                name = f"{spec.area} {name}"
-            else:
-                i = 2
-                while self._name_taken(f"{name} {i}", spec.key):
-                    i += 1
-                name = f"{name} {i}"
-            _LOG.info("device name %r is taken; calling the device from %s %r", spec.name, spec.source, name)
-            spec = replace(spec, name=name)
-        dev = self._by_key.get(spec.key)
-        if dev is None:
-            dev = self._by_key[spec.key] = Device(spec)
-        else:
-            dev.replace_spec(spec)
-        dev.given_name = given
-        self._changed()
-        return dev
-
-    def remove(self, key: str) -> Device | None:
-        dev = self._by_key.pop(key, None)
-        if dev is not None:
-            self._changed()
-        return dev
-
-    def exposed(self, dev: Device) -> bool:
-        """Whether the model may see and control this device (allow/deny lists, shell-style patterns)."""
-        names = {normalize_name(dev.name), normalize_name(dev.given_name)}
-        if any(fnmatch.fnmatchcase(n, p) for n in names for p in self._deny):
-            return False
-        return not self._allow or any(fnmatch.fnmatchcase(normalize_name(dev.name), p) for p in self._allow)
-
-    def visible(self) -> list[Device]:
-        """Exposed devices sorted by area and name."""
-        return sorted((d for d in self._by_key.values() if self.exposed(d)), key=lambda d: (d.spec.area.casefold(), d.name.casefold()))
-
-    def names(self) -> list[str]:
-        return sorted((d.name for d in self.visible()), key=str.casefold)
-
-    def command_topics(self) -> frozenset[str]:
-        """Every command topic of every exposed device: the only topics a tool may publish to."""
-        return frozenset(t for d in self.visible() for t in d.spec.command_topics())
-
-    def find(self, name: str) -> Lookup:
-        """Case-insensitive lookup among exposed devices; on a miss, the closest names."""
-        visible = self.visible()
-        n = normalize_name(name)
-        for variant in (n, n.removeprefix("the ")):
-            for d in visible:
-                if normalize_name(d.name) == variant:
-                    return Lookup(d)
-            # "kitchen ceiling light" for a device "ceiling light" in the area "kitchen"
-            hits = [d for d in visible if d.spec.area and normalize_name(f"{d.spec.area} {d.name}") == variant]
-            if len(hits) == 1:
-                return Lookup(hits[0])
-        names = {normalize_name(d.name): d.name for d in visible}
-        close = difflib.get_close_matches(n, list(names), n=3, cutoff=0.5)
-        if not close:
-            close = [k for k in names if n and (n in k or k in n)][:3]
-        return Lookup(None, [names[c] for c in close])
-
-
 __all__ = [
     "Availability",
     "COLOR_NAMES",
     "CONFIRM_TYPES",
     "DEVICE_TYPES",
     "Device",
-    "DeviceRegistry",
     "DeviceSpec",
-    "Lookup",
     "READ_ONLY_TYPES",
     "Template",
     "TemplateError",
     "colors_close",
-    "normalize_name",
+    "hex_to_rgb",
     "parse_color",
     "rgb_to_xy",
     "spec_from_config",
+    "xy_to_hex",
 ]

@@ -265,18 +265,74 @@ def _num(cfg: dict[str, Any], key: str, default: float) -> float:
     return float(v)
 
 
+# Home Assistant's name for an entity without a name and without a device class (DEFAULT_NAME of
+# each MQTT platform), and the platforms whose unnamed entities are named after their device class.
+DEFAULT_NAMES: dict[str, str] = {
+    "light": "MQTT Light", "switch": "MQTT Switch", "cover": "MQTT Cover", "lock": "MQTT Lock", "climate": "MQTT HVAC",
+    "fan": "MQTT Fan", "scene": "MQTT Scene", "button": "MQTT Button", "sensor": "MQTT Sensor",
+    "binary_sensor": "MQTT Binary sensor", "alarm_control_panel": "MQTT Alarm",
+}
+DEVICE_CLASS_NAMED = frozenset({"sensor", "binary_sensor", "button", "number", "event", "update"})
+# How Home Assistant's English translations spell device classes whose name is not the id capitalised.
+DEVICE_CLASS_WORDS: dict[str, str] = {
+    "pm25": "PM2.5", "pm10": "PM10", "pm1": "PM1", "co": "Carbon monoxide", "co2": "Carbon dioxide",
+    "aqi": "Air quality index", "volatile_organic_compounds": "Volatile organic compounds", "ph": "pH",
+}
+
+
+def device_class_name(device_class: str) -> str:
+    """'battery' -> 'Battery', 'atmospheric_pressure' -> 'Atmospheric pressure'."""
+    if device_class in DEVICE_CLASS_WORDS:
+        return DEVICE_CLASS_WORDS[device_class]
+    words = device_class.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def ha_entity_name(cfg: dict[str, Any], component: str) -> str | None:
+    """The entity's own name by Home Assistant's rules; None means the entity is the device itself.
+
+    ``name`` present (even null) wins; without it, sensors, binary sensors and buttons with a device
+    class are named by the class ("Battery"), everything else gets the platform's default name.
+    """
+    if "name" in cfg:
+        name = cfg["name"]
+        return name.strip() if isinstance(name, str) else None
+    dc = cfg.get("device_class")
+    if component in DEVICE_CLASS_NAMED and isinstance(dc, str) and dc and not (component == "sensor" and dc == "enum"):
+        return device_class_name(dc)
+    if component == "light" and cfg.get("schema") == "json":
+        return "MQTT JSON Light"
+    return DEFAULT_NAMES.get(component, f"MQTT {component}")
+
+
+def _device_block(cfg: dict[str, Any]) -> dict[str, Any]:
+    device = cfg.get("device")
+    return device if isinstance(device, dict) else {}
+
+
+def device_identity(cfg: dict[str, Any]) -> str:
+    """The device's id: its first identifier (or connection); '' for an entity without a device."""
+    device = _device_block(cfg)
+    ids = device.get("identifiers")
+    if isinstance(ids, str) and ids:
+        return f"id:{ids}"
+    if isinstance(ids, list) and ids:
+        return f"id:{ids[0]}"
+    cns = device.get("connections")
+    if isinstance(cns, list) and cns and isinstance(cns[0], list):
+        return "cn:" + ":".join(str(c) for c in cns[0])
+    return ""
+
+
 def entity_name(cfg: dict[str, Any], d: DiscoveryTopic) -> str:
-    """Home Assistant's naming: device name + entity name; ``name: null`` means the device's own name."""
-    device = cfg.get("device") if isinstance(cfg.get("device"), dict) else {}
+    """The full name Home Assistant shows: device name + entity name; the device's name alone for
+    ``name: null``; the object id when there is neither (as a last resort, never the id otherwise)."""
+    from device.tools.device_registry import compose_name
+
+    device = _device_block(cfg)
     dev_name = device.get("name") if isinstance(device.get("name"), str) else ""
-    name = cfg.get("name", "")
-    name = name if isinstance(name, str) else ""
-    dev_name, name = dev_name.strip(), name.strip()
-    if dev_name and name:
-        return name if name.casefold().startswith(dev_name.casefold()) else f"{dev_name} {name}"
-    if dev_name or name:
-        return dev_name or name
-    return d.object_id.replace("_", " ")
+    fallback = d.object_id.replace("_", " ")
+    return compose_name(dev_name, ha_entity_name(cfg, d.component), fallback) or fallback
 
 
 Ignore = Callable[[dict[str, Any]], bool]
@@ -290,9 +346,14 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
     component = d.component
     if component not in COMPONENTS or (ignore is not None and ignore(cfg)):
         return None
-    if cfg.get("entity_category") in ("diagnostic", "config") or cfg.get("enabled_by_default") is False:
+    category = cfg.get("entity_category") if isinstance(cfg.get("entity_category"), str) else ""
+    # Settings (config) and entities disabled by default are not for the model, as in Home
+    # Assistant; diagnostic readings (battery, connectivity) are kept: people ask for them.
+    if category == "config" or cfg.get("enabled_by_default") is False:
         return None
-    device = cfg.get("device") if isinstance(cfg.get("device"), dict) else {}
+    if category == "diagnostic" and component not in ("sensor", "binary_sensor"):
+        return None
+    device = _device_block(cfg)
     area = device.get("suggested_area") or cfg.get("suggested_area") or ""
     area = area.strip() if isinstance(area, str) else ""
     device_class = _s(cfg, "device_class")
@@ -340,6 +401,13 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
         type=kind,
         area=area,
         source="discovery",
+        device_id=device_identity(cfg) or f"discovery:{topic}",
+        device_name=device.get("name").strip() if isinstance(device.get("name"), str) else "",
+        entity_name=ha_entity_name(cfg, component),
+        entity_category=category,
+        model=str(device.get("model") or ""),
+        manufacturer=str(device.get("manufacturer") or ""),
+        via_device=str(device.get("via_device") or ""),
         schema=schema,
         device_class=device_class,
         command_topic=_topic(cfg, "command_topic"),
@@ -505,7 +573,10 @@ __all__ = [
     "DEVICE_ABBREVIATIONS",
     "DiscoveryError",
     "DiscoveryTopic",
+    "device_class_name",
+    "device_identity",
     "entity_name",
+    "ha_entity_name",
     "expand",
     "parse_message",
     "parse_topic",

@@ -19,11 +19,12 @@ from typing import Any
 
 from device.config import Settings
 from device.mqtt import MqttConnection, MqttUnavailable, valid_publish_topic
+from device.tools.device_registry import DeviceRegistry
 from device.tools.devices import (
     COLOR_NAMES,
+    DEVICE_TYPES,
     READ_ONLY_TYPES,
     Device,
-    DeviceRegistry,
     DeviceSpec,
     colors_close,
     hex_to_rgb,
@@ -32,6 +33,7 @@ from device.tools.devices import (
     spec_from_config,
 )
 from device.tools.discovery import DiscoveryError, parse_message
+from device.tools.listing import areas, device_lines, state_words
 from device.tools.registry import Tool, ToolRegistry
 
 _LOG = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ ARMED_STATES = frozenset({"armed_away", "armed_home", "armed_night", "armed_vaca
 MISMATCH_GRACE_S = 1.0
 # States on the way to the requested one: keep waiting for the device, up to the full timeout.
 IN_PROGRESS = frozenset({"locking", "unlocking", "opening", "closing", "arming", "pending"})
+# Above this many names the tool schema does not list them (the model reads list_devices instead).
+MAX_ENUM_NAMES = 40
 
 
 class RefusedTopic(Exception):
@@ -301,10 +305,14 @@ class HomeDevices:
 
     def make_tools(self, names: list[str]) -> list[Tool]:
         """The three tools, their schemas naming the current devices."""
-        device_prop: dict[str, Any] = {"type": "string", "description": "the device's name (case does not matter)"}
-        if names:
+        device_prop: dict[str, Any] = {
+            "type": "string",
+            "description": "the device as the person named it, e.g. 'front door', 'front door battery', "
+            "'blinds in the living room' (case does not matter)",
+        }
+        if names and len(names) <= MAX_ENUM_NAMES:
             device_prop["enum"] = names
-        else:
+        elif not names:
             device_prop["description"] += "; no devices are known yet"
         control_params = {
             "type": "object",
@@ -333,8 +341,17 @@ class HomeDevices:
         return [
             Tool(
                 "list_devices",
-                "List the home's devices with their name, type, area and current state.",
-                {"type": "object", "properties": {}, "additionalProperties": False},
+                "List the home's devices, one line each: name (type, area): state; other parts; readings. "
+                "Optionally only one area or one type.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "area": {"type": "string", "description": "only devices in this area, e.g. 'kitchen'"},
+                        "type": {"type": "string", "enum": list(DEVICE_TYPES),
+                                 "description": "only devices with a part of this type"},
+                    },
+                    "additionalProperties": False,
+                },
                 self.list_devices,
             ),
             Tool(
@@ -353,12 +370,9 @@ class HomeDevices:
         ]
 
     def summary(self) -> str:
-        """Compact device list for the {{devices}} placeholder: 'kitchen light (light, Kitchen), ...'."""
-        parts = []
-        for d in self.registry.visible():
-            label = d.spec.type.replace("_", " ")
-            parts.append(f"{d.name} ({label}, {d.spec.area})" if d.spec.area else f"{d.name} ({label})")
-        return ", ".join(parts) if parts else "none"
+        """The device list for the {{devices}} placeholder: one line per device."""
+        lines = device_lines(self.registry)
+        return "\n".join(lines) if lines else "none"
 
     def _describe(self, dev: Device) -> dict[str, Any]:
         out: dict[str, Any] = {"name": dev.name, "type": dev.spec.type}
@@ -370,7 +384,16 @@ class HomeDevices:
             out["actions"] = list(acts)
         if dev.spec.needs_confirmation:
             out["needs_confirmation"] = True
+        if self.registry.is_main(dev):
+            readings = self._readings(dev.spec.device_id, exclude=dev)
+            if readings:
+                out["readings"] = readings
         return out
+
+    def _readings(self, device_id: str, exclude: Device | None = None) -> dict[str, str]:
+        """The other entities of a device by name, each in a few words ('Front door Battery': '87 %')."""
+        return {e.name: state_words(e) for e in self.registry.visible()
+                if e.spec.device_id == device_id and e is not exclude and e.spec.device_id}
 
     def _stale_note(self) -> dict[str, Any]:
         if self.mqtt.connected:
@@ -378,10 +401,20 @@ class HomeDevices:
         return {"note": f"the home's MQTT broker ({self.mqtt.broker}) is not connected: states may be out of date"}
 
     async def list_devices(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Tool: every exposed device with type, area and state."""
-        return {"ok": True, "devices": [self._describe(d) for d in self.registry.visible()], **self._stale_note()}
+        """Tool: every exposed device, one line each; optionally one area or one type."""
+        area = args.get("area") or ""
+        kind = args.get("type") or ""
+        if not isinstance(area, str) or not isinstance(kind, str):
+            return _fail("'area' and 'type' must be strings")
+        if kind and kind.strip().lower().replace(" ", "_") not in DEVICE_TYPES + ("alarm_control_panel",):
+            return _fail(f"unknown type {kind!r}; types: {', '.join(DEVICE_TYPES)}")
+        lines = device_lines(self.registry, area, kind)
+        out: dict[str, Any] = {"ok": True, "devices": lines}
+        if not lines and (area or kind):
+            out["note"] = "no device matches" + (f"; areas: {', '.join(areas(self.registry)) or 'none'}" if area else "")
+        return {**out, **self._stale_note()}
 
-    def _lookup(self, args: dict[str, Any]) -> Device | dict[str, Any]:
+    def _lookup(self, args: dict[str, Any], control: bool = False) -> Device | dict[str, Any]:
         name = args.get("device")
         if not isinstance(name, str) or not name.strip():
             return _fail("'device' must be the name of a device (a string); call list_devices to see them")
@@ -389,6 +422,16 @@ class HomeDevices:
         if found.device is not None:
             return found.device
         shown = name if len(name) <= 60 else name[:57] + "..."
+        if found.candidates:
+            return _fail(f"{shown!r} could be any of {', '.join(repr(c) for c in found.candidates)}: "
+                         "ask the person which one they mean", candidates=found.candidates)
+        if found.group is not None:
+            readings = self._readings(found.group.id)
+            if control:
+                return _fail(f"{found.group.name} has nothing to control; it reports: "
+                             + (", ".join(f"{k} {v}" for k, v in readings.items()) or "nothing yet"))
+            return {"ok": True, "name": found.group.name, "type": "device", **({"area": found.group.area} if found.group.area else {}),
+                    "readings": readings, **self._stale_note()}
         if found.suggestions:
             return _fail(f"unknown device {shown!r}; did you mean {', '.join(repr(s) for s in found.suggestions)}?",
                          suggestions=found.suggestions)
@@ -405,7 +448,7 @@ class HomeDevices:
 
     async def control_device(self, args: dict[str, Any]) -> dict[str, Any]:
         """Tool: command a device and report the state it reports back."""
-        dev = self._lookup(args)
+        dev = self._lookup(args, control=True)
         if isinstance(dev, dict):
             return dev
         spec = dev.spec
