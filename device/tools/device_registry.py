@@ -282,7 +282,7 @@ class DeviceRegistry:
         q = tokens(name)
         if not q:
             return None
-        scored: list[tuple[tuple[int, float], Device]] = []
+        scored: list[tuple[tuple[float, int], Device]] = []
         for info, ents in groups:
             dev_words = tokens(info.name or ents[0].name)
             area_words = tokens(info.area)
@@ -292,14 +292,15 @@ class DeviceRegistry:
                 kind = TYPE_WORDS.get(e.spec.type, frozenset())
                 if not q <= dev_words | area_words | own | kind:
                     continue
-                if q & own:
-                    tier = 2  # the person named this entity's own part ("battery", "power")
+                if own and own <= q:
+                    tier = 3.0  # the person named this entity's own part ("battery", "power")
                 elif e is primary and q & (dev_words | kind):
-                    tier = 1  # the device, by its name or its kind: its main entity, never a reading
+                    tier = 2.0  # the device, by its name or its kind: its main entity, never a reading
+                elif q & own:
+                    tier = 1.0  # part of an entity's own name ("valve" for "Valve position")
                 else:
                     continue
-                words = dev_words | own
-                scored.append(((tier, len(q & words) / max(1, len(words))), e))
+                scored.append(((tier, len(q & (dev_words | own))), e))
         if not scored:
             return None
         scored.sort(key=lambda s: s[0], reverse=True)

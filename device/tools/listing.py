@@ -73,7 +73,7 @@ def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) 
     name = info.name or head.name
     if primary is not None and primary.name != name:
         name = primary.name  # e.g. a clash made it "Kitchen Lamp": say the name that resolves
-    kind = _kind(primary) if primary is not None else "sensors"
+    kind = _kind(primary) if primary is not None else "device" if any(e.spec.controllable for e in ents) else "sensors"
     label = f"{name} ({kind}, {info.area})" if info.area else f"{name} ({kind})"
     offline = any(e.snapshot().get("available") is False for e in ents)
     bits: list[str] = []

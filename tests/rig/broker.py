@@ -292,8 +292,13 @@ class SimDevice:
         """Apply a command; return what to publish in answer."""
         return self.state_messages()
 
+    def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every discovery config this device announces (retained): (topic, payload)."""
+        return [(self.discovery_topic, self.discovery)] if self.discovery_topic and self.discovery is not None else []
+
     def topics_published(self) -> set[str]:
         topics = {t for t, _, _ in self.state_messages()}
+        topics |= {t for t, _ in self.discovery_messages()}
         if self.discovery_topic:
             topics.add(self.discovery_topic)
         return topics
@@ -576,8 +581,8 @@ class DeviceSimulator(_PahoClient):
         """Withdraw a device: empty retained discovery config, as Home Assistant expects."""
         with self._lock:
             self.devices.remove(dev)
-        if dev.discovery_topic:
-            self.client.publish(dev.discovery_topic, b"", qos=1, retain=True)
+        for topic in {t for t, _ in dev.discovery_messages()} | ({dev.discovery_topic} if dev.discovery_topic else set()):
+            self.client.publish(topic, b"", qos=1, retain=True)
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain)
@@ -602,8 +607,8 @@ class DeviceSimulator(_PahoClient):
     def _announce(self, dev: SimDevice) -> None:
         for topic in dev.command_topics():
             self.client.subscribe(topic, qos=1)
-        if dev.discovery_topic and dev.discovery is not None:
-            self.client.publish(dev.discovery_topic, json.dumps(dev.discovery), qos=1, retain=True)
+        for topic, config in dev.discovery_messages():
+            self.client.publish(topic, json.dumps(config) if config else b"", qos=1, retain=True)
         for topic, payload, retain in dev.state_messages():
             self.client.publish(topic, payload, qos=1, retain=retain)
 

@@ -1,0 +1,220 @@
+"""A Zigbee2MQTT 2.x home (Hue light, IKEA blind and plug, Yale lock, Aqara sensor, the bridge), a
+Tasmota relay, a device-discovery radiator valve and an ESPHome light, announced exactly as their
+software does (tests/rig/home_fixtures.py): names as Home Assistant gives them, what a person says
+resolves to the right entity, commands reach the device's topic as its template renders them and
+the model hears what the device reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from device.tools.device_registry import DeviceRegistry
+from device.tools.discovery import parse_message
+from device.tools.listing import device_lines
+from tests.rig.broker import BrokerSpy, DeviceSimulator, HomeRig, Mosquitto
+from tests.rig.home_fixtures import real_home
+
+pytestmark = pytest.mark.timeout(60)
+
+P = "homeassistant"
+
+
+def registry_of(sims: dict) -> DeviceRegistry:
+    reg = DeviceRegistry()
+    for sim in sims.values():
+        for topic, payload in sim.discovery_messages():
+            for _, spec in parse_message(topic, json.dumps(payload).encode() if payload else b"", P):
+                if spec is not None:
+                    reg.put(spec)
+    return reg
+
+
+def test_names_follow_home_assistant() -> None:
+    reg = registry_of(real_home())
+    names = {d.name: d.spec.type for d in reg.all()}
+    assert names == {
+        # name: null -> the device's own name; named entities -> "<device> <entity>"
+        "Living room lamp": "light",
+        "Living room blinds": "cover", "Living room blinds Battery": "sensor",
+        "Front door": "lock", "Front door Lock state": "sensor", "Front door Battery": "sensor",
+        "Bedroom sensor Battery": "sensor", "Bedroom sensor Temperature": "sensor", "Bedroom sensor Humidity": "sensor",
+        "Bedroom sensor Pressure": "sensor", "Bedroom sensor Voltage": "sensor",
+        "Coffee machine": "switch", "Coffee machine Power": "sensor", "Coffee machine Current": "sensor",
+        "Coffee machine Voltage": "sensor", "Coffee machine Energy": "sensor",
+        "Zigbee2MQTT Bridge Connection state": "binary_sensor", "Zigbee2MQTT Bridge Restart": "button",
+        "Zigbee2MQTT Bridge Version": "sensor", "Zigbee2MQTT Bridge Permit join": "switch",
+        # Tasmota: the relay is named like the device, whose name comes with the status sensor
+        "Desk plug": "switch", "Desk plug status": "sensor",
+        # device-based discovery: no name but a device class -> named by the class
+        "Hallway radiator": "climate", "Hallway radiator Battery": "sensor", "Hallway radiator Valve position": "sensor",
+        "Hallway radiator Window": "binary_sensor",
+        "Studio Ceiling light": "light",
+    }
+    # linkquality (disabled by default), update and settings (entity_category config) are not for the model;
+    # object_id / default_entity_id never become names
+    assert not [n for n in names if "linkquality" in n.lower() or "_" in n]
+    lock = reg.find("front door").device
+    assert lock is not None and reg.info(lock).model == "Assure lock SL" and reg.info(lock).manufacturer == "Yale"
+    assert reg.info(lock).via_device == "zigbee2mqtt_bridge_0x00124b0024c1a2b3" and reg.info(lock).area == "Hall"
+
+
+@pytest.mark.parametrize("said, meant", [
+    ("the front door", "Front door"),
+    ("Front door", "Front door"),
+    ("front door battery", "Front door Battery"),
+    ("the lock", "Front door"),
+    ("front door lock", "Front door"),
+    ("the blinds in the living room", "Living room blinds"),
+    ("living room blinds", "Living room blinds"),
+    ("blinds", "Living room blinds"),
+    ("the blind battery", "Living room blinds Battery"),
+    ("coffee machine", "Coffee machine"),
+    ("the plug in the kitchen", "Coffee machine"),
+    ("coffee machine power", "Coffee machine Power"),
+    ("bedroom temperature", "Bedroom sensor Temperature"),
+    ("the humidity in the bedroom", "Bedroom sensor Humidity"),
+    ("desk plug", "Desk plug"),
+    ("the thermostat in the hall", "Hallway radiator"),
+    ("hallway radiator", "Hallway radiator"),
+    ("radiator battery", "Hallway radiator Battery"),
+    ("ceiling light", "Studio Ceiling light"),
+    ("studio", "Studio Ceiling light"),
+    ("the lamp", "Living room lamp"),
+    ("permit join", "Zigbee2MQTT Bridge Permit join"),
+])
+def test_what_a_person_says_resolves_to_the_entity_they_mean(said: str, meant: str) -> None:
+    found = registry_of(real_home()).find(said)
+    assert found.device is not None and found.device.name == meant, (said, found)
+
+
+def test_ambiguous_and_reading_only_names() -> None:
+    reg = registry_of(real_home())
+    found = reg.find("battery")  # four devices have one: ask, never guess
+    assert found.device is None and found.candidates == [
+        "Bedroom sensor Battery", "Front door Battery", "Hallway radiator Battery", "Living room blinds Battery"]
+    found = reg.find("bedroom sensor")  # a device with only readings is the device, not one reading
+    assert found.device is None and found.group is not None and found.group.name == "Bedroom sensor"
+
+
+def test_device_that_comes_back_renamed_and_entities_that_go() -> None:
+    sims = real_home()
+    reg = registry_of(sims)
+    plug = sims["plug"]
+    # Renamed in Zigbee2MQTT: same discovery topics, new device name and topics.
+    for topic, payload in plug.discovery_messages():
+        renamed = json.loads(json.dumps(payload).replace("Coffee machine", "Espresso maker").replace("coffee_machine", "espresso_maker"))
+        for key, spec in parse_message(topic, json.dumps(renamed).encode(), P):
+            if spec is not None:
+                reg.put(spec)
+    assert reg.find("coffee machine").device is None
+    espresso = reg.find("espresso maker").device
+    assert espresso is not None and espresso.spec.command_topic == "zigbee2mqtt/Espresso maker/set"
+    assert reg.find("espresso maker power").device.name == "Espresso maker Power"
+    # An empty retained config removes one entity; the last one takes the device with it.
+    blind_topics = [t for t, _ in sims["blind"].discovery_messages()]
+    battery_topic = next(t for t in blind_topics if t.endswith("/battery/config"))
+    for key, spec in parse_message(battery_topic, b"", P):
+        reg.remove(key)
+    assert reg.find("living room blinds battery").device is None or reg.find("living room blinds battery").device.name != \
+        "Living room blinds Battery"
+    for topic in blind_topics:
+        for key, _ in parse_message(topic, b"", P):
+            reg.remove(key)
+    assert not [line for line in device_lines(reg) if "blinds" in line.lower()]
+
+
+async def test_commands_reach_each_device_and_the_model_hears_its_state(mosquitto: Mosquitto, device_sim: DeviceSimulator,
+                                                                        mqtt_spy: BrokerSpy) -> None:
+    sims = real_home()
+    device_sim.add(*sims.values())
+    async with HomeRig(mosquitto) as rig:
+        await rig.wait_devices("Living room lamp", "Living room blinds", "Front door", "Coffee machine", "Desk plug",
+                               "Hallway radiator", "Studio Ceiling light", "Bedroom sensor Temperature",
+                               "Zigbee2MQTT Bridge Permit join")
+        await asyncio.sleep(0.3)  # subscribed to the state topics
+        for sim in sims.values():  # states are not retained: the devices report again (a sleepy one when it wakes)
+            for topic, payload, retain in sim.state_messages():
+                if not retain:
+                    device_sim.publish(topic, payload)
+        await rig.wait_state("Bedroom sensor Temperature", lambda s: "value" in s)
+        await rig.wait_state("Desk plug", lambda s: s.get("state") == "off")
+        await rig.wait_state("Front door", lambda s: s.get("state") == "locked")
+
+        async def check(args: dict, topic: str, payload: object, state: dict) -> dict:
+            out = await rig.call("control_device", args)
+            assert out["ok"], out
+            assert {k: out["state"].get(k) for k in state} == state, out
+            sent = [m.payload.decode() for m in mqtt_spy.snapshot() if m.topic == topic]
+            assert sent, f"nothing on {topic}"
+            got = json.loads(sent[-1]) if isinstance(payload, dict) else sent[-1]
+            if isinstance(payload, dict):
+                assert {k: got.get(k) for k in payload} == payload, got
+            else:
+                assert got == payload
+            return out
+
+        await check({"device": "the lamp", "action": "turn_on", "brightness": 50},
+                    "zigbee2mqtt/Living room lamp/set", {"state": "ON", "brightness": 127}, {"state": "on", "brightness": 50})
+        out = await check({"device": "living room lamp", "action": "set", "color": "red"},
+                          "zigbee2mqtt/Living room lamp/set", {"state": "ON"}, {"state": "on"})
+        assert set(json.loads(sims["hue"].commands[-1][1])["color"]) == {"x", "y"}  # an xy + colour temperature bulb
+        await check({"device": "the blinds in the living room", "action": "set", "position": 30},
+                    "zigbee2mqtt/Living room blinds/set", '{ "position": 30 }', {"position": 30})
+        out = await rig.call("control_device", {"device": "the front door", "action": "unlock"})
+        assert not out["ok"] and out["needs_confirmation"]
+        await check({"device": "the front door", "action": "unlock", "confirmed": True},
+                    "zigbee2mqtt/Front door/set", "UNLOCK", {"state": "unlocked"})
+        await check({"device": "coffee machine", "action": "turn_on"}, "zigbee2mqtt/Coffee machine/set", "ON", {"state": "on"})
+        await check({"device": "desk plug", "action": "turn_on"}, "cmnd/tasmota_8A1B2C/POWER", "ON", {"state": "on"})
+        await check({"device": "the thermostat in the hall", "action": "set", "temperature": 21.5},
+                    "diy/trv01/target/set", "21.5", {"target_temperature": 21.5})
+        await check({"device": "ceiling light", "action": "turn_on"}, "studio/light/ceiling_light/command", {"state": "ON"},
+                    {"state": "on"})
+        await check({"device": "permit join", "action": "turn_on"}, "zigbee2mqtt/bridge/request/permit_join", '{"time": 254}',
+                    {"state": "on"})
+
+        # readings: what the devices reported, by the names people use
+        power = await rig.call("get_device_state", {"device": "coffee machine power"})
+        assert power["ok"] and power["state"] == {"value": 1180.5, "unit": "W", "available": True}
+        machine = await rig.call("get_device_state", {"device": "coffee machine"})
+        assert machine["readings"]["Coffee machine Power"] == "1180.5 W"
+        bedroom = await rig.call("get_device_state", {"device": "bedroom sensor"})
+        assert bedroom["ok"] and bedroom["readings"]["Bedroom sensor Temperature"] == "19.8 °C"
+        out = await rig.call("control_device", {"device": "bedroom sensor", "action": "turn_on"})
+        assert not out["ok"] and "nothing to control" in out["error"] and "19.8 °C" in out["error"]
+        out = await rig.call("control_device", {"device": "battery", "action": "turn_on"})
+        assert not out["ok"] and "Front door Battery" in out["candidates"]
+        # the sleepy sensor is never asked (/get would time out): the model gets what it last reported
+        assert not [m for m in mqtt_spy.snapshot() if m.topic.endswith("/get")]
+
+        lines = (await rig.call("list_devices"))["devices"]
+        assert "Front door (lock, Hall): unlocked; battery 64 %, lock state unlocked" in lines
+        assert "Coffee machine (switch, Kitchen): on; current 5.11 A, energy 3.21 kWh, power 1180.5 W, voltage 231 V" in lines
+        assert "Bedroom sensor (sensors, Bedroom): battery 91 %, humidity 52.3 %, pressure 1008.4 hPa, temperature 19.8 °C, " \
+               "voltage 2985 mV" in lines
+        assert "Zigbee2MQTT Bridge (device): also permit join (switch on), restart (button); connection state on, version " \
+               "2.6.3" in lines
+        assert "Desk plug (switch): on; status 78 %" in lines and "Studio Ceiling light (light): on 100%" in lines
+        assert "Living room blinds (cover, Living room): open 30%; battery 87 %" in lines
+        assert "Hallway radiator (climate, Hall): heat set 21.5°C now 19.2°C; battery 78 %, valve position 35 %, window off" in lines
+        kitchen = (await rig.call("list_devices", {"area": "kitchen"}))["devices"]
+        assert [line.split(" (")[0] for line in kitchen] == ["Coffee machine"]
+        covers = (await rig.call("list_devices", {"type": "cover"}))["devices"]
+        assert [line.split(" (")[0] for line in covers] == ["Living room blinds"]
+
+        # offline: Zigbee2MQTT's availability says so -> the model is told at once, nothing is sent
+        sent_before = len([m for m in mqtt_spy.snapshot() if m.topic == "zigbee2mqtt/Front door/set"])
+        device_sim.publish("zigbee2mqtt/Front door/availability", json.dumps({"state": "offline"}), retain=True)
+        await rig.wait_state("Front door", lambda s: s.get("available") is False)
+        out = await rig.call("control_device", {"device": "front door", "action": "lock", "confirmed": True})
+        assert not out["ok"] and "offline" in out["error"]
+        assert "Front door (lock, Hall): OFFLINE" in (await rig.call("list_devices"))["devices"]
+        await asyncio.sleep(0.2)
+        assert len([m for m in mqtt_spy.snapshot() if m.topic == "zigbee2mqtt/Front door/set"]) == sent_before
+        # the whole Zigbee network goes with the bridge (availability_mode "all")
+        device_sim.publish("zigbee2mqtt/bridge/state", json.dumps({"state": "offline"}), retain=True)
+        await rig.wait_state("Coffee machine", lambda s: s.get("available") is False)
+        assert rig.home.registry.find("desk plug").device.snapshot().get("available") is True  # Tasmota is not Zigbee
