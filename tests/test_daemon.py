@@ -16,6 +16,7 @@ import pytest
 
 from tests.rig.broker import BrokerSpy, DeviceSimulator, Mosquitto, Z2MLightSim
 from tests.rig.daemon import run_cli
+from tests.rig.home_fixtures import ikea_blind
 from tests.rig.simulator import Turn, write_device_config
 
 WAKE = "hey jarvis, turn on the kitchen light"
@@ -123,6 +124,52 @@ def test_voice_command_switches_a_zigbee_light(tmp_path, alsa_rig, speech, simul
         assert d.stop() == 0
         reply = alsa_rig.speaker_output("test_spk")
         assert len(reply) > 24000 * 2 * 0.8  # the spoken answer (and cues) came out of the speaker
+    finally:
+        devices.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.simulator(
+    script=[
+        Turn(
+            transcript="set the blinds in the living room to thirty percent",
+            call="control_device",
+            arguments={"device": "the blinds in the living room", "action": "set", "position": 30},
+            then="The living room blinds are at thirty percent.",
+        )
+    ]
+)
+def test_voice_command_sets_a_zigbee2mqtt_blind_by_area(tmp_path, alsa_rig, speech, simulator, mosquitto, daemon_factory) -> None:
+    """The blind as Zigbee2MQTT 2.x announces it (name: null cover, battery, linkquality, update...)."""
+    devices = DeviceSimulator(mosquitto)
+    blind = ikea_blind(device_options={"suggested_area": "Living room"})
+    devices.add(blind)
+    devices.start()
+    try:
+        mic = alsa_rig.start_mic("test_mic")
+        config = write_device_config(
+            tmp_path,
+            simulator,
+            sections={
+                "audio": {"input": "test_mic", "output": "test_spk"},
+                "realtime": {"follow_up_s": 1.0, "instructions": "You help at home. Devices:\n{{devices}}"},
+                "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "device_id": "kitchen"},
+                "state": {"dir": str(tmp_path / "state")},
+            },
+        )
+        d = daemon_factory(["run", "--config", str(config)], alsa_rig.env)
+        d.wait_for(r"ready: listening", timeout=20)
+        d.wait_for(r"Living room blinds Battery", timeout=10)  # the whole device was discovered
+        mic.play(np.concatenate([speech.say("hey jarvis, set the blinds in the living room to thirty percent"),
+                                 speech.silence(1.5)]))
+        d.wait_for(r"conversation ended", timeout=30)
+        assert blind.commands and blind.commands[-1] == ("zigbee2mqtt/Living room blinds/set", '{ "position": 30 }')
+        assert blind.state["position"] == 30
+        outputs = [json.loads(o["output"]) for s in simulator.sessions for o in s.function_outputs]
+        assert outputs and outputs[0]["ok"] is True and outputs[0]["state"]["position"] == 30, outputs
+        instructions = simulator.sessions[0].config.get("instructions", "")
+        assert "Living room blinds (cover, Living room)" in instructions, instructions
+        assert d.stop() == 0
     finally:
         devices.stop()
 
