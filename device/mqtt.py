@@ -402,7 +402,9 @@ class MqttConnection:
             _LOG.warning("MQTT: ignoring a message whose topic is not UTF-8: %r", raw_topic[:80])
             return
         for sub in list(self._subs.values()):
-            if not topic_matches(sub.filter, topic):
+            f = sub.filter
+            # Most filters are plain topics (a home's state topics): compare them, match only wildcards.
+            if f != topic and not (("+" in f or "#" in f) and topic_matches(f, topic)):
                 continue
             for cb in list(sub.callbacks):
                 try:

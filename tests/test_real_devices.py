@@ -144,11 +144,19 @@ async def test_commands_reach_each_device_and_the_model_hears_its_state(mosquitt
         await rig.wait_state("Front door", lambda s: s.get("state") == "locked")
 
         async def check(args: dict, topic: str, payload: object, state: dict) -> dict:
+            def on_topic() -> list[str]:
+                return [m.payload.decode() for m in mqtt_spy.snapshot() if m.topic == topic]
+
+            before = len(on_topic())
             out = await rig.call("control_device", args)
             assert out["ok"], out
             assert {k: out["state"].get(k) for k in state} == state, out
-            sent = [m.payload.decode() for m in mqtt_spy.snapshot() if m.topic == topic]
-            assert sent, f"nothing on {topic}"
+            for _ in range(100):  # the spy is another client: it may see the command after the device answered
+                if len(on_topic()) > before:
+                    break
+                await asyncio.sleep(0.02)
+            sent = on_topic()
+            assert len(sent) > before, f"nothing on {topic}"
             got = json.loads(sent[-1]) if isinstance(payload, dict) else sent[-1]
             if isinstance(payload, dict):
                 assert {k: got.get(k) for k in payload} == payload, got

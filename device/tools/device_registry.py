@@ -108,6 +108,8 @@ class DeviceRegistry:
         self._by_key: dict[str, Device] = {}
         self._announced: dict[str, DeviceSpec] = {}  # each entity's spec as announced (before naming)
         self._infos: dict[str, DeviceInfo] = {}
+        self._names: dict[str, str] = {}  # normalized name -> entity key
+        self._name_of: dict[str, str] = {}  # entity key -> its normalized name
         self._allow = [normalize_name(p) for p in allow]
         self._deny = [normalize_name(p) for p in deny]
         self._listeners: list[Callable[[], None]] = []
@@ -145,8 +147,17 @@ class DeviceRegistry:
 
     # ------------------------------------------------------------------ adding and removing
     def _name_taken(self, name: str, key: str) -> bool:
-        n = normalize_name(name)
-        return any(normalize_name(d.name) == n and k != key for k, d in self._by_key.items())
+        holder = self._names.get(normalize_name(name))
+        return holder is not None and holder != key
+
+    def _index(self, dev: Device | None, key: str) -> None:
+        """Keep the name -> key index in step with an entity's (new) name."""
+        old = self._name_of.pop(key, None)
+        if old is not None and self._names.get(old) == key:
+            del self._names[old]
+        if dev is not None:
+            n = self._name_of[key] = normalize_name(dev.name)
+            self._names[n] = key
 
     def _named(self, spec: DeviceSpec) -> tuple[DeviceSpec, str]:
         """The spec with Home Assistant's name, made unique; and the name before that."""
@@ -179,12 +190,14 @@ class DeviceRegistry:
         else:
             dev.replace_spec(named)
         dev.given_name = given
+        self._index(dev, spec.key)
         if renamed_device:  # the device's name or area arrived or changed: its other entities follow
             for other in list(self._by_key.values()):
                 if other is not dev and other.spec.device_id == spec.device_id:
                     again, other_given = self._named(self._announced.get(other.spec.key, other.spec))
                     other.replace_spec(again)
                     other.given_name = other_given
+                    self._index(other, other.spec.key)
         self._changed()
         return dev
 
@@ -192,6 +205,7 @@ class DeviceRegistry:
         dev = self._by_key.pop(key, None)
         self._announced.pop(key, None)
         if dev is not None:
+            self._index(None, key)
             did = dev.spec.device_id
             if did and not any(d.spec.device_id == did for d in self._by_key.values()):
                 self._infos.pop(did, None)  # its last entity went: the device is gone too

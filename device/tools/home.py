@@ -181,7 +181,10 @@ class HomeDevices:
         # Answer within the tool's own time limit, so the model hears what the device did.
         self.command_timeout_s = min(self.cfg.command_timeout_s, max(0.1, settings.realtime.tool_timeout_s - 0.5))
         self.problems: list[str] = []  # config devices that could not be used, for `speaker check`
-        self._dev_unsubs: dict[str, list[Callable[[], None]]] = {}
+        self._dev_topics: dict[str, list[str]] = {}  # entity key -> the state topics it listens on
+        self._listeners: dict[str, dict[str, list[str]]] = {}  # state topic -> {entity key: roles}
+        self._topic_unsubs: dict[str, Callable[[], None]] = {}
+        self._last_message: dict[str, bytes] = {}  # state topic -> its last message
         self._discovery_keys: dict[str, set[str]] = {}
         self._unsubs: list[Callable[[], None]] = []
         self._tool_names: tuple[str, ...] | None = None
@@ -218,7 +221,7 @@ class HomeDevices:
         for unsub in self._unsubs:
             unsub()
         self._unsubs.clear()
-        for key in list(self._dev_unsubs):
+        for key in list(self._dev_topics):
             self._unsubscribe_device(key)
         for name in ("list_devices", "get_device_state", "control_device"):
             self.tools.remove(name)
@@ -230,29 +233,51 @@ class HomeDevices:
         if old is not None and old.spec.state_topics() != spec.state_topics():
             self._unsubscribe_device(spec.key)
         dev = self.registry.put(spec)
-        if spec.key not in self._dev_unsubs:
+        if spec.key not in self._dev_topics:
             self._subscribe_device(dev)
         return dev
 
     def _subscribe_device(self, dev: Device) -> None:
-        unsubs: list[Callable[[], None]] = []
+        """Listen on the entity's state topics. One subscription per topic serves every entity on it
+        (a Zigbee2MQTT device's entities share its topic, and all share the bridge's state): an
+        entity that joins later gets the topic's last message at once instead of a resubscription
+        that would make the broker resend it to all of them."""
         key = dev.spec.key
+        topics: list[str] = []
         for topic, roles in dev.spec.state_topics().items():
+            listeners = self._listeners.get(topic)
+            if listeners is None:
+                try:
+                    unsub = self.mqtt.subscribe(topic, lambda t, p, r, topic=topic: self._on_state(topic, t, p, r), qos=1)
+                except ValueError as exc:
+                    _LOG.warning("device %r: cannot subscribe to %r: %s", dev.name, topic, exc)
+                    continue
+                listeners = self._listeners[topic] = {}
+                self._topic_unsubs[topic] = unsub
+            listeners[key] = roles
+            topics.append(topic)
+            last = self._last_message.get(topic)
+            if last is not None:
+                dev.apply(topic, last, True, roles)
+        self._dev_topics[key] = topics
 
-            def on_msg(t: str, payload: bytes, retained: bool, roles: list[str] = roles) -> None:
-                d = self.registry.get(key)
-                if d is not None:
-                    d.apply(t, payload, retained, roles)
-
-            try:
-                unsubs.append(self.mqtt.subscribe(topic, on_msg, qos=1))
-            except ValueError as exc:
-                _LOG.warning("device %r: cannot subscribe to %r: %s", dev.name, topic, exc)
-        self._dev_unsubs[key] = unsubs
+    def _on_state(self, topic: str, t: str, payload: bytes, retained: bool) -> None:
+        self._last_message[topic] = payload
+        for key, roles in list(self._listeners.get(topic, {}).items()):
+            d = self.registry.get(key)
+            if d is not None:
+                d.apply(t, payload, retained, roles)
 
     def _unsubscribe_device(self, key: str) -> None:
-        for unsub in self._dev_unsubs.pop(key, []):
-            unsub()
+        for topic in self._dev_topics.pop(key, []):
+            listeners = self._listeners.get(topic)
+            if listeners is None:
+                continue
+            listeners.pop(key, None)
+            if not listeners:
+                del self._listeners[topic]
+                self._last_message.pop(topic, None)
+                self._topic_unsubs.pop(topic)()
 
     def _remove(self, key: str) -> None:
         self._unsubscribe_device(key)

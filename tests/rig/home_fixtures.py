@@ -535,7 +535,38 @@ def real_home() -> dict[str, SimDevice]:
     }
 
 
+BIG_HOME_ROOMS = ("Kitchen", "Living room", "Bedroom", "Hall", "Office", "Bathroom", "Kids room", "Dining room")
+
+
+def big_home(rooms: tuple[str, ...] = BIG_HOME_ROOMS) -> list[SimDevice]:
+    """Ten devices in each room (80 for the default eight rooms), the mix of a real Zigbee2MQTT
+    home plus Tasmota relays and device-discovery valves: 300 entities the speaker keeps (of about
+    500 announced)."""
+    out: list[SimDevice] = []
+    for r, room in enumerate(rooms):
+        i = r * 10
+
+        def ieee(k: int) -> str:
+            return f"0x00158d00{i + k:08x}"
+
+        area = {"device_options": {"suggested_area": room}}
+        out += [
+            hue_color_light(f"{room} ceiling light", ieee(0), **area),
+            ikea_plug(f"{room} lamp", ieee(1), **area),  # a lamp on a smart plug
+            ikea_blind(f"{room} blinds", ieee(2), **area),
+            yale_lock(f"{room} door", ieee(3), **area),
+            aqara_sensor(f"{room} climate sensor", ieee(4), **area),
+            aqara_sensor(f"{room} thermometer", ieee(5), **area),
+            ikea_plug(f"{room} plug", ieee(6), **area),
+            ikea_plug(f"{room} heater plug", ieee(7), **area),
+            # a radiator valve (device-based discovery) in every other room, an oil radiator on a plug elsewhere
+            DeviceDiscoveryTrvSim(f"{room} radiator", f"trv{i + 8}", room) if r % 2 == 0 else ikea_plug(f"{room} radiator", ieee(8), **area),
+            TasmotaRelaySim(f"{room} fan", f"{i + 9:06X}"),
+        ]
+    return out
+
+
 __all__ = [
-    "BridgeSim", "DeviceDiscoveryTrvSim", "EsphomeLightSim", "TasmotaRelaySim", "Z2MDeviceSim", "aqara_sensor", "hue_color_light",
+    "BIG_HOME_ROOMS", "BridgeSim", "DeviceDiscoveryTrvSim", "big_home", "EsphomeLightSim", "TasmotaRelaySim", "Z2MDeviceSim", "aqara_sensor", "hue_color_light",
     "ikea_blind", "ikea_plug", "real_home", "yale_lock", "z2m_bridge", "z2m_discovery",
 ]
