@@ -13,6 +13,16 @@ from device.tools.device_registry import DeviceInfo, DeviceRegistry, normalize_n
 from device.tools.devices import Device
 
 
+# Units that say what a reading is: its name is left out when it is just that ("231 V", "19.8°C").
+SELF_EXPLAINING_UNITS = frozenset({"W", "kW", "mW", "A", "mA", "V", "mV", "kWh", "Wh", "°C", "°F", "hPa", "lx", "ppm", "dB"})
+
+
+def _with_unit(value: str, unit: str) -> str:
+    if not unit:
+        return value
+    return f"{value}{unit}" if unit in ("%", "°C", "°F") else f"{value} {unit}"
+
+
 def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
@@ -28,8 +38,7 @@ def state_words(dev: Device) -> str:
     parts: list[str] = []
     if t == "sensor":
         if "value" in st:
-            unit = st.get("unit", "")
-            return f"{_num(st['value'])} {unit}".strip() if unit else _num(st["value"])
+            return _with_unit(_num(st["value"]), str(st.get("unit", "")))
         return ""
     if t == "climate":
         if "mode" in st:
@@ -46,8 +55,8 @@ def state_words(dev: Device) -> str:
             parts.append(f"{st['brightness']}%")
         if "color" in st:
             parts.append(str(st["color"]))
-    if t in ("cover", "garage_door") and "position" in st:
-        parts.append(f"{st['position']}%")
+    if t in ("cover", "garage_door") and "position" in st and st["position"] not in (0, 100):
+        parts.append(f"{st['position']}%")  # fully open/closed says it already
     if t in ("scene", "button"):
         return ""
     return " ".join(parts)
@@ -66,6 +75,21 @@ def _short(registry: DeviceRegistry, info: DeviceInfo, dev: Device) -> str:
     return name[:1].lower() + name[1:] if name[:1].isupper() and not name[1:2].isupper() else name
 
 
+def _reading(registry: DeviceRegistry, info: DeviceInfo, dev: Device) -> str:
+    """'battery 87%', '1180.5 W' (the unit says it is the power), 'window off'."""
+    words = state_words(dev)
+    short = _short(registry, info, dev)
+    dc = dev.spec.device_class.replace("_", " ")
+    if dev.spec.unit in SELF_EXPLAINING_UNITS and dc and normalize_name(short) in (normalize_name(dc), normalize_name(dc) + "s"):
+        return words
+    return f"{short} {words}"
+
+
+def _listed(dev: Device) -> bool:
+    """Readings in the device's line: not diagnostics other than the battery (get_device_state has all)."""
+    return dev.spec.entity_category != "diagnostic" or dev.spec.device_class == "battery"
+
+
 def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) -> str:
     """One device in one line."""
     primary = registry.primary(ents)
@@ -79,10 +103,9 @@ def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) 
     bits: list[str] = []
     if offline:
         bits.append("OFFLINE")
-    if primary is not None and not offline:
-        words = state_words(primary)
-        if words:
-            bits.append(words)
+    main_words = state_words(primary) if primary is not None and not offline else ""
+    if main_words:
+        bits.append(main_words)
     others: list[str] = []
     readings: list[str] = []
     for e in ents:
@@ -91,8 +114,8 @@ def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) 
         if e.spec.controllable:
             words = "" if offline else state_words(e)
             others.append(f"{_short(registry, info, e)} ({_kind(e)}{' ' + words if words else ''})")
-        elif not offline and state_words(e):
-            readings.append(f"{_short(registry, info, e)} {state_words(e)}")
+        elif not offline and _listed(e) and state_words(e) and state_words(e) != main_words:
+            readings.append(_reading(registry, info, e))  # (a Yale's "lock state locked" repeats "locked")
     if others:
         bits.append("also " + ", ".join(others))
     if readings:
@@ -106,7 +129,8 @@ def device_lines(registry: DeviceRegistry, area: str = "", kind: str = "") -> li
     k = normalize_name(kind).replace(" ", "_") if kind else ""
     out = []
     for info, ents in registry.devices():
-        if a and not a <= tokens(info.area or ents[0].spec.area):
+        # in the area, or named after it when the device announced no area ("Kitchen fan")
+        if a and not a <= tokens(info.area or ents[0].spec.area) and not (not info.area and a <= tokens(info.name or ents[0].name)):
             continue
         if k and not any(e.spec.type == k or (k == "alarm_control_panel" and e.spec.type == "alarm") for e in ents):
             continue
