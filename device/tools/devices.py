@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from device.config import DeviceConfig
-from device.tools.colors import COLOR_NAMES, color_from_json, colors_close, hex_to_rgb, parse_color, rgb_to_hex, rgb_to_xy, xy_to_hex
+from device.tools.colors import COLOR_NAMES, colors_close, hex_to_rgb, parse_color, rgb_to_xy, xy_to_hex
+from device.tools.platforms import platform
 from device.tools.templates import Template, TemplateError
 from device.tools.templates import template_or_none as _template
 
@@ -190,30 +190,7 @@ class DeviceSpec:
 
     def actions(self) -> tuple[str, ...]:
         """The control_device actions this device supports."""
-        t = self.type
-        if t == "light":
-            return ("turn_on", "turn_off", "toggle", "set")
-        if t in ("switch", "fan"):
-            return ("turn_on", "turn_off", "toggle")
-        if t in ("cover", "garage_door"):
-            acts = ["open", "close", "stop"]
-            if self.position_command_topic:
-                acts.append("set")
-            return tuple(acts)
-        if t == "lock":
-            return ("lock", "unlock")
-        if t == "alarm":
-            return ("lock", "unlock", "turn_on", "turn_off")
-        if t == "climate":
-            acts = []
-            if self.mode_command_topic or self.power_command_topic:
-                acts += ["turn_on", "turn_off"]
-            if self.temperature_command_topic or self.mode_command_topic:
-                acts.append("set")
-            return tuple(acts)
-        if t in ("scene", "button"):
-            return ("activate",)
-        return ()
+        return tuple(platform(self.type).actions(self))
 
 
 def _check_topic(topic: str, what: str) -> str:
@@ -327,16 +304,6 @@ def spec_from_config(dev: DeviceConfig) -> DeviceSpec:
 # --------------------------------------------------------------------------- runtime state
 
 
-def _num(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 class Device:
     """A device and what it last reported. Lives on the event loop."""
 
@@ -440,118 +407,8 @@ class Device:
         self._avail_latest = ok
         return before != self.available
 
-    def _value(self, tpl: Template | None, text: str) -> str | None:
-        return tpl.render_value(text) if tpl is not None else text
-
     def _parse(self, role: str, text: str) -> dict[str, Any] | None:
-        s = self.spec
-        if role == "state":
-            if s.schema == "json":
-                return self._parse_json_light(text)
-            raw = self._value(s.value_template, text)
-            if raw is None:
-                return None
-            return self._parse_state_word(raw.strip())
-        if role == "brightness":
-            v = _num(self._value(s.brightness_value_template, text))
-            if v is None:
-                raise ValueError("not a number")
-            return {"brightness": int(round(max(0.0, min(100.0, v * 100.0 / s.brightness_scale))))}
-        if role == "rgb":
-            raw = self._value(s.rgb_value_template, text)
-            if raw is None:
-                return None
-            r, g, b = (float(p) for p in raw.split(","))
-            return {"color": rgb_to_hex(r, g, b)}
-        if role == "position":
-            v = _num(self._value(s.position_template, text))
-            if v is None:
-                if s.position_topic == s.state_topic:  # a shared JSON message without a position
-                    return None
-                raise ValueError("not a number")
-            span = s.position_open - s.position_closed or 100
-            pct = (v - s.position_closed) * 100.0 / span
-            return {"position": int(round(max(0.0, min(100.0, pct))))}
-        if role in ("temperature", "current_temperature"):
-            tpl = s.temperature_state_template if role == "temperature" else s.current_temperature_template
-            raw = self._value(tpl, text)
-            if raw is None:
-                return None
-            v = _num(raw)
-            if v is None:
-                raise ValueError("not a number")
-            if s.temperature_unit == "F":
-                v = round((v - 32.0) * 5.0 / 9.0, 1)
-            return {"target_temperature" if role == "temperature" else "current_temperature": v}
-        if role == "mode":
-            raw = self._value(s.mode_state_template, text)
-            return None if raw is None else {"mode": raw.strip()}
-        return None
-
-    def _parse_state_word(self, raw: str) -> dict[str, Any] | None:
-        s = self.spec
-        t = s.type
-        if t in ("light", "switch", "fan", "binary_sensor"):
-            if raw == s.on_state:
-                return {"state": "on"}
-            if raw == s.off_state:
-                return {"state": "off"}
-            if raw in ("", "None"):
-                return None
-            raise ValueError(f"expected {s.on_state!r} or {s.off_state!r}")
-        if t in ("cover", "garage_door"):
-            words = {
-                s.state_open: "open", s.state_closed: "closed", s.state_opening: "opening",
-                s.state_closing: "closing", s.state_stopped: "stopped",
-            }
-            if raw in words:
-                return {"state": words[raw]}
-            low = raw.lower()
-            if low in ("open", "closed", "opening", "closing", "stopped"):
-                return {"state": low}
-            if raw in ("", "None"):
-                return None
-            raise ValueError("not a cover state")
-        if t == "lock":
-            words = {
-                s.state_locked: "locked", s.state_unlocked: "unlocked", s.state_locking: "locking",
-                s.state_unlocking: "unlocking", s.state_jammed: "jammed",
-            }
-            if raw in words:
-                return {"state": words[raw]}
-            if raw.lower() in ("locked", "unlocked", "locking", "unlocking", "jammed", "open"):
-                return {"state": raw.lower()}
-            if raw in ("", "None"):
-                return None
-            raise ValueError("not a lock state")
-        if t == "alarm":
-            return {"state": raw.lower()} if raw else None
-        if t == "sensor":
-            v = _num(raw)
-            return {"value": v if v is not None else raw}
-        if t == "climate":
-            return {"mode": raw} if raw else None
-        return None
-
-    def _parse_json_light(self, text: str) -> dict[str, Any] | None:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        s = self.spec
-        out: dict[str, Any] = {}
-        st = data.get("state")
-        if isinstance(st, str):
-            if st.upper() == "ON":
-                out["state"] = "on"
-            elif st.upper() == "OFF":
-                out["state"] = "off"
-        b = data.get("brightness")
-        if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b):
-            out["brightness"] = int(round(max(0.0, min(100.0, b * 100.0 / s.brightness_scale))))
-        color = color_from_json(data.get("color"))
-        if color:
-            out["color"] = color
-        return out or None
+        return platform(self.spec.type).parse(self.spec, role, text)
 
     # ---- waiting for reports
     def next_report(self) -> asyncio.Future[None]:

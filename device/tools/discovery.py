@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from device.tools.devices import Availability, DeviceSpec, Template, TemplateError
+from device.tools.devices import Availability, DeviceSpec, Template
+from device.tools.platforms import COMPONENTS as PLATFORM_COMPONENTS
+from device.tools.platforms import kind_of, platform
+from device.tools.platforms.base import DiscoveryError, Fields
 
 _LOG = logging.getLogger(__name__)
 
-COMPONENTS = ("light", "switch", "cover", "lock", "climate", "fan", "scene", "button", "sensor", "binary_sensor",
-              "alarm_control_panel")
+COMPONENTS = PLATFORM_COMPONENTS  # every component a platform module reads
 
 # Home Assistant's abbreviations (homeassistant/components/mqtt/abbreviations.py), restricted to
 # the keys of the components above plus the generic ones.
@@ -221,48 +223,16 @@ def _apply_base(value: str, base: str) -> str:
     return value
 
 
-class DiscoveryError(ValueError):
-    """A discovery config we cannot use; the message says why."""
-
-
 def _s(cfg: dict[str, Any], key: str, default: str = "") -> str:
-    v = cfg.get(key, default)
-    if v is None:
-        return default
-    if isinstance(v, bool):
-        return "True" if v else "False"  # Home Assistant coerces payloads with str()
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return v
-    raise DiscoveryError(f"{key!r} must be a string, got {type(v).__name__}")
+    return Fields(cfg).s(key, default)
 
 
 def _topic(cfg: dict[str, Any], key: str) -> str:
-    t = _s(cfg, key)
-    if t and ("#" in t or "+" in t or "\x00" in t):
-        raise DiscoveryError(f"{key} {t!r} contains a wildcard")
-    return t
+    return Fields(cfg).topic(key)
 
 
 def _tpl(cfg: dict[str, Any], key: str) -> Template | None:
-    text = _s(cfg, key)
-    if not text:
-        return None
-    try:
-        return Template(text)
-    except TemplateError as exc:
-        raise DiscoveryError(f"{key}: {exc}") from None
-
-
-def _num(cfg: dict[str, Any], key: str, default: float) -> float:
-    v = cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            raise DiscoveryError(f"{key!r} must be a number, got {v!r}") from None
-    return float(v)
+    return Fields(cfg).tpl(key)
 
 
 # Home Assistant's name for an entity without a name and without a device class (DEFAULT_NAME of
@@ -357,9 +327,7 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
     area = device.get("suggested_area") or cfg.get("suggested_area") or ""
     area = area.strip() if isinstance(area, str) else ""
     device_class = _s(cfg, "device_class")
-    kind = {"alarm_control_panel": "alarm"}.get(component, component)
-    if component == "cover" and device_class in ("garage", "gate", "door"):
-        kind = "garage_door"
+    kind = kind_of(component, cfg)
 
     availability: list[Availability] = []
     avty_tpl = _tpl(cfg, "availability_template")
@@ -385,16 +353,6 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
     if mode not in ("latest", "all", "any"):
         mode = "latest"
 
-    schema = "json" if _s(cfg, "schema", "default") == "json" else "default"
-    if schema == "json" and component != "light":
-        schema = "default"
-    color_modes = cfg.get("supported_color_modes")
-    color_modes_t = tuple(str(m) for m in color_modes) if isinstance(color_modes, list) else ()
-    if schema == "json" and not color_modes_t and cfg.get("rgb") is True:
-        color_modes_t = ("rgb",)
-    if schema == "json" and not color_modes_t and cfg.get("xy") is True:
-        color_modes_t = ("xy",)
-
     common: dict[str, Any] = dict(
         key=f"discovery:{topic}",
         name=entity_name(cfg, d),
@@ -408,7 +366,6 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
         model=str(device.get("model") or ""),
         manufacturer=str(device.get("manufacturer") or ""),
         via_device=str(device.get("via_device") or ""),
-        schema=schema,
         device_class=device_class,
         command_topic=_topic(cfg, "command_topic"),
         command_template=_tpl(cfg, "command_template"),
@@ -418,100 +375,13 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
         availability_mode=mode,
         optimistic=bool(cfg.get("optimistic")),
     )
-    c = cfg
-    if kind == "light":
-        common.update(
-            payload_on=_s(c, "payload_on", "ON"),
-            payload_off=_s(c, "payload_off", "OFF"),
-            brightness_command_topic=_topic(c, "brightness_command_topic"),
-            brightness_command_template=_tpl(c, "brightness_command_template"),
-            brightness_state_topic=_topic(c, "brightness_state_topic"),
-            brightness_value_template=_tpl(c, "brightness_value_template"),
-            brightness_scale=max(1, int(_num(c, "brightness_scale", 255))),
-            rgb_command_topic=_topic(c, "rgb_command_topic"),
-            rgb_command_template=_tpl(c, "rgb_command_template"),
-            rgb_state_topic=_topic(c, "rgb_state_topic"),
-            rgb_value_template=_tpl(c, "rgb_value_template"),
-            json_brightness=c.get("brightness", True) is not False,
-            color_modes=color_modes_t,
-        )
-        if schema == "json" and not common["command_topic"]:
-            raise DiscoveryError("a JSON light needs a command_topic")
-    elif kind in ("switch", "fan"):
-        common.update(
-            payload_on=_s(c, "payload_on", "ON"),
-            payload_off=_s(c, "payload_off", "OFF"),
-            state_on=_s(c, "state_on"),
-            state_off=_s(c, "state_off"),
-        )
-    elif kind == "binary_sensor":
-        common.update(payload_on=_s(c, "payload_on", "ON"), payload_off=_s(c, "payload_off", "OFF"))
-    elif kind in ("cover", "garage_door"):
-        common.update(
-            payload_open=_s(c, "payload_open", "OPEN"),
-            payload_close=_s(c, "payload_close", "CLOSE"),
-            payload_stop=_s(c, "payload_stop", "STOP"),
-            state_open=_s(c, "state_open", "open"),
-            state_closed=_s(c, "state_closed", "closed"),
-            state_opening=_s(c, "state_opening", "opening"),
-            state_closing=_s(c, "state_closing", "closing"),
-            state_stopped=_s(c, "state_stopped", "stopped"),
-            position_topic=_topic(c, "position_topic"),
-            position_template=_tpl(c, "position_template"),
-            position_command_topic=_topic(c, "set_position_topic"),
-            position_command_template=_tpl(c, "set_position_template"),
-            position_open=int(_num(c, "position_open", 100)),
-            position_closed=int(_num(c, "position_closed", 0)),
-        )
-    elif kind == "lock":
-        common.update(
-            payload_lock=_s(c, "payload_lock", "LOCK"),
-            payload_unlock=_s(c, "payload_unlock", "UNLOCK"),
-            state_locked=_s(c, "state_locked", "LOCKED"),
-            state_unlocked=_s(c, "state_unlocked", "UNLOCKED"),
-            state_locking=_s(c, "state_locking", "LOCKING"),
-            state_unlocking=_s(c, "state_unlocking", "UNLOCKING"),
-            state_jammed=_s(c, "state_jammed", "JAMMED"),
-        )
-    elif kind == "alarm":
-        common.update(payload_arm=_s(c, "payload_arm_away", "ARM_AWAY"), payload_disarm=_s(c, "payload_disarm", "DISARM"))
-    elif kind == "climate":
-        modes = c.get("modes")
-        unit = _s(c, "temperature_unit", "C").upper()
-        common.update(
-            temperature_command_topic=_topic(c, "temperature_command_topic"),
-            temperature_command_template=_tpl(c, "temperature_command_template"),
-            temperature_state_topic=_topic(c, "temperature_state_topic"),
-            temperature_state_template=_tpl(c, "temperature_state_template"),
-            current_temperature_topic=_topic(c, "current_temperature_topic"),
-            current_temperature_template=_tpl(c, "current_temperature_template"),
-            mode_command_topic=_topic(c, "mode_command_topic"),
-            mode_command_template=_tpl(c, "mode_command_template"),
-            mode_state_topic=_topic(c, "mode_state_topic"),
-            mode_state_template=_tpl(c, "mode_state_template"),
-            modes=tuple(str(m) for m in modes) if isinstance(modes, list) and modes else ("auto", "off", "cool", "heat", "dry", "fan_only"),
-            min_temp=_num(c, "min_temp", 45.0 if unit == "F" else 7.0),
-            max_temp=_num(c, "max_temp", 95.0 if unit == "F" else 35.0),
-            temperature_unit="F" if unit == "F" else "C",
-            power_command_topic=_topic(c, "power_command_topic"),
-            payload_on=_s(c, "payload_on", "ON"),
-            payload_off=_s(c, "payload_off", "OFF"),
-        )
-    elif kind == "scene":
-        common.update(payload_on=_s(c, "payload_on", "ON"))
-    elif kind == "button":
-        common.update(payload_press=_s(c, "payload_press", "PRESS"))
-    elif kind == "sensor":
-        common.update(unit=_s(c, "unit_of_measurement"))
-
-    if kind not in ("sensor", "binary_sensor") and not any(
-        common.get(k) for k in ("command_topic", "temperature_command_topic", "mode_command_topic", "position_command_topic",
-                                "brightness_command_topic", "power_command_topic")
-    ):
+    common.update(platform(kind).read_discovery(Fields(cfg), kind))  # what this kind of entity adds
+    spec = DeviceSpec(**common)
+    if spec.controllable and not spec.command_topics():
         raise DiscoveryError(f"a {component} needs a command topic")
-    if kind in ("sensor", "binary_sensor") and not common["state_topic"]:
+    if not spec.controllable and not spec.state_topic:
         raise DiscoveryError(f"a {component} needs a state_topic")
-    return DeviceSpec(**common)
+    return spec
 
 
 def parse_message(topic: str, payload: bytes, prefix: str, ignore: Ignore | None = None) -> list[tuple[str, DeviceSpec | None]]:

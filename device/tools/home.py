@@ -10,11 +10,9 @@ publish, whatever the model sent.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from device.config import Settings
@@ -26,20 +24,18 @@ from device.tools.devices import (
     READ_ONLY_TYPES,
     Device,
     DeviceSpec,
-    colors_close,
-    hex_to_rgb,
     parse_color,
-    rgb_to_xy,
     spec_from_config,
 )
 from device.tools.discovery import DiscoveryError, parse_message
 from device.tools.listing import areas, device_lines, state_words
+from device.tools.platforms import platform
+from device.tools.platforms.base import CommandError, Expect, Plan, Request
 from device.tools.registry import Tool, ToolRegistry
 
 _LOG = logging.getLogger(__name__)
 
 ACTIONS = ("turn_on", "turn_off", "toggle", "open", "close", "stop", "lock", "unlock", "activate", "set")
-ARMED_STATES = frozenset({"armed_away", "armed_home", "armed_night", "armed_vacation", "armed_custom_bypass", "arming", "triggered"})
 # After a report that does not (yet) match, how long to wait for a further one (a light reports
 # state and brightness on two topics; a lock reports "locking" before "locked").
 MISMATCH_GRACE_S = 1.0
@@ -51,76 +47,6 @@ MAX_ENUM_NAMES = 40
 
 class RefusedTopic(Exception):
     """A publish to a topic that is not a known device's command topic was attempted and refused."""
-
-
-@dataclass
-class Expect:
-    """The state a command should lead to; None fields are not checked."""
-
-    state: frozenset[str] | None = None
-    brightness: int | None = None
-    color: str | None = None
-    position: int | None = None
-    moving: str | None = None  # cover: "opening"/"closing" also counts for a position request
-    target_temperature: float | None = None
-    mode: str | None = None
-    fail_states: frozenset[str] = field(default_factory=frozenset)
-
-    def empty(self) -> bool:
-        return all(v is None for v in (self.state, self.brightness, self.color, self.position, self.target_temperature, self.mode))
-
-    def failed(self, st: dict[str, Any]) -> bool:
-        return st.get("state") in self.fail_states
-
-    def check(self, st: dict[str, Any]) -> bool:
-        if self.position is not None:
-            pos = st.get("position")
-            at_target = isinstance(pos, (int, float)) and abs(pos - self.position) <= 2
-            if not at_target and not (self.moving and st.get("state") == self.moving):
-                return False
-        if self.state is not None and st.get("state") not in self.state:
-            return False
-        if self.brightness is not None:
-            b = st.get("brightness")
-            if not isinstance(b, (int, float)) or abs(b - self.brightness) > 2:
-                return False
-        if self.color is not None:
-            c = st.get("color")
-            if not isinstance(c, str) or not colors_close(c, self.color):
-                return False
-        if self.target_temperature is not None:
-            t = st.get("target_temperature")
-            if not isinstance(t, (int, float)) or abs(t - self.target_temperature) > 0.26:
-                return False
-        if self.mode is not None and st.get("mode") != self.mode:
-            return False
-        return True
-
-    def describe(self) -> str:
-        parts: list[str] = []
-        if self.state is not None:
-            parts.append("state " + " or ".join(sorted(self.state)))
-        if self.brightness is not None:
-            parts.append(f"brightness {self.brightness}")
-        if self.color is not None:
-            parts.append(f"color {self.color}")
-        if self.position is not None:
-            parts.append(f"position {self.position}")
-        if self.target_temperature is not None:
-            parts.append(f"target temperature {self.target_temperature:g}")
-        if self.mode is not None:
-            parts.append(f"mode {self.mode}")
-        return ", ".join(parts)
-
-
-class CommandError(Exception):
-    """A control request that cannot be turned into messages; the message is for the model."""
-
-
-@dataclass
-class Plan:
-    messages: list[tuple[str, str]]
-    expect: Expect
 
 
 def _fail(error: str, **extra: Any) -> dict[str, Any]:
@@ -506,184 +432,27 @@ class HomeDevices:
 
     # ------------------------------------------------------------------ planning
     def _plan(self, dev: Device, action: str, args: dict[str, Any]) -> Plan:
+        """Check the optional arguments, then let the entity's platform build the messages."""
         s = dev.spec
-        brightness = _number(args, "brightness", 0, 100)
-        position = _number(args, "position", 0, 100)
-        temperature = _number(args, "temperature")
         color_arg = args.get("color")
         color: str | None = None
         if color_arg is not None:
             if not isinstance(color_arg, str) or parse_color(color_arg) is None:
                 raise CommandError(f"'color' must be a colour name ({', '.join(sorted(COLOR_NAMES))}) or #rrggbb; got {color_arg!r}")
             color = parse_color(color_arg)
-        if s.type != "light" and (brightness is not None or color is not None):
-            raise CommandError(f"{s.name} is a {s.type.replace('_', ' ')}: it has no brightness or colour")
-        if s.type not in ("cover", "garage_door") and position is not None:
-            raise CommandError(f"{s.name} is a {s.type.replace('_', ' ')}: it has no position")
-        if s.type != "climate" and temperature is not None:
-            raise CommandError(f"{s.name} is a {s.type.replace('_', ' ')}: it has no temperature")
-
+        req = Request(brightness=_number(args, "brightness", 0, 100), color=color,
+                      position=_number(args, "position", 0, 100), temperature=_number(args, "temperature"))
+        p = platform(s.type)
+        kind = s.type.replace("_", " ")
+        if "brightness" not in p.ACCEPTS and (req.brightness is not None or req.color is not None):
+            raise CommandError(f"{s.name} is a {kind}: it has no brightness or colour")
+        if "position" not in p.ACCEPTS and req.position is not None:
+            raise CommandError(f"{s.name} is a {kind}: it has no position")
+        if "temperature" not in p.ACCEPTS and req.temperature is not None:
+            raise CommandError(f"{s.name} is a {kind}: it has no temperature")
         if action == "toggle":
             action = "turn_off" if dev.state.get("state") == "on" else "turn_on"
-        t = s.type
-        if t == "light":
-            if action == "set" and brightness is None and color is None:
-                raise CommandError("'set' on a light needs 'brightness' or 'color'")
-            if action == "turn_off" or (brightness == 0 and color is None):
-                return self._light_off(s)
-            return self._light_on(s, brightness, color)
-        if t in ("switch", "fan"):
-            on = action == "turn_on"
-            return Plan([(s.command_topic, s.payload_on if on else s.payload_off)], self._expect_state(s, "on" if on else "off"))
-        if t in ("cover", "garage_door"):
-            return self._cover(dev, action, position)
-        if t == "lock":
-            return Plan(
-                [(s.command_topic, s.payload_lock if action == "lock" else s.payload_unlock)],
-                Expect(
-                    state=(frozenset({"locked"}) if action == "lock" else frozenset({"unlocked", "open"})) if s.state_topic else None,
-                    fail_states=frozenset({"jammed"}),
-                ),
-            )
-        if t == "alarm":
-            arm = action in ("lock", "turn_on")
-            return Plan(
-                [(s.command_topic, s.payload_arm if arm else s.payload_disarm)],
-                Expect(state=(ARMED_STATES if arm else frozenset({"disarmed"})) if s.state_topic else None),
-            )
-        if t == "climate":
-            return self._climate(s, action, temperature)
-        if t == "scene":
-            return Plan([(s.command_topic, s.payload_on)], Expect())
-        if t == "button":
-            return Plan([(s.command_topic, s.payload_press)], Expect())
-        raise CommandError(f"{s.name}: {t} devices cannot be controlled")
-
-    @staticmethod
-    def _expect_state(s: DeviceSpec, word: str) -> Expect:
-        return Expect(state=frozenset({word})) if s.state_topic else Expect()
-
-    def _light_off(self, s: DeviceSpec) -> Plan:
-        if s.schema == "json":
-            return Plan([(s.command_topic, json.dumps({"state": "OFF"}))], self._expect_state(s, "off"))
-        return Plan([(s.command_topic, s.payload_off)], self._expect_state(s, "off"))
-
-    def _light_on(self, s: DeviceSpec, brightness: float | None, color: str | None) -> Plan:
-        expect = self._expect_state(s, "on")
-        if s.schema == "json":
-            cmd: dict[str, Any] = {"state": "ON"}
-            if brightness is not None:
-                if not s.json_brightness or s.color_modes == ("onoff",):
-                    raise CommandError(f"{s.name} cannot be dimmed")
-                cmd["brightness"] = max(1, int(round(brightness * s.brightness_scale / 100)))
-                if s.state_topic:
-                    expect.brightness = int(round(brightness))
-            if color is not None:
-                cmd["color"] = self._json_color(s, color)
-                if s.state_topic:
-                    expect.color = color
-            return Plan([(s.command_topic, json.dumps(cmd))], expect)
-        msgs: list[tuple[str, str]] = [(s.command_topic, s.payload_on)] if s.command_topic else []
-        if brightness is not None:
-            if not s.brightness_command_topic:
-                raise CommandError(f"{s.name} cannot be dimmed")
-            value = max(1, int(round(brightness * s.brightness_scale / 100)))
-            payload = s.brightness_command_template.render({"value": value}) if s.brightness_command_template else str(value)
-            msgs.append((s.brightness_command_topic, payload or str(value)))
-            if s.brightness_state_topic or (s.state_topic and s.brightness_value_template):
-                expect.brightness = int(round(brightness))
-        if color is not None:
-            if not s.rgb_command_topic:
-                raise CommandError(f"{s.name} has no colour")
-            r, g, b = hex_to_rgb(color)
-            payload = (
-                s.rgb_command_template.render({"red": r, "green": g, "blue": b, "value": f"{r},{g},{b}"})
-                if s.rgb_command_template
-                else f"{r},{g},{b}"
-            )
-            msgs.append((s.rgb_command_topic, payload or f"{r},{g},{b}"))
-            if s.rgb_state_topic:
-                expect.color = color
-        return Plan(msgs, expect)
-
-    @staticmethod
-    def _json_color(s: DeviceSpec, color: str) -> dict[str, Any]:
-        modes = set(s.color_modes)
-        r, g, b = hex_to_rgb(color)
-        if not modes or modes & {"rgb", "rgbw", "rgbww"}:
-            return {"r": r, "g": g, "b": b}
-        if "xy" in modes:
-            x, y = rgb_to_xy((r, g, b))
-            return {"x": x, "y": y}
-        if "hs" in modes:
-            import colorsys
-
-            h, sat, _ = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
-            return {"h": round(h * 360, 1), "s": round(sat * 100, 1)}
-        raise CommandError(f"{s.name} has no colour (it supports {', '.join(sorted(modes))})")
-
-    def _cover(self, dev: Device, action: str, position: float | None) -> Plan:
-        s = dev.spec
-        has_state = bool(s.state_topic)
-        if action == "set" or (position is not None and action not in ("stop",)):
-            if position is None:
-                raise CommandError("'set' on a cover needs 'position' (0-100)")
-            if not s.position_command_topic:
-                raise CommandError(f"{s.name} cannot be set to a position; use open or close")
-            target = int(round(position))
-            raw = int(round(s.position_closed + (s.position_open - s.position_closed) * target / 100))
-            payload = s.position_command_template.render({"position": raw, "value": raw}) if s.position_command_template else str(raw)
-            current = dev.state.get("position")
-            moving = None
-            if isinstance(current, (int, float)) and has_state:
-                moving = "opening" if target > current else "closing" if target < current else None
-            expect = Expect(position=target if s.position_topic else None, moving=moving)
-            if expect.position is None and has_state:
-                expect = Expect(state=frozenset({"open", "opening", "closing", "closed", "stopped"}))
-            return Plan([(s.position_command_topic, payload or str(raw))], expect)
-        if not s.command_topic:
-            raise CommandError(f"{s.name} has no command topic for {action}")
-        if action == "open":
-            expect = Expect(state=frozenset({"open", "opening"})) if has_state else Expect(position=100 if s.position_topic else None)
-            return Plan([(s.command_topic, s.payload_open)], expect)
-        if action == "close":
-            expect = Expect(state=frozenset({"closed", "closing"})) if has_state else Expect(position=0 if s.position_topic else None)
-            return Plan([(s.command_topic, s.payload_close)], expect)
-        expect = Expect(state=frozenset({"stopped", "open", "closed"})) if has_state else Expect()
-        return Plan([(s.command_topic, s.payload_stop)], expect)
-
-    def _climate(self, s: DeviceSpec, action: str, temperature: float | None) -> Plan:
-        if action == "set":
-            if temperature is None:
-                raise CommandError("'set' on a thermostat needs 'temperature' (°C)")
-            if not s.temperature_command_topic:
-                raise CommandError(f"{s.name} has no set-point")
-            fahrenheit = s.temperature_unit == "F"
-            lo, hi = ((s.min_temp - 32) * 5 / 9, (s.max_temp - 32) * 5 / 9) if fahrenheit else (s.min_temp, s.max_temp)
-            if not lo - 1e-9 <= temperature <= hi + 1e-9:
-                raise CommandError(f"{s.name} accepts set-points from {lo:.3g} to {hi:.3g} °C, not {temperature:g}")
-            if fahrenheit:  # the device speaks °F, in whole degrees
-                value: float = min(s.max_temp, max(s.min_temp, round(temperature * 9 / 5 + 32)))
-                celsius = (value - 32) * 5 / 9
-            else:
-                value = round(temperature * 2) / 2 if abs(temperature * 2 - round(temperature * 2)) < 1e-9 else round(temperature, 1)
-                celsius = value
-            payload = s.temperature_command_template.render({"value": value}) if s.temperature_command_template else str(float(value))
-            expect = Expect(target_temperature=float(celsius)) if s.temperature_state_topic else Expect()
-            return Plan([(s.temperature_command_topic, payload or str(float(value)))], expect)
-        on = action == "turn_on"
-        if s.mode_command_topic:
-            if on:
-                preferred = [m for m in ("heat", "auto", "heat_cool", "cool") if m in s.modes]
-                mode = preferred[0] if preferred else next((m for m in s.modes if m != "off"), "heat")
-            else:
-                mode = "off"
-            payload = s.mode_command_template.render({"value": mode}) if s.mode_command_template else mode
-            expect = Expect(mode=mode) if s.mode_state_topic else Expect()
-            return Plan([(s.mode_command_topic, payload or mode)], expect)
-        if s.power_command_topic:
-            return Plan([(s.power_command_topic, s.payload_on if on else s.payload_off)], Expect())
-        raise CommandError(f"{s.name} cannot be switched on or off")
+        return p.plan(dev, action, req)
 
     # ------------------------------------------------------------------ execution
     def _guard(self, dev: Device, topic: str) -> None:
@@ -767,4 +536,4 @@ class HomeDevices:
         return ", ".join(f"{k} {v}" for k, v in shown.items()) or "nothing usable"
 
 
-__all__ = ["ACTIONS", "HomeDevices", "RefusedTopic", "check_devices"]
+__all__ = ["ACTIONS", "CommandError", "Expect", "HomeDevices", "Plan", "RefusedTopic", "check_devices"]
