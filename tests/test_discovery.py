@@ -224,3 +224,42 @@ def test_config_json_devices_speak_zigbee2mqtt() -> None:
     bad = Settings(path=Path("speaker.toml"), devices=(DeviceConfig(name="Bad", type="switch", command_topic="home/+/set"),))
     with pytest.raises(ValueError, match="speaker.toml.*'Bad' command_topic 'home/\\+/set' contains a wildcard"):
         check_devices(bad)
+
+
+@pytest.mark.parametrize("component, config, name", [
+    ("sensor", {"name": None, "dev_cla": "battery"}, "Front door"),           # name: null -> the device itself
+    ("sensor", {"name": "Battery"}, "Front door Battery"),                    # named -> "<device> <name>"
+    ("sensor", {"dev_cla": "battery"}, "Front door Battery"),                 # no name key -> the device class
+    ("sensor", {"dev_cla": "atmospheric_pressure"}, "Front door Atmospheric pressure"),
+    ("sensor", {"dev_cla": "enum"}, "Front door MQTT Sensor"),               # an enum sensor is not named by its class
+    ("sensor", {}, "Front door MQTT Sensor"),                                 # neither: the platform's default name
+    ("binary_sensor", {"dev_cla": "door"}, "Front door Door"),
+    ("button", {"dev_cla": "restart", "cmd_t": "x/set"}, "Front door Restart"),
+    ("lock", {"dev_cla": "lock", "cmd_t": "x/set"}, "Front door MQTT Lock"),  # locks are never named by a class
+    ("sensor", {"name": "Front door Battery"}, "Front door Battery"),        # an old-style full name is not doubled
+    ("sensor", {"name": "Front door"}, "Front door"),                         # the device's own name: the device
+    ("sensor", {"name": "Battery", "obj_id": "front_door_battery", "def_ent_id": "sensor.x"}, "Front door Battery"),
+])
+def test_entity_names_follow_home_assistant(component: str, config: dict, name: str) -> None:
+    payload = {"stat_t": "x/state", "dev": {"ids": ["x1"], "name": "Front door"}, **config}
+    _, spec = one(f"homeassistant/{component}/x1/obj/config", payload)
+    assert spec is not None and spec.name == name
+
+
+def test_without_a_device_the_entity_name_or_its_id() -> None:
+    _, spec = one("homeassistant/switch/x2/garden_pump/config", {"name": "Garden pump", "cmd_t": "p/set"})
+    assert spec.name == "Garden pump" and spec.device_id == "discovery:homeassistant/switch/x2/garden_pump/config"
+    _, spec = one("homeassistant/switch/x2/garden_pump/config", {"name": None, "cmd_t": "p/set"})
+    assert spec.name == "garden pump"  # nothing else to call it by
+
+
+def test_every_kind_has_one_platform_module() -> None:
+    from device.tools.devices import DEVICE_TYPES
+    from device.tools.platforms import BY_COMPONENT, BY_KIND, PLATFORMS
+
+    assert set(BY_KIND) == set(DEVICE_TYPES)
+    assert set(BY_COMPONENT) == {"light", "switch", "fan", "cover", "lock", "climate", "scene", "button", "alarm_control_panel",
+                                 "sensor", "binary_sensor"}
+    for p in PLATFORMS:
+        for attr in ("KINDS", "COMPONENTS", "ACCEPTS", "read_discovery", "parse", "actions", "plan"):
+            assert hasattr(p, attr), f"{p.__name__} has no {attr}"
