@@ -1,9 +1,10 @@
-"""Home devices: how to talk to each (topics, payloads, templates), their reported state, the registry.
+"""Home entities: how to talk to each (topics, payloads, templates) and what it last reported.
 
-A :class:`DeviceSpec` says how to command a device and read its state; it comes from the config
-file (``[[devices]]``, :func:`spec_from_config`) or from Home Assistant MQTT discovery
-(:mod:`device.tools.discovery`). A :class:`Device` adds what the device last reported. The
-:class:`DeviceRegistry` holds them by unique name and applies the allow/deny lists.
+A :class:`DeviceSpec` says how to command one entity and read its state, and which device owns
+it; it comes from the config file (``[[devices]]``, :func:`spec_from_config`) or from Home
+Assistant MQTT discovery (:mod:`device.tools.discovery`). A :class:`Device` adds what the entity
+last reported; how a message is read is its platform's job (:mod:`device.tools.platforms`). The
+registry of devices and entities is :mod:`device.tools.device_registry`.
 
 State as the model sees it (all keys optional): ``state`` ("on"/"off", "open"/"closed"/
 "opening"/"closing"/"stopped", "locked"/"unlocked"/..., alarm states), ``brightness`` (0-100),
