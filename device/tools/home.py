@@ -307,7 +307,7 @@ class HomeDevices:
             ),
             Tool(
                 "get_device_state",
-                "Get one home device's current state as it last reported it.",
+                "Get one home device's current state as it last reported it, with its other readings (battery, power ...).",
                 {"type": "object", "properties": {"device": device_prop}, "required": ["device"], "additionalProperties": False},
                 self.get_device_state,
             ),
