@@ -263,3 +263,31 @@ def test_every_kind_has_one_platform_module() -> None:
     for p in PLATFORMS:
         for attr in ("KINDS", "COMPONENTS", "ACCEPTS", "read_discovery", "parse", "actions", "plan"):
             assert hasattr(p, attr), f"{p.__name__} has no {attr}"
+
+
+def test_a_new_platform_is_one_module_in_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A water valve platform, written as a module would be, plugged into the table and nothing else."""
+    import types
+
+    from device.tools import platforms
+    from device.tools.platforms.base import Expect, Plan
+
+    valve = types.ModuleType("valve")
+    valve.KINDS, valve.COMPONENTS, valve.ACCEPTS = ("valve",), ("valve",), frozenset()
+    valve.read_discovery = lambda f, kind: {"options": (("pl_open", f.s("payload_open", "OPEN")),
+                                                        ("cmd", f.topic("command_topic")))}
+    valve.command_topics = lambda spec: [spec.option("cmd")]
+    valve.parse = lambda spec, role, text: {"state": text.lower()} if role == "state" else None
+    valve.actions = lambda spec: ("open", "close")
+    valve.plan = lambda dev, action, req: Plan([(dev.spec.option("cmd"), dev.spec.option("pl_open"))], Expect(state=frozenset({"open"})))
+    monkeypatch.setitem(platforms.BY_KIND, "valve", valve)
+    monkeypatch.setitem(platforms.BY_COMPONENT, "valve", valve)
+
+    _, spec = one("homeassistant/valve/garden/config", {"name": None, "cmd_t": "garden/valve/set", "stat_t": "garden/valve",
+                                                      "pl_open": "ON", "dev": {"ids": ["g1"], "name": "Garden tap"}})
+    assert (spec.name, spec.type, spec.actions()) == ("Garden tap", "valve", ("open", "close"))
+    assert spec.command_topics() == {"garden/valve/set"}
+    d = Device(spec)
+    d.apply("garden/valve", b"OPEN", False, spec.state_topics()["garden/valve"])
+    assert d.state == {"state": "open"}
+    assert valve.plan(d, "open", None).messages == [("garden/valve/set", "ON")]

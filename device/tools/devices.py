@@ -138,6 +138,12 @@ class DeviceSpec:
     unit: str = ""
     optimistic: bool = False
     confirm: bool = False
+    # Settings of a platform that has no field of its own here: (key, value) pairs its module reads
+    # with option(); its extra topics come from the module's command_topics()/state_topics().
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return next((v for k, v in self.options if k == key), default)
 
     @property
     def controllable(self) -> bool:
@@ -167,6 +173,7 @@ class DeviceSpec:
                 self.temperature_command_topic,
                 self.mode_command_topic,
                 self.power_command_topic,
+                *getattr(platform(self.type), "command_topics", lambda spec: ())(self),
             )
             if t
         }
@@ -182,6 +189,7 @@ class DeviceSpec:
             ("temperature", self.temperature_state_topic),
             ("current_temperature", self.current_temperature_topic),
             ("mode", self.mode_state_topic),
+            *getattr(platform(self.type), "state_topics", lambda spec: ())(self),
         ):
             if topic:
                 roles.setdefault(topic, []).append(role)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.tools.devices import Availability, DeviceSpec, Template
+from device.tools import platforms as _platforms
 from device.tools.platforms import COMPONENTS as PLATFORM_COMPONENTS
 from device.tools.platforms import kind_of, platform
 from device.tools.platforms.base import DiscoveryError, Fields
@@ -386,7 +387,7 @@ def spec_from_discovery(topic: str, d: DiscoveryTopic, raw: dict[str, Any], igno
     the config is unusable."""
     cfg = expand(raw)
     component = d.component
-    if component not in COMPONENTS or (ignore is not None and ignore(cfg)):
+    if component not in _platforms.BY_COMPONENT or (ignore is not None and ignore(cfg)):
         return None
     category = cfg.get("entity_category") if isinstance(cfg.get("entity_category"), str) else ""
     # Settings (config) and entities disabled by default are not for the model, as in Home
@@ -490,7 +491,7 @@ def parse_message(topic: str, payload: bytes, prefix: str, ignore: Ignore | None
             comp = {TOPIC_BASE: base, **comp}
         entity = expand(comp)
         platform = entity.pop("platform", None)
-        if not isinstance(platform, str) or platform not in COMPONENTS:
+        if not isinstance(platform, str) or platform not in _platforms.BY_COMPONENT:
             results.append((key, None))
             continue
         if not entity:  # only the platform key: Home Assistant's way to remove one component

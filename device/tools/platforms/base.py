@@ -7,7 +7,14 @@ A platform module (``light``, ``cover``, ...) owns one kind of entity and provid
 - ``read_discovery(f: Fields, kind) -> dict``: its DeviceSpec fields from an expanded discovery config;
 - ``parse(spec, role, text) -> dict | None``: a message on one of its state topics -> state updates;
 - ``actions(spec) -> tuple``: the control_device actions it supports;
-- ``plan(dev, action, req: Request) -> Plan``: the messages for a command and the state expected.
+- ``plan(dev, action, req: Request) -> Plan``: the messages for a command and the state expected;
+- ``ACCEPTS``: which optional control_device arguments (brightness, color, position, temperature)
+  make sense for it.
+
+A platform whose settings have no DeviceSpec field returns them as ``options`` from
+``read_discovery`` (read back with ``spec.option(key)``) and may add
+``command_topics(spec) -> iterable of topics`` and ``state_topics(spec) -> iterable of (role, topic)``:
+the command-topic guard and the subscriptions then include them.
 """
 
 from __future__ import annotations
