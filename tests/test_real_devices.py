@@ -258,3 +258,12 @@ async def test_a_home_of_80_devices_loads_quickly_and_lists_compactly(mosquitto:
         assert rig.home.registry.find("kitchen blinds battery").device.name == "Kitchen blinds Battery"
         assert rig.home.registry.find("the blinds").candidates  # eight rooms have blinds: ask which
     assert load_s < 2.0, f"80 devices took {load_s:.2f} s to load"
+
+
+def test_two_devices_with_one_name_are_not_guessed() -> None:
+    sims = real_home()
+    sims["tasmota2"] = __import__("tests.rig.home_fixtures", fromlist=["TasmotaRelaySim"]).TasmotaRelaySim("Coffee machine", "C0FFEE")
+    reg = registry_of(sims)
+    found = reg.find("coffee machine")
+    assert found.device is None and len(found.candidates) == 2 and "Coffee machine" in found.candidates, found
+    assert reg.find("coffee machine power").device.name == "Coffee machine Power"  # only the Zigbee plug measures

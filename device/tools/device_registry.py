@@ -269,16 +269,18 @@ class DeviceRegistry:
         groups = self.devices()
         n = normalize_name(name)
         for variant in (n, n.removeprefix("the ")):
+            named = [(info, ents) for info, ents in groups if info.name and (
+                normalize_name(info.name) == variant
+                or (info.area and normalize_name(f"{info.area} {info.name}") == variant))]
+            if len(named) > 1:  # two devices of that name (a Zigbee and a Wi-Fi one): ask which
+                return Lookup(None, candidates=sorted(((self.primary(e) or e[0]).name for _, e in named), key=str.casefold))
             for d in visible:
                 if normalize_name(d.name) == variant:
                     return Lookup(d)
-            for info, ents in groups:
-                if info.name and normalize_name(info.name) in (variant,) or (
-                        info.area and info.name and normalize_name(f"{info.area} {info.name}") == variant):
-                    main = self.primary(ents)
-                    if main is not None:
-                        return Lookup(main)
-                    return Lookup(None, group=info)
+            if named:
+                info, ents = named[0]
+                main = self.primary(ents)
+                return Lookup(main) if main is not None else Lookup(None, group=info)
             # "kitchen ceiling light" for an entity "ceiling light" in the area "kitchen"
             hits = [d for d in visible if d.spec.area and normalize_name(f"{d.spec.area} {d.name}") == variant]
             if len(hits) == 1:
