@@ -268,3 +268,44 @@ def test_two_devices_with_one_name_are_not_guessed() -> None:
     found = reg.find("coffee machine")
     assert found.device is None and len(found.candidates) == 2 and "Coffee machine" in found.candidates, found
     assert reg.find("coffee machine power").device.name == "Coffee machine Power"  # only the Zigbee plug measures
+
+
+async def test_entities_go_and_devices_come_back_renamed_over_mqtt(mosquitto: Mosquitto, device_sim: DeviceSimulator) -> None:
+    blind, plug = real_home()["blind"], real_home()["plug"]
+    device_sim.add(blind, plug)
+    async with HomeRig(mosquitto) as rig:
+        await rig.wait_devices("Living room blinds", "Living room blinds Battery", "Coffee machine Power")
+        # Zigbee2MQTT drops the battery entity (empty retained config): the cover on the same topic keeps working
+        battery_topic = next(t for t, _ in blind.discovery_messages() if t.endswith("/battery/config"))
+        device_sim.publish(battery_topic, b"", retain=True)
+        for _ in range(100):
+            if rig.home.registry.find("living room blinds battery").device is None or \
+                    rig.home.registry.find("living room blinds battery").device.name != "Living room blinds Battery":
+                break
+            await asyncio.sleep(0.02)
+        assert "Living room blinds Battery" not in rig.home.registry.names()
+        out = await rig.call("control_device", {"device": "living room blinds", "action": "set", "position": 40})
+        assert out["ok"] and out["state"]["position"] == 40, out
+        # The plug is renamed in Zigbee2MQTT: same discovery topics, new name and topics
+        plug.configs = [(t, json.loads(json.dumps(p).replace("Coffee machine", "Espresso maker").replace("coffee_machine", "espresso_maker")))
+                        for t, p in plug.configs]
+        plug.base = "zigbee2mqtt/Espresso maker"
+        for topic, payload in plug.discovery_messages():
+            device_sim.publish(topic, json.dumps(payload), retain=True)
+        await rig.wait_devices("Espresso maker", "Espresso maker Power")
+        assert not [n for n in rig.home.registry.names() if n.startswith("Coffee machine")]
+        device_sim.devices.remove(plug)
+        device_sim.add(plug)  # listens on its new topics
+        await asyncio.sleep(0.3)
+        out = await rig.call("control_device", {"device": "espresso maker", "action": "turn_on"})
+        assert out["ok"] and out["state"]["state"] == "on", out
+        assert plug.commands[-1] == ("zigbee2mqtt/Espresso maker/set", "ON")
+        # The whole blind goes: so do its subscriptions
+        for topic, _ in blind.discovery_messages():
+            device_sim.publish(topic, b"", retain=True)
+        for _ in range(100):
+            if not [n for n in rig.home.registry.names() if "blinds" in n]:
+                break
+            await asyncio.sleep(0.02)
+        assert not [n for n in rig.home.registry.names() if "blinds" in n]
+        assert "zigbee2mqtt/Living room blinds" not in rig.home._listeners
