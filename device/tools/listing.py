@@ -90,6 +90,12 @@ def _listed(dev: Device) -> bool:
     return dev.spec.entity_category != "diagnostic" or dev.spec.device_class == "battery"
 
 
+def _repeats(dev: Device, main_words: str) -> bool:
+    """A text sensor that says what the main entity says (a Yale's "Lock state: locked" next to "locked")."""
+    value = dev.state.get("value")
+    return dev.spec.type == "sensor" and isinstance(value, str) and bool(main_words) and value.strip().lower() == main_words
+
+
 def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) -> str:
     """One device in one line."""
     primary = registry.primary(ents)
@@ -114,8 +120,8 @@ def device_line(registry: DeviceRegistry, info: DeviceInfo, ents: list[Device]) 
         if e.spec.controllable:
             words = "" if offline else state_words(e)
             others.append(f"{_short(registry, info, e)} ({_kind(e)}{' ' + words if words else ''})")
-        elif not offline and _listed(e) and state_words(e) and state_words(e) != main_words:
-            readings.append(_reading(registry, info, e))  # (a Yale's "lock state locked" repeats "locked")
+        elif not offline and _listed(e) and state_words(e) and not _repeats(e, main_words):
+            readings.append(_reading(registry, info, e))
     if others:
         bits.append("also " + ", ".join(others))
     if readings:
