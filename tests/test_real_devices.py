@@ -52,7 +52,7 @@ def test_names_follow_home_assistant() -> None:
         # device-based discovery: no name but a device class -> named by the class
         "Hallway radiator": "climate", "Hallway radiator Battery": "sensor", "Hallway radiator Valve position": "sensor",
         "Hallway radiator Window": "binary_sensor",
-        "Studio Ceiling light": "light",
+        "Studio Ceiling light": "light", "Studio Temperature": "sensor",
     }
     # linkquality (disabled by default), update and settings (entity_category config) are not for the model;
     # object_id / default_entity_id never become names
@@ -83,6 +83,7 @@ def test_names_follow_home_assistant() -> None:
     ("radiator battery", "Hallway radiator Battery"),
     ("ceiling light", "Studio Ceiling light"),
     ("studio", "Studio Ceiling light"),
+    ("the temperature in the studio", "Studio Temperature"),
     ("the lamp", "Living room lamp"),
     ("permit join", "Zigbee2MQTT Bridge Permit join"),
 ])
@@ -205,7 +206,7 @@ async def test_commands_reach_each_device_and_the_model_hears_its_state(mosquitt
         # the sensor's battery voltage is a diagnostic: not in the list (get_device_state has it)
         assert "Bedroom sensor (sensors, Bedroom): battery 91%, humidity 52.3%, pressure 1008.4 hPa, 19.8°C" in lines
         assert "Zigbee2MQTT Bridge (device): also permit join (switch on), restart (button)" in lines
-        assert "Desk plug (switch): on; status 78%" in lines and "Studio Ceiling light (light): on 100%" in lines
+        assert "Desk plug (switch): on; status 78%" in lines and "Studio Ceiling light (light): on 100%; 22.4°C" in lines
         assert "Living room blinds (cover, Living room): open 30%; battery 87%" in lines
         assert "Hallway radiator (climate, Hall): heat set 21.5°C now 19.2°C; battery 78%, valve position 35%, window off" in lines
         assert "Living room lamp (light): on 50% #ff0000" in lines

@@ -501,6 +501,16 @@ class EsphomeLightSim(SimDevice):
                     "mf": "espressif", "cns": [["mac", "a4cf12b3c4d5"]]},
         }
 
+    def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        node = self.state_topic.split("/")[0]
+        sensor = {  # an ESPHome sensor: named, with a device class, its state a plain number
+            "dev_cla": "temperature", "unit_of_meas": "°C", "stat_cla": "measurement", "name": "Temperature",
+            "stat_t": f"{node}/sensor/temperature/state", "avty_t": f"{node}/status", "uniq_id": "ESPsensortemperature",
+            "dev": self.discovery["dev"] if self.discovery else {},
+        }
+        topic = self.discovery_topic.split("/", 1)[0] + f"/sensor/{node}/temperature/config"
+        return [*super().discovery_messages(), (topic, sensor)]
+
     def command_topics(self) -> list[str]:
         return [self.command]
 
@@ -509,7 +519,8 @@ class EsphomeLightSim(SimDevice):
 
     def state_messages(self) -> list[Out]:
         node = self.state_topic.split("/")[0]
-        return [(f"{node}/status", "online", True), (self.state_topic, self._state(), True)]
+        return [(f"{node}/status", "online", True), (self.state_topic, self._state(), True),
+                (f"{node}/sensor/temperature/state", "22.4", True)]
 
     def handle(self, topic: str, payload: str) -> list[Out]:
         cmd = json.loads(payload)
