@@ -310,3 +310,22 @@ async def test_entities_go_and_devices_come_back_renamed_over_mqtt(mosquitto: Mo
             await asyncio.sleep(0.02)
         assert not [n for n in rig.home.registry.names() if "blinds" in n]
         assert "zigbee2mqtt/Living room blinds" not in rig.home._listeners
+
+
+def test_allow_and_deny_take_a_device_name_for_all_its_entities() -> None:
+    sims = real_home()
+    reg = DeviceRegistry(deny=["front door"])
+    for sim in sims.values():
+        for topic, payload in sim.discovery_messages():
+            for _, spec in parse_message(topic, json.dumps(payload).encode() if payload else b"", P):
+                if spec is not None:
+                    reg.put(spec)
+    assert not [n for n in reg.names() if n.startswith("Front door")]
+    assert reg.find("front door battery").device is None and reg.find("front door").device is None
+    reg = DeviceRegistry(allow=["coffee machine"])
+    reg_all = registry_of(sims)
+    for d in reg_all.all():
+        reg.put(reg_all._announced[d.spec.key])
+    assert sorted(reg.names()) == ["Coffee machine", "Coffee machine Current", "Coffee machine Energy", "Coffee machine Power",
+                                   "Coffee machine Voltage"]
+    assert not [t for t in reg.command_topics() if "Front door" in t]

@@ -214,11 +214,16 @@ class DeviceRegistry:
 
     # ------------------------------------------------------------------ what the model sees
     def exposed(self, dev: Device) -> bool:
-        """Whether the model may see and control this entity (allow/deny lists, shell-style patterns)."""
-        names = {normalize_name(dev.name), normalize_name(dev.given_name)}
+        """Whether the model may see and control this entity (allow/deny lists, shell-style patterns).
+
+        A pattern matches the entity's name or its device's: denying "front door" hides the lock
+        and its battery, allowing it shows both."""
+        device_name = normalize_name(self.info(dev).name)
+        names = {normalize_name(dev.name), normalize_name(dev.given_name), device_name} - {""}
         if any(fnmatch.fnmatchcase(n, p) for n in names for p in self._deny):
             return False
-        return not self._allow or any(fnmatch.fnmatchcase(normalize_name(dev.name), p) for p in self._allow)
+        return not self._allow or any(fnmatch.fnmatchcase(n, p) for n in (normalize_name(dev.name), device_name) if n
+                                      for p in self._allow)
 
     def visible(self) -> list[Device]:
         """Exposed entities sorted by area and name."""
