@@ -27,6 +27,7 @@ class State(str, enum.Enum):
     FOLLOW_UP = "follow_up"  # session open, waiting for more without the wake word
     MUTED = "muted"  # no microphone audio leaves the capture layer
     ERROR = "error"  # something failed; back to idle shortly
+    RINGING = "ringing"  # a timer or reminder is due: the alarm sounds until stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,30 @@ class AnnouncementEvent(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseEvent(Event):
+    """A model response was created, or is done (with its status and token usage)."""
+
+    response_id: str
+    status: str  # "created", or response.done's: completed, cancelled, failed, incomplete
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RingStarted(Event):
+    """A timer or reminder rings (several due at once ring together)."""
+
+    ring_id: str
+    kind: str = field()  # "timer" or "reminder" (here ``kind`` is the ring's, not the event's)
+    text: str = field()
+
+
+@dataclass(frozen=True, slots=True)
+class RingStopped(Event):
+    ring_ids: tuple[str, ...]
+    source: str  # "talk button", "mute button", "wake word", "mqtt", "timeout", ...
+
+
 _KINDS: dict[type, str] = {
     StateChanged: "state",
     WakeDetected: "wake_detected",
@@ -108,6 +133,9 @@ _KINDS: dict[type, str] = {
     MuteChanged: "mute",
     VolumeChanged: "volume",
     AnnouncementEvent: "announcement",
+    ResponseEvent: "response",
+    RingStarted: "ring_started",
+    RingStopped: "ring_stopped",
 }
 
 Subscriber = Callable[[Event], Any]
@@ -143,7 +171,7 @@ class EventBus:
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
             except Exception:
-                _LOG.exception("event subscriber %r failed on %s", callback, event.kind)
+                _LOG.exception("event subscriber %r failed on %s", callback, _KINDS.get(type(event), type(event).__name__))
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

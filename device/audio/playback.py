@@ -157,9 +157,9 @@ class Playback:
             await self._drained_event.wait()
 
     async def play_cue(self, name: str) -> None:
-        """Play a sound cue ('wake', 'done', 'error', 'mute_on', 'mute_off') and wait for it."""
+        """Play a sound cue (one of cues.CUES) and wait for it."""
         pcm = cue_pcm(name)  # unknown names raise ValueError even with cues off
-        if not self.cfg.cues:
+        if not self.cfg.cues and name != "alarm":  # a timer's alarm is not a courtesy cue
             return
         gain = volume_gain(self._volume) * self.cfg.cue_volume / 100.0
         key = f"cue:{name}:{self._enqueued}"
