@@ -8,6 +8,7 @@ conversation's: the microphone's pre-roll, the wake word, volume and the saved m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -125,6 +126,16 @@ class Assistant:
     @property
     def ringing(self) -> bool:
         return self._runner.model.ring is not None
+
+    @property
+    def ring_max_s(self) -> float:
+        """How long a timer rings when nobody stops it."""
+        return self._runner.model.params.ring_max_s
+
+    @ring_max_s.setter
+    def ring_max_s(self, seconds: float) -> None:
+        m = self._runner.model
+        m.params = dataclasses.replace(m.params, ring_max_s=float(seconds))
 
     @property
     def conversation(self) -> Conv | None:

@@ -264,11 +264,23 @@ class Controls:
         if self._cfg.mute_mode == "latch":
             self._call(self._actions.set_muted(pressed, "switch"), "mute switch")
         elif pressed:
+            if self._stop_ringing("mute button"):
+                return  # the press stops the alarm; the microphone's mute stays as it was
             self._call(self._actions.toggle_mute("button"), "mute button")
+
+    def _stop_ringing(self, source: str) -> bool:
+        """While a timer rings, a button press stops it (and does nothing else)."""
+        if not getattr(self._actions, "ringing", False):
+            return False
+        stop = getattr(self._actions, "stop_ringing", None)
+        return bool(stop(source)) if stop is not None else False
 
     def _talk_changed(self, pressed: bool, t: float) -> None:
         if pressed:
             self._talk_held = False
+            if self._stop_ringing("talk button"):
+                self._talk_held = True  # the release does nothing more
+                return
             delay = max(0.0, t + self._cfg.long_press_s - time.monotonic())
             self._hold_timer = self._loop.call_later(delay, self._talk_hold)
             return

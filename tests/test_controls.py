@@ -50,6 +50,13 @@ class FakeActions:
 
         return run()
 
+    ringing = False  # a timer rings: the next press of either button stops it
+
+    def stop_ringing(self, source: str) -> bool:
+        self._note("stop_ringing", source)
+        was, self.ringing = self.ringing, False
+        return was
+
     def talk_pressed(self) -> Coroutine[Any, Any, None]:
         self._note("talk_pressed")
 
@@ -212,6 +219,30 @@ async def test_talk_short_press_calls_talk_pressed_on_release(factory: MockFacto
         await press(pin)  # e.g. the speaker is now talking: the same call stops it
         await asyncio.sleep(0.05)
         assert actions.names() == [("talk_pressed", ())] * 2
+    finally:
+        c.close()
+
+
+async def test_while_ringing_a_press_of_either_button_stops_it_and_does_nothing_else(
+        factory: MockFactory, actions: FakeActions) -> None:
+    c = make(GpioConfig(mute_pin=MUTE, talk_pin=TALK, bounce_ms=10, long_press_s=0.3), actions, factory)
+    try:
+        actions.ringing = True
+        await press(factory.pin(MUTE))
+        await asyncio.sleep(0.05)
+        assert actions.names() == [("stop_ringing", ("mute button",))] and actions.muted is False
+        actions.ringing = True
+        talk = factory.pin(TALK)
+        talk.drive_low()
+        await wait_until(lambda: len(actions.calls) == 2)  # at the press, not the release
+        assert actions.names()[-1] == ("stop_ringing", ("talk button",))
+        await asyncio.sleep(0.4)  # held past the long press: no mute either
+        talk.drive_high()
+        await asyncio.sleep(0.05)
+        assert len(actions.calls) == 2
+        await press(factory.pin(MUTE))  # not ringing: the mute button mutes again
+        await asyncio.sleep(0.05)
+        assert actions.names()[-1] == ("toggle_mute", ("button",))
     finally:
         c.close()
 

@@ -307,7 +307,7 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
     vol = by_object["volume"][1]
     assert (vol["min"], vol["max"], vol["step"], vol["command_topic"]) == (0, 100, 1, t.volume_set)
     state = by_object["state"][1]
-    assert state["options"] == ["idle", "listening", "thinking", "speaking", "follow_up", "muted", "error"]
+    assert state["options"] == ["idle", "listening", "thinking", "speaking", "follow_up", "muted", "error", "ringing"]
     assert by_object["tokens_total"][1]["state_class"] == "total_increasing"
     assert by_object["announce"][1]["command_topic"] == t.announce
     assert by_object["start_conversation"][1]["command_topic"] == t.conversation_start

@@ -967,14 +967,24 @@ def step(model: Model, event: ip.Input, now: float) -> tuple[Model, list[fx.Effe
             return c.m, c.effects
         if isinstance(event, ip.Server) and conv.expecting:
             expect(c)  # anything from the server pushes the reply deadline on
-        state, key = conv.phase, type(event.event) if isinstance(event, ip.Server) else type(event)
+    r = match(c.m, event)
+    if r is not None:
+        r.do(c, event)
+    return c.m, c.effects
+
+
+def match(model: Model, event: ip.Input) -> Row | None:
+    """The row of :data:`TABLE` that handles ``event`` in ``model`` (None: nothing to do)."""
+    if isinstance(event, ip.ConvInput):
+        if model.conv is None or model.conv.cid != event.cid:
+            return None
+        state, key = model.conv.phase, type(event.event) if isinstance(event, ip.Server) else type(event)
     else:
-        state, key = c.m.state, type(event)
+        state, key = model.state, type(event)
     for r in _INDEX.get(key, ()):
         if state in r.states:
-            r.do(c, event)
-            break
-    return c.m, c.effects
+            return r
+    return None
 
 
 def stale(c: Ctx, event: ip.ConvInput) -> None:
