@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -29,7 +30,8 @@ from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
     from .arbitration import Arbiter
-    from .audio.capture import AudioFrame, Capture
+    from .audio.capture import Capture
+    from .audio.frames import AudioFrame
     from .audio.playback import Playback
     from .realtime.tokens import TokenSource
     from .wakeword import Detection, WakeWord
@@ -105,11 +107,15 @@ class Assistant:
                 render_instructions=self.render_instructions,
                 set_capture_muted=self._set_capture_muted,
                 clear_preroll=self._preroll.clear,
-                reset_wake=self.wake.reset,
+                reset_wake=self._reset_wake,
                 persist=self._persist,
             ),
         )
         self.interruptions = self._runner.interruptions
+        # The wake word's inference runs in the capture thread, where the audio arrives (on a small
+        # Pi it would stall the loop every 80 ms); only detections come to the loop, on the frame.
+        self._wake_lock = threading.Lock()
+        capture.analyze = self._analyze
         tools.on_change(lambda: self._runner.feed(ip.ToolsChanged()))
 
     # ----- what others read ---------------------------------------------------------------------------
@@ -199,6 +205,17 @@ class Assistant:
 
     # ----- microphone -------------------------------------------------------------------------------
 
+    def _analyze(self, frame: AudioFrame) -> AudioFrame:
+        """In the capture thread: score the frame (fed continuously so the model's feature window
+        never has gaps; acted on only when it matters)."""
+        with self._wake_lock:
+            detection = self.wake.process(frame.pcm16k)
+        return frame if detection is None else dataclasses.replace(frame, wake=detection)
+
+    def _reset_wake(self) -> None:
+        with self._wake_lock:
+            self.wake.reset()
+
     def on_frame(self, frame: AudioFrame) -> None:
         """Capture's callback, on the loop: pre-roll, conversation audio, wake word."""
         if self.muted:
@@ -206,10 +223,8 @@ class Assistant:
         self._preroll.append(frame)
         if self._runner.model.conv is not None:
             self._runner.feed(ip.Frame(frame.pcm24k))
-        # Fed continuously so the model's feature window never has gaps; acted on only when it matters.
-        detection = self.wake.process(frame.pcm16k)
-        if detection is not None:
-            self.on_wake(detection, frame.t)
+        if frame.wake is not None:
+            self.on_wake(frame.wake, frame.t)
 
     def on_wake(self, det: Detection, t: float) -> None:
         """A wake-word detection in the frame captured at ``t``."""
@@ -235,6 +250,14 @@ class Assistant:
     async def talk_pressed(self) -> None:
         """Talk button: idle -> converse; speaking -> stop; listening/follow-up -> end; ringing -> stop."""
         self._runner.feed(ip.TalkPressed(self._button_frames()))
+
+    async def talk_down(self) -> None:
+        """Push-to-talk: the talk button went down; the person's turn streams until :meth:`talk_up`."""
+        self._runner.feed(ip.TalkDown(self._button_frames()))
+
+    async def talk_up(self) -> None:
+        """Push-to-talk: released; the turn is committed and answered."""
+        self._runner.feed(ip.TalkUp())
 
     async def start_conversation(self, prompt: str | None = None, source: str = "api") -> None:
         """Open a session without the wake word; with ``prompt`` the assistant speaks first."""

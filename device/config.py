@@ -207,6 +207,8 @@ class GpioConfig:
     pull_up: bool = _f(True, "buttons connect the pin to ground (internal pull-up)")
     bounce_ms: int = _f(30, "debounce time", **_range(0, 1000))
     long_press_s: float = _f(2.0, "holding the talk button this long mutes", **_range(0.2, 30.0))
+    talk_mode: Literal["press", "hold"] = _f(
+        "press", "press: a press starts/stops, a long press mutes; hold: push-to-talk (held = your turn, release = done)")
     pin_factory: str = _f("", "gpiozero pin factory (lgpio, rpigpio, pigpio, mock); empty = gpiozero's choice")
 
 
@@ -411,13 +413,6 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
         if dev.type not in ("sensor", "binary_sensor") and not dev.command_topic:
             raise ConfigError(f"{file}: 'devices[{i}].command_topic' is required for a {dev.type}")
         devices.append(dev)
-
-    from .wakeword import WakeWordError, resolve_model
-
-    try:
-        resolve_model(sections["wake"])
-    except WakeWordError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
 
     auth: AuthConfig = sections["auth"]
     rt: RealtimeConfig = sections["realtime"]

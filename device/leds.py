@@ -380,7 +380,7 @@ class StatusLeds:
         self.state: State | None = None
 
     def _open(self) -> _Driver:
-        from .controls import GpioUnavailable, resolve_pin_factory
+        from .gpio import GpioUnavailable, resolve_pin_factory
 
         arg = self._factory_arg
         factory = resolve_pin_factory(arg or "") if arg is None or isinstance(arg, str) else arg

@@ -13,6 +13,7 @@ from gpiozero import Button
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from device import controls as controls_mod
+from device import gpio as gpio_mod
 from device.config import GpioConfig, LedsConfig
 from device.controls import Controls, GpioUnavailable, probe_gpio, resolve_pin_factory
 
@@ -56,6 +57,14 @@ class FakeActions:
         self._note("stop_ringing", source)
         was, self.ringing = self.ringing, False
         return was
+
+    def talk_down(self) -> Coroutine[Any, Any, None]:
+        self._note("talk_down")
+        return asyncio.sleep(0)
+
+    def talk_up(self) -> Coroutine[Any, Any, None]:
+        self._note("talk_up")
+        return asyncio.sleep(0)
 
     def talk_pressed(self) -> Coroutine[Any, Any, None]:
         self._note("talk_pressed")
@@ -247,6 +256,20 @@ async def test_while_ringing_a_press_of_either_button_stops_it_and_does_nothing_
         c.close()
 
 
+async def test_push_to_talk_mode_reports_down_and_up_and_never_mutes(factory: MockFactory, actions: FakeActions) -> None:
+    c = make(GpioConfig(talk_pin=TALK, bounce_ms=10, long_press_s=0.3, talk_mode="hold"), actions, factory)
+    pin = factory.pin(TALK)
+    try:
+        pin.drive_low()
+        await wait_until(lambda: len(actions.calls) == 1)  # at once: the turn starts with the press
+        await asyncio.sleep(0.5)  # held past the long press
+        pin.drive_high()
+        await wait_until(lambda: len(actions.calls) == 2)
+        assert actions.names() == [("talk_down", ()), ("talk_up", ())] and actions.muted is False
+    finally:
+        c.close()
+
+
 async def test_talk_long_press_mutes_while_held_and_release_does_nothing(factory: MockFactory, actions: FakeActions) -> None:
     c = make(GpioConfig(talk_pin=TALK, bounce_ms=10, long_press_s=0.3), actions, factory)
     pin = factory.pin(TALK)
@@ -304,7 +327,7 @@ async def test_pin_in_use_names_the_key(factory: MockFactory, actions: FakeActio
 @pytest.fixture
 def clean_factory_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
-    monkeypatch.setattr(controls_mod, "_factory_cache", {})
+    monkeypatch.setattr(gpio_mod, "_factory_cache", {})
 
 
 @pytest.mark.usefixtures("clean_factory_cache")

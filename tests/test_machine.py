@@ -434,6 +434,7 @@ def test_announcement_waits_for_the_conversation_and_is_read_verbatim() -> None:
     out = m.feed(ip.Opened(m.cid))
     create, = [e.event for e in m.of(fx.Send, out) if e.event["type"] == "response.create"]
     assert "The wash is done." in create["response"]["instructions"] and create["response"]["tool_choice"] == "none"
+    assert create["response"]["conversation"] == "none"  # out of band: it does not pollute the conversation
     m.server("response.created", response={"id": "a1"})
     m.audio("a1", "ai1")
     m.server("response.done", response={"id": "a1", "status": "completed"})
@@ -453,6 +454,16 @@ def test_stopping_an_announcement() -> None:
     m.audio("a1", "ai1")
     out = m.feed(ip.StopSpeaking("mqtt"))
     assert m.published(AnnouncementEvent, out)[0].reason == "stopped by mqtt" and m.state is State.IDLE
+    assert m.of(fx.Truncate, out)[0].item_id is None  # an out-of-band item is not in the conversation
+    # One the person is to answer stays in the conversation, so the model knows what was asked.
+    m.feed(ip.Announce(ip.Announcement("Shall I close the garage?", then_listen=True)))
+    out = m.feed(ip.Opened(m.cid))
+    create, = [e.event for e in m.of(fx.Send, out) if e.event["type"] == "response.create"]
+    assert "conversation" not in create["response"]
+    m.server("response.created", response={"id": "a2"})
+    m.audio("a2", "ai2")
+    out = m.feed(ip.StopSpeaking("mqtt"))
+    assert m.of(fx.Truncate, out)[0].item_id == "ai2" and m.state is State.FOLLOW_UP
     out = m.feed(ip.StopSpeaking("mqtt"))  # nothing to stop
     assert not m.of(fx.Truncate, out)
 
@@ -489,6 +500,65 @@ def test_stop_from_automations_ends_at_once() -> None:
     m.feed(ip.Ring("t1", "timer", ""))
     out = m.feed(ip.StopConversation("mqtt"))  # also stops a ringing timer
     assert m.published(RingStopped, out)[0].source == "mqtt" and m.state is State.IDLE
+
+
+# ---- push-to-talk --------------------------------------------------------------------------------
+
+def test_push_to_talk_turns() -> None:
+    m = M()
+    m.feed(ip.TalkDown((b"\1\0" * 2400,)))  # 100 ms of pre-roll
+    assert m.state is State.LISTENING and m.model.conv.manual  # type: ignore[union-attr]
+    m.feed(ip.Frame(b"\2\0" * 1920))
+    out = m.feed(ip.Opened(m.cid))
+    assert m.of(fx.Configure, out)[0].manual_turns and m.sent(out) == ["input_audio_buffer.append"] * 2
+    assert not [a for a in m.of(fx.Arm, out) if a.name == "listen"]  # the button says when the turn ends
+    m.feed(ip.Frame(b"\3\0" * 1920))
+    out = m.feed(ip.TalkUp())
+    assert m.sent(out) == ["input_audio_buffer.commit", "response.create"] and m.state is State.THINKING
+    m.server("input_audio_buffer.committed", item_id="u1")
+    m.server("response.created", response={"id": "r1"})
+    m.audio("r1", "i1")
+    out = m.feed(ip.TalkDown())  # over the reply: it stops, the next turn starts
+    assert m.of(fx.Truncate, out) and m.state is State.LISTENING
+    m.feed(ip.Frame(b"\4\0" * 4800))
+    m.feed(ip.TalkUp())
+    m.server("response.created", response={"id": "r2"})
+    m.audio("r2", "i2")
+    m.server("response.done", response={"id": "r2", "status": "completed"})
+    m.feed(ip.ReplyHeard(m.cid, m.model.conv.turn))  # type: ignore[union-attr]
+    assert m.state is State.FOLLOW_UP
+    out = m.feed(ip.Frame(b"\5\0" * 1920))  # no turn without the button
+    assert not m.of(fx.Send, out)
+    m.feed(ip.TalkDown())
+    out = m.feed(ip.TalkUp())  # a tap: nothing said
+    assert m.published(ConversationEnded, out)[0].reason == "talk button" and m.state is State.IDLE
+
+
+def test_push_to_talk_released_before_the_socket_opened() -> None:
+    m = M()
+    m.feed(ip.TalkDown())
+    for _ in range(4):
+        m.feed(ip.Frame(b"\1\0" * 1920))
+    m.feed(ip.TalkUp())
+    assert m.state is State.THINKING and not m.of(fx.Send)
+    out = m.feed(ip.Opened(m.cid))
+    assert m.sent(out) == ["input_audio_buffer.append"] * 4 + ["input_audio_buffer.commit", "response.create"]
+
+
+def test_push_to_talk_button_in_a_wake_word_conversation_and_while_ringing() -> None:
+    m = M()
+    m.speaking()
+    out = m.feed(ip.TalkDown())  # not a push-to-talk conversation: the button as usual (stop the reply)
+    assert m.of(fx.Truncate, out) and m.state is State.FOLLOW_UP
+    m.feed(ip.TalkUp())
+    assert m.state is State.FOLLOW_UP
+    r = M()
+    r.feed(ip.Ring("t1", "timer", ""))
+    out = r.feed(ip.TalkDown())
+    assert r.published(RingStopped, out) and r.state is State.IDLE
+    r.feed(ip.Mute(True, "t"))
+    out = r.feed(ip.TalkDown())
+    assert not r.of(fx.Open, out) and r.state is State.MUTED
 
 
 # ---- ringing -------------------------------------------------------------------------------------

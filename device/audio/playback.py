@@ -22,11 +22,12 @@ import soxr
 
 from device.audio.alsa_util import PcmFormat, open_pcm, probe_output
 from device.audio.cues import cue_ms, cue_pcm
+from device.audio.frames import SESSION_RATE
 from device.config import AudioConfig
 
 _LOG = logging.getLogger(__name__)
 
-IN_RATE = 24000
+IN_RATE = SESSION_RATE
 PERIOD_MS = 20
 # A reply that starts on an idle speaker waits for this much audio (or this long) before the first
 # write, so deltas arriving at exactly real time with network jitter do not underrun the device.

@@ -64,6 +64,18 @@ class TalkPressed(Input):
 
 
 @dataclass(frozen=True, slots=True)
+class TalkDown(Input):
+    """Push-to-talk: the talk button went down (the person's turn starts)."""
+
+    frames: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TalkUp(Input):
+    """Push-to-talk: the talk button was released (the turn is complete)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StartConversation(Input):
     source: str
     prompt: str | None = None

@@ -46,6 +46,7 @@ TALKING = frozenset({LISTENING, THINKING, SPEAKING, FOLLOW_UP})
 OPEN = TALKING | {IDLE}  # a conversation's phases (idle: not shown yet, arbitration or ringing)
 
 # Races with the server's own turn handling (it interrupted or answered first): nothing to tell anyone.
+MIN_TURN_MS = 200  # a push-to-talk turn shorter than this is a tap, not speech (the server needs 100 ms)
 BENIGN_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
 NORMAL_ENDS = frozenset({"no speech", "no follow-up", "end_conversation", "talk button", "session limit"})
 CONV_DEADLINES = ("listen", "follow", "due", "age", "grace")
@@ -98,12 +99,19 @@ class Conv:
     last_error_t: float = -1e9
     announced: bool = False
     question: str | None = None  # a text question that opens the conversation
+    manual: bool = False  # push-to-talk: no server turn detection; the device commits each turn
+    holding: bool = False  # push-to-talk: the button is down, the person's turn goes on
+    turn_ms: int = 0  # audio sent (or held) in this push-to-talk turn
+    commit_on_open: bool = False  # released before the socket was open
+    out_of_band: set[str] = field(default_factory=set)  # responses outside the conversation (not truncatable)
+    oob_pending: bool = False  # an out-of-band response.create was sent; its response.created is next
     usage: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Conv:
         return replace(
             self, pending=None if self.pending is None else list(self.pending), cancelled=set(self.cancelled),
             calls={k: set(v) for k, v in self.calls.items()}, awaiting=dict(self.awaiting), usage=_deep(self.usage),
+            out_of_band=set(self.out_of_band),
         )
 
 
@@ -226,6 +234,10 @@ def frame(c: Ctx, ev: ip.Frame) -> None:
     conv = c.m.conv
     if conv is None or not conv.mic_open or not ev.pcm24k:
         return
+    if conv.manual:
+        if not conv.holding:
+            return
+        conv.turn_ms += protocol.pcm_ms(len(ev.pcm24k))
     if conv.pending is not None:
         conv.pending.append(ev.pcm24k)
     elif conv.phase in (LISTENING, THINKING, FOLLOW_UP) or (conv.phase is SPEAKING and c.p.barge_in == "voice"):
@@ -287,6 +299,63 @@ def talk_stops_ring(c: Ctx, ev: ip.TalkPressed) -> None:
 
 def ignored(c: Ctx, ev: ip.Input) -> None:
     c.log(logging.INFO, f"{type(ev).__name__} ignored while {c.m.state.value}")
+
+
+def hold_begin(c: Ctx, ev: ip.TalkDown) -> None:
+    """Push-to-talk from idle: a conversation whose turns the button delimits."""
+    if c.m.conv is not None:
+        return
+    begin(c, "button", frames=ev.frames, manual=True)
+    c.conv.holding = True
+    c.conv.turn_ms = sum(protocol.pcm_ms(len(f)) for f in ev.frames)
+
+
+def hold_turn(c: Ctx, ev: ip.TalkDown) -> None:
+    """Push-to-talk in a conversation: the person's next turn (over the reply, if one plays)."""
+    conv = c.m.conv
+    if conv is None or not conv.manual:
+        talk_pressed(c, ip.TalkPressed(ev.frames))  # a wake-word conversation: the button as usual
+        return
+    if conv.phase is SPEAKING:
+        interrupt(c, "talk button")
+    elif conv.active_response is not None:
+        conv.cancelled.add(conv.active_response)
+        c.send(protocol.response_cancel())
+    conv.turn += 1
+    conv.holding = conv.mic_open = True
+    conv.turn_ms = 0
+    clear_turn_deadlines(c)
+    expect(c, False)
+    c.phase(LISTENING, "talk button")
+    c.do(fx.Cue("wake"))
+
+
+def hold_release(c: Ctx, ev: ip.TalkUp) -> None:
+    """Push-to-talk: the turn is complete; commit it and ask for the answer."""
+    conv = c.m.conv
+    if conv is None or not conv.holding:
+        return
+    conv.holding = conv.mic_open = False
+    if conv.turn_ms < MIN_TURN_MS:  # a tap: nothing was said
+        end(c, "talk button")
+    elif conv.stage != "open":
+        conv.commit_on_open = True
+        c.phase(THINKING, "turn committed")
+    else:
+        commit_turn(c)
+
+
+def commit_turn(c: Ctx) -> None:
+    c.send(protocol.audio_commit())
+    c.send(protocol.response_create())
+    expect(c)
+    c.phase(THINKING, "turn committed")
+
+
+def talk_pressed(c: Ctx, ev: ip.TalkPressed) -> None:
+    r = match(c.m, ev)
+    if r is not None:
+        r.do(c, ev)
 
 
 def start_conversation(c: Ctx, ev: ip.StartConversation) -> None:
@@ -494,18 +563,25 @@ def opened(c: Ctx, ev: ip.Opened) -> None:
     conv = c.conv
     conv.stage = "open"
     conv.opened_at = c.now
-    c.do(fx.Configure(conv.cid))
+    c.do(fx.Configure(conv.cid, manual_turns=conv.manual))
     pending, conv.pending = conv.pending or [], None
-    if conv.mic_open:
-        for pcm in pending:
-            c.send(protocol.audio_append(pcm))
+    for pcm in pending if conv.mic_open or conv.commit_on_open else ():
+        c.send(protocol.audio_append(pcm))
+    if conv.commit_on_open:
+        conv.commit_on_open = False
+        commit_turn(c)
+    elif conv.mic_open and not conv.manual:
         listen(c)
     c.arm("age", c.now + c.p.max_session_s, ip.SessionAged(conv.cid))
     if conv.announcement is not None:
         text = conv.announcement.text
+        # Out of band ("none"): the announcement does not become part of the conversation, unless
+        # the person is to answer it (then_listen), when the model must know what was said.
+        oob = not conv.announcement.then_listen
         c.send(protocol.response_create_with(
             "Read this announcement aloud exactly as written, word for word, adding nothing before "
-            f'or after it: "{text}"', tool_choice="none"))
+            f'or after it: "{text}"', tool_choice="none", conversation="none" if oob else None))
+        conv.oob_pending = oob
         expect(c)
     elif conv.question:
         c.send(protocol.user_text(conv.question))
@@ -659,6 +735,9 @@ def transcription_failed(c: Ctx, ev: ip.Server) -> None:
 def response_created(c: Ctx, ev: ip.Server) -> None:
     conv = c.conv
     conv.active_response = ev.event.response_id or None
+    if conv.oob_pending:
+        conv.oob_pending = False
+        conv.out_of_band.add(ev.event.response_id)
     c.publish(ResponseEvent(response_id=ev.event.response_id, status="created", t=c.now))
     expect(c)
     if conv.phase in (LISTENING, FOLLOW_UP):
@@ -733,10 +812,10 @@ def server_ignored(c: Ctx, ev: ip.Server) -> None:
 
 def begin(
     c: Ctx, trigger: str, *, frames: tuple[bytes, ...] | None = None, score: float = 0.0, prompt: str | None = None,
-    announcement: Announcement | None = None, ring: bool = False, question: str | None = None,
+    announcement: Announcement | None = None, ring: bool = False, question: str | None = None, manual: bool = False,
 ) -> None:
     m = c.m
-    conv = Conv(cid=m.next_cid, trigger=trigger, prompt=prompt, announcement=announcement, ring=ring)
+    conv = Conv(cid=m.next_cid, trigger=trigger, prompt=prompt, announcement=announcement, ring=ring, manual=manual)
     m.next_cid += 1
     conv.mic_open = frames is not None
     conv.pending = [f for f in frames or () if f]
@@ -776,7 +855,7 @@ def follow_up(c: Ctx) -> None:
         end(c, "no follow-up")
         return
     conv.item = None
-    conv.mic_open = not c.m.muted
+    conv.mic_open = not c.m.muted and not conv.manual  # push-to-talk: the next turn is the button's
     conv.listen_at = None
     conv.follow_at = c.now + c.p.follow_up_s
     c.do(fx.Disarm("listen"))
@@ -792,7 +871,8 @@ def interrupt(c: Ctx, why: str, *, cancel: bool = True) -> None:
             conv.cancelled.add(rid)
     if conv.active_response is not None and cancel:
         c.send(protocol.response_cancel())
-    c.do(fx.Truncate(conv.cid, conv.item, why))
+    # An out-of-band reply is no item of the conversation: nothing to truncate at the server.
+    c.do(fx.Truncate(conv.cid, None if conv.item_response in conv.out_of_band else conv.item, why))
     conv.item = conv.item_response = None
     conv.turn += 1
     expect(c, False)
@@ -903,6 +983,11 @@ TABLE: tuple[Row, ...] = (
     row(frozenset({LISTENING, THINKING, FOLLOW_UP}), ip.TalkPressed, talk_end),
     row(RINGING, ip.TalkPressed, talk_stops_ring),
     row(ANY, ip.TalkPressed, ignored),
+    row(IDLE, ip.TalkDown, hold_begin),
+    row(TALKING, ip.TalkDown, hold_turn),
+    row(RINGING, ip.TalkDown, talk_stops_ring),
+    row(ANY, ip.TalkDown, ignored),
+    row(LISTENING, ip.TalkUp, hold_release),
     row(IDLE, ip.StartConversation, start_conversation),
     row(ANY, ip.StartConversation, ignored),
     row(SPEAKING, ip.StopSpeaking, stop_speaking),

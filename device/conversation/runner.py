@@ -148,12 +148,16 @@ class Runner:
         elif isinstance(e, fx.Cue):
             self._cue(e.name)
         elif isinstance(e, fx.StopPlayback):
+            for task in list(self._cues):  # a cue asked for but not yet queued must not sound after this
+                task.cancel()
             self.playback.stop()
         elif isinstance(e, fx.Truncate):
             self._truncate(e)
         elif isinstance(e, fx.Configure):
             self._send(e.cid, lambda: protocol.session_update(
                 self.rt, instructions=self.hooks.render_instructions(), tools=self.tools.schemas()))
+            if e.manual_turns:
+                self._send(e.cid, protocol.manual_turns)
         elif isinstance(e, fx.Prompt):
             self._send(e.cid, lambda: protocol.response_create(
                 self.hooks.render_instructions()

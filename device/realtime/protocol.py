@@ -140,6 +140,12 @@ def response_create_with(
     return {"type": "response.create", "response": response} if response else {"type": "response.create"}
 
 
+def manual_turns() -> dict[str, Any]:
+    """``session.update`` switching the server's turn detection off: the device commits each turn
+    (``input_audio_buffer.commit``) and asks for the answer (``response.create``) itself."""
+    return {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+
+
 def item_retrieve(item_id: str) -> dict[str, Any]:
     """``conversation.item.retrieve``: the server answers with conversation.item.retrieved."""
     return {"type": "conversation.item.retrieve", "item_id": item_id}
