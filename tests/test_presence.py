@@ -340,11 +340,11 @@ async def test_state_topics_are_retained_at_start(speaker: Speaker, observer: Ob
 
 
 async def test_reannounced_when_home_assistant_comes_online(speaker: Speaker, observer: Observer) -> None:
-    await observer.wait(lambda: len(discovery_configs(observer)) == 10)
+    await observer.wait(lambda: len(discovery_configs(observer)) == 12)
     await asyncio.sleep(0.3)
     observer.clear()
     observer.publish("homeassistant/status", "online")
-    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 10 and c, what="re-announcement")
+    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 12 and c, what="re-announcement")
     assert all(retained is False for _, retained in configs.values())  # live delivery, not replay
     await observer.wait(lambda: observer.of(speaker.topics.availability))
     observer.clear()
@@ -560,7 +560,7 @@ async def test_availability_across_broker_restart_and_clean_stop(mosquitto: Mosq
         obs = Observer(mosquitto.port)
         try:
             await obs.wait(lambda: obs.last(t.availability) == b"online", what="online after reconnect")
-            await obs.wait(lambda: len(discovery_configs(obs)) == 10, what="configs after reconnect")
+            await obs.wait(lambda: len(discovery_configs(obs)) == 12, what="configs after reconnect")
             assert obs.last(t.state) == b"idle"
             # Commands work again after the reconnect (subscriptions renewed).
             obs.publish(t.mute_set, "ON")
