@@ -9,27 +9,22 @@ what LEDs and MQTT show. A conversation (:class:`Conv`, one realtime session) ha
 ``phase``: it is the public state, except while the speaker rings (the ring's text is spoken by a
 conversation under the ringing state) and before the wake-word arbitration is won (nothing shown).
 Device inputs are matched against the public state, conversation inputs against the phase.
+
+Here: the device's transitions and the table. model.py: the model and the step context;
+replies.py: an open conversation's transitions (socket, deadlines, tools, server events);
+steps.py: what transitions share (open, end, interrupt, ring, what comes next).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
 from ..events import (
     AnnouncementEvent,
-    ConversationEnded,
-    ErrorEvent,
-    Event,
     MuteChanged,
-    ResponseEvent,
-    RingStarted,
-    RingStopped,
     State,
     StateChanged,
-    ToolCalled,
     Transcript,
     WakeDetected,
 )
@@ -38,172 +33,68 @@ from ..realtime import server_events as se
 from . import effects as fx
 from . import inputs as ip
 from .inputs import Announcement
-
-IDLE, LISTENING, THINKING, SPEAKING = State.IDLE, State.LISTENING, State.THINKING, State.SPEAKING
-FOLLOW_UP, MUTED, ERROR, RINGING = State.FOLLOW_UP, State.MUTED, State.ERROR, State.RINGING
-ANY = frozenset(State)
-TALKING = frozenset({LISTENING, THINKING, SPEAKING, FOLLOW_UP})
-OPEN = TALKING | {IDLE}  # a conversation's phases (idle: not shown yet, arbitration or ringing)
-
-# Races with the server's own turn handling (it interrupted or answered first): nothing to tell anyone.
-MIN_TURN_MS = 200  # a push-to-talk turn shorter than this is a tap, not speech (the server needs 100 ms)
-BENIGN_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
-NORMAL_ENDS = frozenset({"no speech", "no follow-up", "end_conversation", "talk button", "session limit"})
-CONV_DEADLINES = ("listen", "follow", "due", "age", "grace")
-
-
-@dataclass(frozen=True)
-class Params:
-    """Settings the machine decides with (from [realtime] and the cue lengths)."""
-
-    barge_in: str = "wake_word"  # or "voice"
-    follow_up_s: float = 8.0
-    response_timeout_s: float = 15.0
-    max_session_s: float = 3300.0
-    arbitration: bool = False
-    first_turn_min_s: float = 6.0  # after the wake word, wait at least this long for speech
-    session_grace_s: float = 60.0  # a session past max_session_s mid-turn gets this long to finish
-    drain_slack_s: float = 5.0
-    error_hold_s: float = 0.6  # how long the error state is shown (its cue plays meanwhile); < 2 s
-    ring_max_s: float = 300.0
-    alarm_period_s: float = 2.0  # one alarm burst plus the gap before the next
-
-
-@dataclass
-class Conv:
-    """One conversation (one realtime session) as the machine sees it."""
-
-    cid: int
-    trigger: str
-    phase: State = IDLE
-    stage: str = "claim"  # claim -> connect -> open
-    prompt: str | None = None
-    announcement: Announcement | None = None
-    ring: bool = False  # speaks the text of a ringing timer
-    mic_open: bool = False  # the person's turn: microphone audio goes to the server
-    pending: list[bytes] | None = field(default_factory=list)  # audio held until the socket is open
-    active_response: str | None = None
-    cancelled: set[str] = field(default_factory=set)  # responses whose remaining audio is dropped
-    item: str | None = None  # reply item going to the speaker
-    item_response: str | None = None
-    calls: dict[str, set[str]] = field(default_factory=dict)  # response -> its running tool calls
-    awaiting: dict[str, int] = field(default_factory=dict)  # response done, tools still running -> turn
-    end_reason: str | None = None  # end after the current reply (tool, session age)
-    turn: int = 0  # bumped by new speech or an interruption; stale drain waits see it
-    expecting: bool = False  # a reply is due from the server
-    listen_at: float | None = None
-    follow_at: float | None = None
-    opened_at: float | None = None
-    spoke: bool = False
-    reply_ms: int = 0
-    last_error_t: float = -1e9
-    announced: bool = False
-    question: str | None = None  # a text question that opens the conversation
-    manual: bool = False  # push-to-talk: no server turn detection; the device commits each turn
-    holding: bool = False  # push-to-talk: the button is down, the person's turn goes on
-    turn_ms: int = 0  # audio sent (or held) in this push-to-talk turn
-    commit_on_open: bool = False  # released before the socket was open
-    out_of_band: set[str] = field(default_factory=set)  # responses outside the conversation (not truncatable)
-    oob_pending: bool = False  # an out-of-band response.create was sent; its response.created is next
-    usage: dict[str, Any] = field(default_factory=dict)
-
-    def copy(self) -> Conv:
-        return replace(
-            self, pending=None if self.pending is None else list(self.pending), cancelled=set(self.cancelled),
-            calls={k: set(v) for k, v in self.calls.items()}, awaiting=dict(self.awaiting), usage=_deep(self.usage),
-            out_of_band=set(self.out_of_band),
-        )
-
-
-@dataclass
-class Ringing:
-    ids: tuple[str, ...]
-    texts: tuple[str, ...]
-    spoken: bool = False  # the text was spoken (or tried)
-    speaking: bool = False  # a conversation is speaking it now
-
-
-@dataclass
-class Model:
-    """Everything the machine knows."""
-
-    params: Params = field(default_factory=Params)
-    state: State = IDLE
-    muted: bool = False
-    started: bool = False
-    conv: Conv | None = None
-    next_cid: int = 1
-    queue: tuple[Announcement, ...] = ()
-    ring: Ringing | None = None
-    due_rings: tuple[ip.Ring, ...] = ()  # rang during a conversation: ring once it is over
-
-    def copy(self) -> Model:
-        return replace(
-            self, conv=None if self.conv is None else self.conv.copy(),
-            ring=None if self.ring is None else replace(self.ring),
-        )
-
-
-def _deep(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep(v) if isinstance(v, dict) else v for k, v in d.items()}
-
-
-def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
-    """Sum response.done usage into ``total`` (numbers added, nested details merged)."""
-    for key, value in usage.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, dict):
-            sub = total.setdefault(key, {})
-            if isinstance(sub, dict):
-                add_usage(sub, value)
-
-
-class Ctx:
-    """One step in progress: the model being changed and the effects so far."""
-
-    def __init__(self, model: Model, now: float) -> None:
-        self.m = model
-        self.now = now
-        self.p = model.params
-        self.effects: list[fx.Effect] = []
-
-    @property
-    def conv(self) -> Conv:
-        assert self.m.conv is not None
-        return self.m.conv
-
-    def do(self, *effects: fx.Effect) -> None:
-        self.effects.extend(effects)
-
-    def publish(self, event: Event) -> None:
-        self.effects.append(fx.Publish(event))
-
-    def log(self, level: int, message: str) -> None:
-        self.effects.append(fx.Log(level, message))
-
-    def send(self, event: dict[str, Any]) -> None:
-        self.effects.append(fx.Send(self.conv.cid, event))
-
-    def arm(self, name: str, at: float, fire: ip.Input) -> None:
-        self.effects.append(fx.Arm(name, at, fire))
-
-    def set_state(self, new: State, reason: str) -> None:
-        old = self.m.state
-        if new is not old:
-            self.m.state = new
-            self.publish(StateChanged(old=old, new=new, reason=reason, t=self.now))
-
-    def phase(self, new: State, reason: str) -> None:
-        """The conversation's phase; shown unless the speaker rings."""
-        self.conv.phase = new
-        if self.m.ring is None:
-            self.set_state(new, reason)
-
-
-Handler = Callable[[Ctx, Any], None]
+from .model import (
+    ANY,
+    ERROR,
+    FOLLOW_UP,
+    IDLE,
+    LISTENING,
+    MIN_TURN_MS,
+    MUTED,
+    OPEN,
+    RINGING,
+    SPEAKING,
+    TALKING,
+    THINKING,
+    Conv,
+    Ctx,
+    Handler,
+    Model,
+    Params,
+)
+from .replies import (
+    assistant_transcript,
+    audio_delta,
+    committed,
+    connection_lost,
+    function_call,
+    no_follow_up,
+    no_speech,
+    open_failed,
+    opened,
+    reply_heard,
+    reply_overdue,
+    response_created,
+    response_done,
+    server_error,
+    session_aged,
+    session_grace_over,
+    speech_started,
+    speech_stopped,
+    speech_while_speaking,
+    tool_done,
+    transcription_failed,
+    user_transcript,
+)
+from .steps import (
+    begin,
+    claimed,
+    clear_turn_deadlines,
+    commit_turn,
+    drop_announcements,
+    end,
+    expect,
+    follow_up,
+    interrupt,
+    listen,
+    next_announcement,
+    publish_tool,
+    ring_later,
+    ring_merge,
+    ring_now,
+    settle,
+    stop_ring,
+)
 
 
 # ==== device inputs ==============================================================================
@@ -345,13 +236,6 @@ def hold_release(c: Ctx, ev: ip.TalkUp) -> None:
         commit_turn(c)
 
 
-def commit_turn(c: Ctx) -> None:
-    c.send(protocol.audio_commit())
-    c.send(protocol.response_create())
-    expect(c)
-    c.phase(THINKING, "turn committed")
-
-
 def talk_pressed(c: Ctx, ev: ip.TalkPressed) -> None:
     r = match(c.m, ev)
     if r is not None:
@@ -467,38 +351,6 @@ def ask_in_conversation(c: Ctx, ev: ip.Ask) -> None:
 
 # ---- ringing --------------------------------------------------------------------------------------
 
-def ring_now(c: Ctx, ev: ip.Ring) -> None:
-    """A timer is due while nothing else happens: ring at once (muted too: mute is the mic's)."""
-    if c.m.conv is not None:  # a conversation is opening (arbitration): it goes first
-        ring_later(c, ev)
-        return
-    c.do(fx.Disarm("error"))
-    c.m.ring = Ringing(ids=(ev.ring_id,), texts=(ev.text,) if ev.text else ())
-    c.publish(RingStarted(ring_id=ev.ring_id, kind=ev.kind, text=ev.text, t=c.now))
-    c.set_state(RINGING, ev.kind)
-    c.do(fx.StopPlayback(), fx.Cue("alarm"))
-    c.arm("ring", c.now + c.p.alarm_period_s, ip.AlarmDue())
-    c.arm("ring_max", c.now + c.p.ring_max_s, ip.RingTimeout())
-
-
-def ring_merge(c: Ctx, ev: ip.Ring) -> None:
-    """Another ring while ringing: the same alarm; one stop stops them all."""
-    ring = c.m.ring
-    assert ring is not None
-    if ev.ring_id not in ring.ids:
-        ring.ids += (ev.ring_id,)
-        if ev.text and not ring.spoken:
-            ring.texts += (ev.text,)
-        c.publish(RingStarted(ring_id=ev.ring_id, kind=ev.kind, text=ev.text, t=c.now))
-
-
-def ring_later(c: Ctx, ev: ip.Ring) -> None:
-    # A ring due during a conversation waits until the reply is over and the conversation has
-    # ended: cutting a reply off in the middle loses what was being said, a ring a few seconds
-    # late loses nothing.
-    if all(r.ring_id != ev.ring_id for r in c.m.due_rings):
-        c.m.due_rings += (ev,)
-
 
 def alarm_due(c: Ctx, ev: ip.AlarmDue) -> None:
     ring = c.m.ring
@@ -521,19 +373,6 @@ def ring_timeout(c: Ctx, ev: ip.RingTimeout) -> None:
     stop_ring(c, "timeout")
 
 
-def stop_ring(c: Ctx, source: str, *, then_settle: bool = True) -> None:
-    ring = c.m.ring
-    if ring is None:
-        return
-    c.m.ring = None
-    c.do(fx.StopPlayback(), fx.Disarm("ring"), fx.Disarm("ring_max"))
-    if c.m.conv is not None and c.m.conv.ring:
-        end(c, "ring stopped", then_settle=False)
-    c.publish(RingStopped(ring_ids=ring.ids, source=source, t=c.now))
-    if then_settle:
-        settle(c, f"ring stopped by {source}")
-
-
 def tools_changed(c: Ctx, ev: ip.ToolsChanged) -> None:
     # Devices discovered mid-conversation become usable at once.
     if c.m.conv is not None and c.m.conv.stage == "open":
@@ -542,416 +381,6 @@ def tools_changed(c: Ctx, ev: ip.ToolsChanged) -> None:
 
 def error_shown(c: Ctx, ev: ip.ErrorShown) -> None:
     settle(c, "error shown")
-
-
-# ==== conversation inputs =========================================================================
-
-def claimed(c: Ctx, ev: ip.Claimed) -> None:
-    if not ev.won:
-        end(c, "another speaker answers", stood_down=True)
-        return
-    conv = c.conv
-    conv.stage = "connect"
-    # Only now: a speaker that loses the arbitration shows and plays nothing.
-    c.phase(LISTENING if conv.mic_open else THINKING, conv.trigger)
-    if conv.announcement is None or conv.announcement.chime:
-        c.do(fx.Cue("wake"))  # not waited for: the cue must not delay streaming
-    c.do(fx.Open(conv.cid))
-
-
-def opened(c: Ctx, ev: ip.Opened) -> None:
-    conv = c.conv
-    conv.stage = "open"
-    conv.opened_at = c.now
-    c.do(fx.Configure(conv.cid, manual_turns=conv.manual))
-    pending, conv.pending = conv.pending or [], None
-    for pcm in pending if conv.mic_open or conv.commit_on_open else ():
-        c.send(protocol.audio_append(pcm))
-    if conv.commit_on_open:
-        conv.commit_on_open = False
-        commit_turn(c)
-    elif conv.mic_open and not conv.manual:
-        listen(c)
-    c.arm("age", c.now + c.p.max_session_s, ip.SessionAged(conv.cid))
-    if conv.announcement is not None:
-        text = conv.announcement.text
-        # Out of band ("none"): the announcement does not become part of the conversation, unless
-        # the person is to answer it (then_listen), when the model must know what was said.
-        oob = not conv.announcement.then_listen
-        c.send(protocol.response_create_with(
-            "Read this announcement aloud exactly as written, word for word, adding nothing before "
-            f'or after it: "{text}"', tool_choice="none", conversation="none" if oob else None))
-        conv.oob_pending = oob
-        expect(c)
-    elif conv.question:
-        c.send(protocol.user_text(conv.question))
-        c.send(protocol.response_create())
-        c.publish(Transcript(role="user", text=conv.question, t=c.now))
-        expect(c)
-    elif conv.prompt:
-        c.do(fx.Prompt(conv.cid, conv.prompt))
-        expect(c)
-
-
-def open_failed(c: Ctx, ev: ip.OpenFailed) -> None:
-    fail(c, ev.where, ev.message)
-
-
-def connection_lost(c: Ctx, ev: ip.ConnectionLost) -> None:
-    conv = c.conv
-    if conv.phase is FOLLOW_UP and conv.active_response is None:
-        c.log(logging.INFO, f"the server closed the session during the follow-up window ({ev.why})")
-        end(c, "closed by the server")
-    else:
-        fail(c, "session", f"connection lost while {conv.phase.value}: {ev.why}")
-
-
-def no_speech(c: Ctx, ev: ip.Input) -> None:
-    if c.conv.listen_at is not None or isinstance(ev, ip.Server):
-        end(c, "no speech")
-
-
-def no_follow_up(c: Ctx, ev: ip.FollowUpTimeout) -> None:
-    if c.conv.follow_at is not None:
-        end(c, "no follow-up")
-
-
-def reply_overdue(c: Ctx, ev: ip.ReplyOverdue) -> None:
-    if c.conv.expecting:
-        fail(c, "session", f"the server sent nothing for {c.p.response_timeout_s:.1f} s while a reply was due")
-
-
-def session_aged(c: Ctx, ev: ip.SessionAged) -> None:
-    conv = c.conv
-    if conv.phase is FOLLOW_UP or (conv.phase is LISTENING and conv.listen_at is not None):
-        end(c, "session limit")
-    else:
-        c.log(logging.INFO, f"session is {c.p.max_session_s:.0f} s old: ending it after this reply")
-        conv.end_reason = conv.end_reason or "session limit"
-        c.arm("grace", c.now + c.p.session_grace_s, ip.SessionGraceOver(conv.cid))
-
-
-def session_grace_over(c: Ctx, ev: ip.SessionGraceOver) -> None:
-    end(c, "session limit")
-
-
-def tool_done(c: Ctx, ev: ip.ToolDone) -> None:
-    conv = c.conv
-    publish_tool(c, ev)
-    c.send(protocol.function_call_output(ev.call_id, ev.output_json))
-    running = conv.calls.get(ev.response_id)
-    if running is not None:
-        running.discard(ev.call_id)
-    turn = conv.awaiting.get(ev.response_id)
-    if turn is not None and not running:
-        del conv.awaiting[ev.response_id]
-        conv.calls.pop(ev.response_id, None)
-        if turn == conv.turn:
-            # Also after end_conversation: the model says its goodbye, then the conversation ends.
-            c.send(protocol.response_create())
-            expect(c)
-
-
-def reply_heard(c: Ctx, ev: ip.ReplyHeard) -> None:
-    """The reply is complete and has been heard: end, or open the follow-up window."""
-    conv = c.conv
-    if ev.turn != conv.turn or conv.active_response is not None or conv.phase not in (SPEAKING, THINKING):
-        return  # the person is talking again, or another reply is on its way
-    if conv.announcement is not None and not conv.announced:
-        conv.announced = True
-        if not conv.ring:
-            c.publish(AnnouncementEvent(text=conv.announcement.text, status="spoken", t=c.now))
-        if not conv.announcement.then_listen:
-            end(c, "announcement")
-            return
-    if conv.end_reason is not None:
-        end(c, conv.end_reason)
-        return
-    follow_up(c)
-
-
-# ---- server events ------------------------------------------------------------------------------
-
-def server_error(c: Ctx, ev: ip.Server) -> None:
-    err: se.ServerError = ev.event
-    if err.code in BENIGN_ERRORS:
-        c.log(logging.DEBUG, f"server: {err.code}: {err.message}")
-        return
-    c.log(logging.WARNING, f"server error {err.code}: {err.message}" + (f" (in reply to {ev.culprit})" if ev.culprit else ""))
-    c.conv.last_error_t = c.now
-    if ev.culprit == "session.update":
-        # The server rejects a whole update: going on would mean no instructions, no tools,
-        # and the server's default turn detection. Say so instead of a worse assistant.
-        fail(c, "session", f"the server rejected the session configuration: {err.code}: {err.message}")
-        return
-    c.publish(ErrorEvent(where="session", message=f"{err.code}: {err.message}", t=c.now))
-
-
-def speech_while_speaking(c: Ctx, ev: ip.Server) -> None:
-    if c.p.barge_in != "voice":
-        # Speech in audio streamed before the reply began; only the wake word interrupts.
-        c.log(logging.DEBUG, "speech started while speaking (wake_word barge-in): not an interruption")
-        return
-    speech_started(c, ev)
-
-
-def speech_started(c: Ctx, ev: ip.Server) -> None:
-    conv = c.conv
-    if conv.active_response is not None:
-        # The person goes on talking: drop whatever of the reply still arrives. With barge_in =
-        # "voice" the server cancels it itself (interrupt_response is on; a response.cancel would
-        # only race it); with "wake_word" nothing has played yet, so cancelling cannot be the
-        # speaker hearing itself.
-        conv.cancelled.add(conv.active_response)
-        if c.p.barge_in != "voice":
-            c.send(protocol.response_cancel())
-    if conv.phase is SPEAKING or conv.item is not None:
-        interrupt(c, "voice", cancel=False)
-    conv.turn += 1
-    clear_turn_deadlines(c)
-    c.phase(LISTENING, "speech")
-
-
-def speech_stopped(c: Ctx, ev: ip.Server) -> None:
-    expect(c)
-    c.phase(THINKING, "speech ended")
-
-
-def committed(c: Ctx, ev: ip.Server) -> None:
-    expect(c)
-    c.phase(THINKING, "turn committed")
-
-
-def user_transcript(c: Ctx, ev: ip.Server) -> None:
-    e: se.TranscriptionCompleted = ev.event
-    if e.transcript:
-        c.publish(Transcript(role="user", text=e.transcript, t=c.now))
-
-
-def transcription_failed(c: Ctx, ev: ip.Server) -> None:
-    c.log(logging.INFO, f"input transcription failed: {ev.event.message}")
-
-
-def response_created(c: Ctx, ev: ip.Server) -> None:
-    conv = c.conv
-    conv.active_response = ev.event.response_id or None
-    if conv.oob_pending:
-        conv.oob_pending = False
-        conv.out_of_band.add(ev.event.response_id)
-    c.publish(ResponseEvent(response_id=ev.event.response_id, status="created", t=c.now))
-    expect(c)
-    if conv.phase in (LISTENING, FOLLOW_UP):
-        clear_turn_deadlines(c)
-        c.phase(THINKING, "reply")
-
-
-def audio_delta(c: Ctx, ev: ip.Server) -> None:
-    conv = c.conv
-    e: se.AudioDelta = ev.event
-    if e.response_id in conv.cancelled:
-        return
-    if e.item_id != conv.item:
-        c.do(fx.BeginReply(e.item_id))
-        conv.item, conv.item_response = e.item_id, e.response_id
-    c.do(fx.PlayAudio(e.pcm))
-    conv.reply_ms += protocol.pcm_ms(len(e.pcm))
-    conv.spoke = True
-    c.phase(SPEAKING, "reply")
-
-
-def assistant_transcript(c: Ctx, ev: ip.Server) -> None:
-    if ev.event.text:
-        c.publish(Transcript(role="assistant", text=ev.event.text, t=c.now))
-
-
-def function_call(c: Ctx, ev: ip.Server) -> None:
-    e: se.FunctionCallDone = ev.event
-    c.conv.calls.setdefault(e.response_id, set()).add(e.call_id)
-    c.do(fx.CallTool(c.conv.cid, e.call_id, e.name, e.arguments, e.response_id))
-
-
-def response_done(c: Ctx, ev: ip.Server) -> None:
-    conv = c.conv
-    e: se.ResponseDone = ev.event
-    if e.usage:
-        add_usage(conv.usage, e.usage)
-        c.log(logging.INFO, f"response {e.response_id}: {e.status}; usage {e.usage}")
-    c.publish(ResponseEvent(response_id=e.response_id, status=e.status, usage=e.usage, t=c.now))
-    if e.response_id == conv.active_response:
-        conv.active_response = None
-    expect(c, False)
-    running = conv.calls.get(e.response_id)
-    if e.response_id in conv.cancelled or e.status == "cancelled":
-        # Interrupted (by us or by the server's VAD): the person's new turn decides what follows.
-        conv.calls.pop(e.response_id, None)
-        return
-    if e.status == "failed":
-        message = e.error or "no details"
-        c.log(logging.WARNING, f"response {e.response_id} failed: {message}")
-        if c.now - conv.last_error_t > 1.0:  # else the error event said it already
-            c.publish(ErrorEvent(where="session", message=f"response failed: {message}", t=c.now))
-        c.do(fx.Cue("error"))  # the person hears that this turn failed; they may try again
-    if running is not None:
-        if running:
-            conv.awaiting[e.response_id] = conv.turn
-        else:
-            conv.calls.pop(e.response_id, None)
-            c.send(protocol.response_create())
-            expect(c)
-    elif conv.spoke:
-        c.do(fx.AwaitDrain(conv.cid, conv.turn, conv.reply_ms / 1000 + c.p.drain_slack_s))
-    else:
-        reply_heard(c, ip.ReplyHeard(conv.cid, conv.turn))
-
-
-def server_ignored(c: Ctx, ev: ip.Server) -> None:
-    pass
-
-
-# ==== shared steps ================================================================================
-
-def begin(
-    c: Ctx, trigger: str, *, frames: tuple[bytes, ...] | None = None, score: float = 0.0, prompt: str | None = None,
-    announcement: Announcement | None = None, ring: bool = False, question: str | None = None, manual: bool = False,
-) -> None:
-    m = c.m
-    conv = Conv(cid=m.next_cid, trigger=trigger, prompt=prompt, announcement=announcement, ring=ring, manual=manual)
-    m.next_cid += 1
-    conv.mic_open = frames is not None
-    conv.pending = [f for f in frames or () if f]
-    conv.question = question
-    m.conv = conv
-    if trigger == "wake" and c.p.arbitration:
-        c.do(fx.Claim(conv.cid, score))
-        return
-    claimed(c, ip.Claimed(conv.cid, True))
-
-
-def listen(c: Ctx) -> None:
-    conv = c.conv
-    conv.follow_at = None
-    conv.listen_at = c.now + max(c.p.follow_up_s, c.p.first_turn_min_s)
-    c.do(fx.Disarm("follow"))
-    c.arm("listen", conv.listen_at, ip.ListenTimeout(conv.cid))
-
-
-def clear_turn_deadlines(c: Ctx) -> None:
-    c.conv.listen_at = c.conv.follow_at = None
-    c.do(fx.Disarm("listen"), fx.Disarm("follow"))
-
-
-def expect(c: Ctx, on: bool = True) -> None:
-    """A reply is due (or no longer): the server must send something within response_timeout_s."""
-    c.conv.expecting = on
-    if on:
-        c.arm("due", c.now + c.p.response_timeout_s, ip.ReplyOverdue(c.conv.cid))
-    else:
-        c.do(fx.Disarm("due"))
-
-
-def follow_up(c: Ctx) -> None:
-    conv = c.conv
-    if c.p.follow_up_s <= 0 or conv.ring:
-        end(c, "no follow-up")
-        return
-    conv.item = None
-    conv.mic_open = not c.m.muted and not conv.manual  # push-to-talk: the next turn is the button's
-    conv.listen_at = None
-    conv.follow_at = c.now + c.p.follow_up_s
-    c.do(fx.Disarm("listen"))
-    c.arm("follow", conv.follow_at, ip.FollowUpTimeout(conv.cid))
-    c.phase(FOLLOW_UP, "reply heard")
-
-
-def interrupt(c: Ctx, why: str, *, cancel: bool = True) -> None:
-    """Silence the speaker now, drop the rest of the reply, tell the server what was heard."""
-    conv = c.conv
-    for rid in (conv.active_response, conv.item_response):
-        if rid:
-            conv.cancelled.add(rid)
-    if conv.active_response is not None and cancel:
-        c.send(protocol.response_cancel())
-    # An out-of-band reply is no item of the conversation: nothing to truncate at the server.
-    c.do(fx.Truncate(conv.cid, None if conv.item_response in conv.out_of_band else conv.item, why))
-    conv.item = conv.item_response = None
-    conv.turn += 1
-    expect(c, False)
-
-
-def fail(c: Ctx, where: str, message: str) -> None:
-    end(c, "error", failure=(where, message))
-
-
-def end(
-    c: Ctx, reason: str, *, failure: tuple[str, str] | None = None, stood_down: bool = False, then_settle: bool = True,
-) -> None:
-    """Close the conversation, tell what happened, and (``then_settle``) go back to idle or muted."""
-    m = c.m
-    conv = m.conv
-    if conv is None:
-        return
-    m.conv = None
-    c.do(fx.Close(conv.cid), *(fx.Disarm(n) for n in CONV_DEADLINES))
-    if conv.ring:
-        if failure is not None:
-            c.log(logging.WARNING, f"the ring's text was not spoken: {failure[0]}: {failure[1]}")
-        if m.ring is not None:  # the alarm goes on
-            m.ring.speaking, m.ring.spoken = False, True
-            c.do(fx.Cue("alarm"))
-            c.arm("ring", c.now + c.p.alarm_period_s, ip.AlarmDue())
-        return
-    if conv.announcement is not None and not conv.announced:
-        c.publish(AnnouncementEvent(text=conv.announcement.text, status="dropped", reason=reason, t=c.now))
-    if stood_down:
-        c.log(logging.INFO, "wake word: another speaker answers")
-    else:
-        if failure is not None:
-            c.log(logging.ERROR, f"conversation failed: {failure[0]}: {failure[1]}")
-            c.publish(ErrorEvent(where=failure[0], message=failure[1], t=c.now))
-        ended = f"error: {failure[0]}" if failure else reason
-        c.publish(ConversationEnded(reason=ended, usage=conv.usage, t=c.now))
-    if not then_settle:
-        return
-    if failure is not None and not m.muted:
-        # The error state stays visible (LED) while its cue plays, then idle; < 2 s in total.
-        c.do(fx.StopPlayback())
-        c.set_state(ERROR, f"{failure[0]} failed")
-        c.do(fx.Cue("error"))
-        c.arm("error", c.now + c.p.error_hold_s, ip.ErrorShown())
-        return
-    if reason in NORMAL_ENDS and not m.muted:
-        c.do(fx.Cue("done"))
-    settle(c, reason)
-
-
-def settle(c: Ctx, reason: str) -> None:
-    """Nothing is going on: ring what became due, else idle (or muted) and the next announcement."""
-    m = c.m
-    if m.conv is not None or m.ring is not None:
-        return
-    if m.due_rings:
-        due, m.due_rings = m.due_rings, ()
-        ring_now(c, due[0])
-        for r in due[1:]:
-            ring_merge(c, r)
-        return
-    c.set_state(MUTED if m.muted else IDLE, reason)
-    if m.started:
-        next_announcement(c)
-
-
-def next_announcement(c: Ctx) -> None:
-    m = c.m
-    if m.muted or m.conv is not None or m.state is not IDLE or not m.queue:
-        return
-    ann, m.queue = m.queue[0], m.queue[1:]
-    begin(c, "announce", announcement=ann)
-
-
-def drop_announcements(c: Ctx, reason: str) -> None:
-    queue, c.m.queue = c.m.queue, ()
-    for ann in queue:
-        c.publish(AnnouncementEvent(text=ann.text, status="dropped", reason=reason, t=c.now))
 
 
 # ==== the table ===================================================================================
@@ -967,7 +396,6 @@ def row(states: State | frozenset[State], on: type, do: Handler) -> Row:
     return Row(frozenset({states}) if isinstance(states, State) else states, on, do)
 
 
-NOT_RINGING = ANY - {RINGING}
 
 TABLE: tuple[Row, ...] = (
     # -- the device --------------------------------------------------------------------------------
@@ -1078,5 +506,4 @@ def stale(c: Ctx, event: ip.ConvInput) -> None:
         publish_tool(c, event)
 
 
-def publish_tool(c: Ctx, ev: ip.ToolDone) -> None:
-    c.publish(ToolCalled(name=ev.name, arguments=ev.arguments, result=ev.result, duration_s=ev.duration_s, t=c.now))
+__all__ = ["TABLE", "Conv", "Model", "Params", "Row", "match", "step"]
