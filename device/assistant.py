@@ -62,6 +62,7 @@ def machine_params(settings: Settings, *, arbitration: bool, ring_max_s: float |
         response_timeout_s=rt.response_timeout_s,
         max_session_s=rt.max_session_s,
         arbitration=arbitration,
+        dnd_announcements=settings.audio.dnd_announcements,
         error_hold_s=min(ERROR_HOLD_MAX_S, max(ERROR_MIN_S, cue_ms("error") / 1000 + 0.25)),
         ring_max_s=ring_max_s,
         alarm_period_s=cue_ms("alarm") / 1000 + ALARM_GAP_S,
@@ -128,6 +129,16 @@ class Assistant:
     def muted(self) -> bool:
         """The microphone is muted."""
         return self._runner.model.muted
+
+    @property
+    def enabled(self) -> bool:
+        """The assistant is on (off: no wake word, no conversations; distinct from the mic's mute)."""
+        return self._runner.model.enabled
+
+    @property
+    def dnd(self) -> bool:
+        """Do not disturb: no cues, announcements held or dropped (``audio.dnd_announcements``)."""
+        return self._runner.model.dnd
 
     @property
     def ringing(self) -> bool:
@@ -203,6 +214,7 @@ class Assistant:
     def _set_capture_muted(self, muted: bool) -> None:
         self.capture.muted = muted
 
+
     # ----- microphone -------------------------------------------------------------------------------
 
     def _analyze(self, frame: AudioFrame) -> AudioFrame:
@@ -218,7 +230,7 @@ class Assistant:
 
     def on_frame(self, frame: AudioFrame) -> None:
         """Capture's callback, on the loop: pre-roll, conversation audio, wake word."""
-        if self.muted:
+        if self.muted or not self.enabled:
             return  # capture discards at the source; this guards a frame already on its way
         self._preroll.append(frame)
         if self._runner.model.conv is not None:
@@ -243,6 +255,14 @@ class Assistant:
     async def set_muted(self, muted: bool, source: str) -> None:
         """Mute: no mic frame leaves capture, any conversation is closed, playback stops."""
         self._runner.feed(ip.Mute(muted, source))
+
+    async def set_enabled(self, enabled: bool, source: str) -> None:
+        """Switch the assistant on or off."""
+        self._runner.feed(ip.Enable(bool(enabled), source))
+
+    async def set_dnd(self, on: bool, source: str) -> None:
+        """Do not disturb on or off."""
+        self._runner.feed(ip.Dnd(bool(on), source))
 
     async def toggle_mute(self, source: str) -> None:
         await self.set_muted(not self.muted, source)

@@ -75,6 +75,8 @@ class AudioConfig:
     volume: int = _f(70, "initial volume 0-100 (a saved volume overrides it)", **_range(0, 100))
     cues: bool = _f(True, "play sound cues (wake, done, error, mute on/off)")
     cue_volume: int = _f(60, "volume of the cues relative to speech, 0-100", **_range(0, 100))
+    dnd_announcements: Literal["queue", "drop"] = _f(
+        "queue", "announcements during do-not-disturb: queue (spoken when it ends) or drop")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class State(str, enum.Enum):
     MUTED = "muted"  # no microphone audio leaves the capture layer
     ERROR = "error"  # something failed; back to idle shortly
     RINGING = "ringing"  # a timer or reminder is due: the alarm sounds until stopped
+    DISABLED = "disabled"  # the assistant is switched off: no wake word, LEDs off (timers still ring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,20 @@ class MuteChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EnabledChanged(Event):
+    enabled: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DndChanged(Event):
+    """Do not disturb: the speaker's output is quiet (no cues; announcements held or dropped)."""
+
+    on: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class VolumeChanged(Event):
     volume: int  # 0-100
     source: str
@@ -132,6 +147,8 @@ _KINDS: dict[type, str] = {
     ErrorEvent: "error",
     MuteChanged: "mute",
     VolumeChanged: "volume",
+    EnabledChanged: "enabled",
+    DndChanged: "dnd",
     AnnouncementEvent: "announcement",
     ResponseEvent: "response",
     RingStarted: "ring_started",

@@ -88,6 +88,7 @@ PATTERNS: dict[State, Pattern] = {
     State.MUTED: Pattern("solid", RED),
     State.ERROR: Pattern("blink", ORANGE),
     State.RINGING: Pattern("flash", AMBER),
+    State.DISABLED: OFF,
 }
 
 

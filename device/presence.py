@@ -36,6 +36,8 @@ from .config import Settings
 from .events import (
     AnnouncementEvent,
     ConversationEnded,
+    DndChanged,
+    EnabledChanged,
     ErrorEvent,
     Event,
     EventBus,
@@ -85,6 +87,8 @@ class AssistantAPI(Protocol):
     async def announce(self, text: str, *, chime: bool = True, then_listen: bool = False) -> None: ...
     async def start_conversation(self, prompt: str | None = None, source: str = "api") -> None: ...
     async def ask(self, text: str, source: str = "api") -> None: ...
+    async def set_enabled(self, enabled: bool, source: str) -> None: ...
+    async def set_dnd(self, on: bool, source: str) -> None: ...
     async def stop_conversation(self, source: str = "api") -> None: ...
 
 
@@ -107,6 +111,10 @@ class Topics:
     conversation_start: str
     conversation_stop: str
     ask: str
+    enabled: str
+    enabled_set: str
+    dnd: str
+    dnd_set: str
     event: str
     ha_event: str
     last_heard: str
@@ -130,6 +138,10 @@ class Topics:
             conversation_start=f"{base}/conversation/start",
             conversation_stop=f"{base}/conversation/stop",
             ask=f"{base}/ask",
+            enabled=f"{base}/enabled",
+            enabled_set=f"{base}/enabled/set",
+            dnd=f"{base}/dnd",
+            dnd_set=f"{base}/dnd/set",
             event=f"{base}/event",
             ha_event=f"{base}/ha/event",
             last_heard=f"{base}/last_heard",
@@ -293,6 +305,16 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
             "command_topic": t.mute_set, "state_topic": t.mute,
             "payload_on": "ON", "payload_off": "OFF",
         }),
+        ("switch", "enabled", {
+            "name": "Assistant enabled", "icon": "mdi:power",
+            "command_topic": t.enabled_set, "state_topic": t.enabled,
+            "payload_on": "ON", "payload_off": "OFF",
+        }),
+        ("switch", "dnd", {
+            "name": "Do not disturb", "icon": "mdi:volume-off",
+            "command_topic": t.dnd_set, "state_topic": t.dnd,
+            "payload_on": "ON", "payload_off": "OFF",
+        }),
         ("number", "volume", {
             "name": "Volume", "icon": "mdi:volume-high",
             "command_topic": t.volume_set, "state_topic": t.volume,
@@ -436,6 +458,8 @@ class Presence:
             sub(t.conversation_start, self._guard(self._on_start)),
             sub(t.conversation_stop, self._guard(self._on_stop)),
             sub(t.ask, self._guard(self._on_ask)),
+            sub(t.enabled_set, self._guard(self._on_enabled)),
+            sub(t.dnd_set, self._guard(self._on_dnd)),
             sub(t.ha_status, self._on_ha_status),
             sub(t.tokens, self._on_own_tokens),
         ]
@@ -489,6 +513,8 @@ class Presence:
         a = self._assistant
         self._publish(t.state, State(a.state).value, retain=True)
         self._publish(t.mute, "ON" if a.muted else "OFF", retain=True)
+        self._publish(t.enabled, "ON" if getattr(a, "enabled", True) else "OFF", retain=True)
+        self._publish(t.dnd, "ON" if getattr(a, "dnd", False) else "OFF", retain=True)
         self._publish(t.volume, str(int(a.volume)), retain=True)
         # An empty retained payload would delete the retained value: publish only what is known.
         if self._last_heard:
@@ -511,6 +537,10 @@ class Presence:
             self._publish(t.state, State(ev.new).value, retain=True)
         elif isinstance(ev, MuteChanged):
             self._publish(t.mute, "ON" if ev.muted else "OFF", retain=True)
+        elif isinstance(ev, EnabledChanged):
+            self._publish(t.enabled, "ON" if ev.enabled else "OFF", retain=True)
+        elif isinstance(ev, DndChanged):
+            self._publish(t.dnd, "ON" if ev.on else "OFF", retain=True)
         elif isinstance(ev, VolumeChanged):
             self._publish(t.volume, str(int(ev.volume)), retain=True)
         elif isinstance(ev, WakeDetected):
@@ -615,6 +645,28 @@ class Presence:
             await a.set_muted(parse_mute(payload, bool(a.muted)), "mqtt")
 
         self._control.put(f"mute {word}", job)
+
+    def _on_enabled(self, topic: str, payload: bytes) -> None:
+        word = _text(payload).strip().lower()
+        if word != "toggle":
+            parse_mute(payload, False)  # the same words as mute/set; a bad payload is logged, never queued
+
+        async def job() -> None:
+            a = self._assistant
+            await a.set_enabled(parse_mute(payload, bool(a.enabled)), "mqtt")  # type: ignore[attr-defined]
+
+        self._control.put(f"enabled {word}", job)
+
+    def _on_dnd(self, topic: str, payload: bytes) -> None:
+        word = _text(payload).strip().lower()
+        if word != "toggle":
+            parse_mute(payload, False)
+
+        async def job() -> None:
+            a = self._assistant
+            await a.set_dnd(parse_mute(payload, bool(a.dnd)), "mqtt")  # type: ignore[attr-defined]
+
+        self._control.put(f"dnd {word}", job)
 
     def _on_volume(self, topic: str, payload: bytes) -> None:
         volume = parse_volume(payload)

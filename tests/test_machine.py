@@ -17,6 +17,8 @@ from device.conversation.machine import TABLE, Model, Params, Row, match, step
 from device.events import (
     AnnouncementEvent,
     ConversationEnded,
+    DndChanged,
+    EnabledChanged,
     ErrorEvent,
     MuteChanged,
     ResponseEvent,
@@ -500,6 +502,53 @@ def test_stop_from_automations_ends_at_once() -> None:
     m.feed(ip.Ring("t1", "timer", ""))
     out = m.feed(ip.StopConversation("mqtt"))  # also stops a ringing timer
     assert m.published(RingStopped, out)[0].source == "mqtt" and m.state is State.IDLE
+
+
+# ---- on/off and do not disturb --------------------------------------------------------------------
+
+def test_disabled_assistant_hears_nothing_rings_and_keeps_the_mics_mute_apart() -> None:
+    m = M()
+    m.open_listening()
+    out = m.feed(ip.Enable(False, "mqtt"))
+    assert m.state is State.DISABLED and m.published(EnabledChanged, out)[0].enabled is False
+    assert m.of(fx.Close, out) and m.published(ConversationEnded, out)[0].reason == "disabled"
+    assert m.of(fx.SetCaptureMuted, out)[-1].muted and not m.model.muted  # the mic's mute flag is its own
+    for ev in (ip.Wake("hey_jarvis", 0.9), ip.TalkPressed(), ip.StartConversation("mqtt"), ip.Ask("hi", "mqtt")):
+        assert not m.of(fx.Open, m.feed(ev)) and m.state is State.DISABLED
+    out = m.feed(ip.Announce(ip.Announcement("Hello.")))
+    assert m.published(AnnouncementEvent, out)[0].reason == "disabled"
+    m.feed(ip.Mute(True, "button"))
+    assert m.state is State.DISABLED and m.model.muted
+    out = m.feed(ip.Mute(False, "button"))
+    assert m.state is State.DISABLED and m.of(fx.SetCaptureMuted, out)[-1].muted  # still off
+    m.feed(ip.Ring("t1", "timer", ""))  # timers ring while disabled
+    assert m.state is State.RINGING
+    m.feed(ip.StopRinging("mqtt"))
+    assert m.state is State.DISABLED
+    m.feed(ip.Mute(True, "button"))
+    out = m.feed(ip.Enable(True, "mqtt"))
+    assert m.state is State.MUTED and m.of(fx.SetCaptureMuted, out)[-1].muted and m.of(fx.ResetWake, out)
+    m.feed(ip.Mute(False, "button"))
+    assert m.state is State.IDLE and not m.feed(ip.Enable(True, "mqtt"))
+
+
+@pytest.mark.parametrize("mode", ["queue", "drop"])
+def test_do_not_disturb_silences_cues_and_holds_or_drops_announcements(mode: str) -> None:
+    m = M(dnd_announcements=mode)
+    out = m.feed(ip.Dnd(True, "mqtt"))
+    assert m.published(DndChanged, out)[0].on
+    out = m.wake()
+    assert not m.of(fx.Cue, out) and m.state is State.LISTENING  # the conversation itself works
+    m.feed(ip.Opened(m.cid))
+    out = m.feed(ip.Announce(ip.Announcement("Later.")))
+    assert m.published(AnnouncementEvent, out)[0].status == ("queued" if mode == "queue" else "dropped")
+    out = m.feed(ip.ListenTimeout(m.cid))
+    assert not m.of(fx.Cue, out) and not m.of(fx.Open, out) and m.state is State.IDLE  # no done cue, nothing spoken
+    out = m.feed(ip.Ring("t1", "timer", ""))
+    assert [c.name for c in m.of(fx.Cue, out)] == ["alarm"]  # a timer still rings
+    m.feed(ip.StopRinging("mqtt"))
+    out = m.feed(ip.Dnd(False, "mqtt"))
+    assert bool(m.of(fx.Open, out)) == (mode == "queue") and not m.feed(ip.Dnd(False, "mqtt"))
 
 
 # ---- push-to-talk --------------------------------------------------------------------------------

@@ -108,6 +108,22 @@ class Mute(Input):
 
 
 @dataclass(frozen=True, slots=True)
+class Enable(Input):
+    """Switch the assistant on or off (distinct from the microphone's mute)."""
+
+    enabled: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dnd(Input):
+    """Do not disturb: the speaker's output mute (cues, announcements)."""
+
+    on: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Announce(Input):
     announcement: Announcement
 

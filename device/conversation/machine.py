@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 
 from ..events import (
+    DndChanged,
+    EnabledChanged,
     AnnouncementEvent,
     MuteChanged,
     State,
@@ -34,6 +36,7 @@ from . import effects as fx
 from . import inputs as ip
 from .inputs import Announcement
 from .model import (
+    DISABLED,
     ANY,
     ERROR,
     FOLLOW_UP,
@@ -295,15 +298,15 @@ def mute(c: Ctx, ev: ip.Mute) -> None:
         elif m.conv is not None:
             m.conv.mic_open = False  # the ring's text goes on: mute is the microphone's
         if m.ring is None:
-            c.set_state(MUTED, ev.source)
+            c.set_state(c.rest_state(), ev.source)
         c.publish(MuteChanged(muted=True, source=ev.source, t=c.now))
         c.do(fx.Persist())
         if m.ring is None:
             c.do(fx.Cue("mute_on"))
     else:
-        c.do(fx.ClearPreroll(), fx.ResetWake(), fx.SetCaptureMuted(False))
+        c.do(fx.ClearPreroll(), fx.ResetWake(), fx.SetCaptureMuted(not m.enabled))
         if m.ring is None:
-            c.set_state(IDLE, ev.source)
+            c.set_state(c.rest_state(), ev.source)
         c.publish(MuteChanged(muted=False, source=ev.source, t=c.now))
         c.do(fx.Persist())
         if m.ring is None:
@@ -313,12 +316,43 @@ def mute(c: Ctx, ev: ip.Mute) -> None:
 
 def announce(c: Ctx, ev: ip.Announce) -> None:
     a = ev.announcement
-    if c.m.muted:
-        c.publish(AnnouncementEvent(text=a.text, status="dropped", reason="muted", t=c.now))
+    drop = "muted" if c.m.muted else "disabled" if not c.m.enabled else ""
+    if not drop and c.m.dnd and c.p.dnd_announcements == "drop":
+        drop = "do not disturb"
+    if drop:
+        c.publish(AnnouncementEvent(text=a.text, status="dropped", reason=drop, t=c.now))
         return
     c.m.queue += (a,)
     c.publish(AnnouncementEvent(text=a.text, status="queued", t=c.now))
     next_announcement(c)
+
+
+def enable(c: Ctx, ev: ip.Enable) -> None:
+    """On/off for the whole assistant; the microphone's mute stays as it is."""
+    m = c.m
+    if ev.enabled == m.enabled:
+        return
+    m.enabled = ev.enabled
+    if not ev.enabled:
+        drop_announcements(c, "disabled")
+        if m.conv is not None and not m.conv.ring:
+            c.do(fx.StopPlayback())
+            end(c, "disabled", then_settle=False)
+        c.do(fx.SetCaptureMuted(True), fx.ClearPreroll())  # nothing to listen for
+    else:
+        c.do(fx.ClearPreroll(), fx.ResetWake(), fx.SetCaptureMuted(m.muted))
+    c.publish(EnabledChanged(enabled=ev.enabled, source=ev.source, t=c.now))
+    if m.ring is None and m.conv is None:
+        c.set_state(c.rest_state(), ev.source)
+
+
+def dnd(c: Ctx, ev: ip.Dnd) -> None:
+    if ev.on == c.m.dnd:
+        return
+    c.m.dnd = ev.on
+    c.publish(DndChanged(on=ev.on, source=ev.source, t=c.now))
+    if not ev.on:
+        next_announcement(c)  # what waited for the quiet to end
 
 
 def ask_new(c: Ctx, ev: ip.Ask) -> None:
@@ -425,11 +459,13 @@ TABLE: tuple[Row, ...] = (
     row(ANY, ip.StopConversation, ignored),
     row(ANY, ip.RequestEnd, request_end),
     row(ANY, ip.Mute, mute),
+    row(ANY, ip.Enable, enable),
+    row(ANY, ip.Dnd, dnd),
     row(ANY, ip.Announce, announce),
     row(IDLE, ip.Ask, ask_new),
     row(TALKING, ip.Ask, ask_in_conversation),
     row(ANY, ip.Ask, ignored),
-    row(frozenset({IDLE, MUTED, ERROR}), ip.Ring, ring_now),
+    row(frozenset({IDLE, MUTED, ERROR, DISABLED}), ip.Ring, ring_now),
     row(RINGING, ip.Ring, ring_merge),
     row(TALKING, ip.Ring, ring_later),
     row(RINGING, ip.StopRinging, stop_ringing),

@@ -20,6 +20,7 @@ from .inputs import Announcement
 
 IDLE, LISTENING, THINKING, SPEAKING = State.IDLE, State.LISTENING, State.THINKING, State.SPEAKING
 FOLLOW_UP, MUTED, ERROR, RINGING = State.FOLLOW_UP, State.MUTED, State.ERROR, State.RINGING
+DISABLED = State.DISABLED
 ANY = frozenset(State)
 TALKING = frozenset({LISTENING, THINKING, SPEAKING, FOLLOW_UP})
 OPEN = TALKING | {IDLE}  # a conversation's phases (idle: not shown yet, arbitration or ringing)
@@ -46,6 +47,7 @@ class Params:
     error_hold_s: float = 0.6  # how long the error state is shown (its cue plays meanwhile); < 2 s
     ring_max_s: float = 300.0
     alarm_period_s: float = 2.0  # one alarm burst plus the gap before the next
+    dnd_announcements: str = "queue"  # or "drop"
 
 
 @dataclass
@@ -108,7 +110,9 @@ class Model:
 
     params: Params = field(default_factory=Params)
     state: State = IDLE
-    muted: bool = False
+    muted: bool = False  # the microphone
+    enabled: bool = True  # the assistant (off: no wake word, no conversations; timers still ring)
+    dnd: bool = False  # do not disturb: no cues, announcements held or dropped
     started: bool = False
     conv: Conv | None = None
     next_cid: int = 1
@@ -155,7 +159,10 @@ class Ctx:
         return self.m.conv
 
     def do(self, *effects: fx.Effect) -> None:
-        self.effects.extend(effects)
+        for e in effects:
+            if self.m.dnd and isinstance(e, fx.Cue) and e.name != "alarm":
+                continue  # do not disturb: no courtesy cues (a timer's alarm still sounds)
+            self.effects.append(e)
 
     def publish(self, event: Event) -> None:
         self.effects.append(fx.Publish(event))
@@ -165,6 +172,10 @@ class Ctx:
 
     def send(self, event: dict[str, Any]) -> None:
         self.effects.append(fx.Send(self.conv.cid, event))
+
+    def rest_state(self) -> State:
+        """The state when nothing is going on."""
+        return DISABLED if not self.m.enabled else MUTED if self.m.muted else IDLE
 
     def arm(self, name: str, at: float, fire: ip.Input) -> None:
         self.effects.append(fx.Arm(name, at, fire))

@@ -23,7 +23,6 @@ from .model import (
     FOLLOW_UP,
     IDLE,
     LISTENING,
-    MUTED,
     NORMAL_ENDS,
     RINGING,
     THINKING,
@@ -178,14 +177,14 @@ def settle(c: Ctx, reason: str) -> None:
         for r in due[1:]:
             ring_merge(c, r)
         return
-    c.set_state(MUTED if m.muted else IDLE, reason)
+    c.set_state(c.rest_state(), reason)
     if m.started:
         next_announcement(c)
 
 
 def next_announcement(c: Ctx) -> None:
     m = c.m
-    if m.muted or m.conv is not None or m.state is not IDLE or not m.queue:
+    if m.muted or m.dnd or m.conv is not None or m.state is not IDLE or not m.queue:
         return
     ann, m.queue = m.queue[0], m.queue[1:]
     begin(c, "announce", announcement=ann)
