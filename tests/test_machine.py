@@ -579,6 +579,13 @@ def test_push_to_talk_turns() -> None:
     out = m.feed(ip.Frame(b"\5\0" * 1920))  # no turn without the button
     assert not m.of(fx.Send, out)
     m.feed(ip.TalkDown())
+    m.feed(ip.Frame(b"\6\0" * 4800))
+    m.feed(ip.TalkUp())
+    m.server("response.created", response={"id": "r3"})
+    m.audio("r3", "i3")
+    out = m.wake()  # the wake word over a push-to-talk reply stops it; the button has the next turn
+    assert m.of(fx.Truncate, out) and m.state is State.FOLLOW_UP and not m.model.conv.mic_open  # type: ignore[union-attr]
+    m.feed(ip.TalkDown())
     out = m.feed(ip.TalkUp())  # a tap: nothing said
     assert m.published(ConversationEnded, out)[0].reason == "talk button" and m.state is State.IDLE
 

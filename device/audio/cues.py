@@ -31,7 +31,7 @@ def _square(freq: float, ms: float, level: float = 0.7) -> np.ndarray:
     n = int(RATE * ms / 1000)
     t = np.arange(n) / RATE
     tone = np.tanh(4.0 * np.sin(2 * np.pi * freq * t)) / np.tanh(4.0)
-    edge = np.minimum(1.0, np.minimum(np.arange(n), n - np.arange(n)) / (RATE * 0.003))
+    edge = np.minimum(1.0, np.minimum(np.arange(n), n - 1 - np.arange(n)) / (RATE * 0.003))  # no clicks
     return tone * edge * level
 
 
@@ -53,8 +53,8 @@ def cue_pcm(name: str) -> bytes:
     elif name == "mute_off":  # gliding up
         x = _note(440.0, 220, glide_to=740.0)
     elif name == "alarm":  # a timer: four quick high beeps, louder and brighter than any other cue
-        beep = _square(1760.0, 90)
-        x = np.concatenate([beep, _gap(60), beep, _gap(60), beep, _gap(60), beep])
+        beep = _square(1760.0, 80)
+        x = np.concatenate([beep, _gap(50), beep, _gap(50), beep, _gap(50), beep])
     else:
         raise ValueError(f"unknown sound cue {name!r} (known: {', '.join(CUES)})")
     return np.round(x * 32767).astype("<i2").tobytes()

@@ -153,6 +153,9 @@ def wake_barge(c: Ctx, ev: ip.Wake) -> None:
         return
     conv = c.conv
     c.publish(WakeDetected(model=ev.model, score=ev.score, t=c.now))
+    if conv.manual:  # push-to-talk: the reply stops; the next turn is the button's
+        stop_speaking(c, ip.StopSpeaking("wake word"))
+        return
     interrupt(c, "wake word")
     if conv.announcement is not None and not conv.announced:
         conv.announced = True  # cut short by the person, who now talks: a conversation
