@@ -235,6 +235,19 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class TimersConfig:
+    ring_max_s: int = _f(300, "a ringing timer or reminder stops by itself after this long (seconds)", **_range(5, 3600))
+    missed_grace_s: int = _f(600, "a timer that ended while the speaker was off still rings at start if it ended less than this long ago (seconds); older ones are reported as missed", **_range(0, 86400))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """The ``[device]`` section: facts about the speaker itself."""
+
+    timezone: str = _f("", "IANA time zone for reminders and spoken times, e.g. 'Europe/Berlin'; empty = the system's")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
 
@@ -252,6 +265,8 @@ class Settings:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     leds: LedsConfig = field(default_factory=LedsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    device: HostConfig = field(default_factory=HostConfig)
     log: LogConfig = field(default_factory=LogConfig)
     devices: tuple[DeviceConfig, ...] = ()
     # Which sections the file had, e.g. to know whether MQTT or GPIO was asked for.
@@ -277,6 +292,8 @@ _SECTIONS: dict[str, type] = {
     "gpio": GpioConfig,
     "leds": LedsConfig,
     "state": StateConfig,
+    "timers": TimersConfig,
+    "device": HostConfig,
     "log": LogConfig,
 }
 
@@ -442,6 +459,17 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
             raise ConfigError(f"{file}: 'mqtt.{key}': file {value} does not exist")
     sections["mqtt"] = mqtt
 
+    host: HostConfig = sections["device"]
+    if host.timezone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(host.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{file}: 'device.timezone' must be an IANA time zone such as 'Europe/Berlin' or 'UTC', got {host.timezone!r}"
+            ) from None
+
     return Settings(path=p, devices=tuple(devices), present=frozenset(data), **sections)
 
 
@@ -466,6 +494,7 @@ __all__ = [
     "ConfigError",
     "DeviceConfig",
     "GpioConfig",
+    "HostConfig",
     "LedsConfig",
     "LogConfig",
     "MqttConfig",
@@ -473,6 +502,7 @@ __all__ = [
     "Secret",
     "Settings",
     "StateConfig",
+    "TimersConfig",
     "WakeConfig",
     "build_section",
     "load_settings",
