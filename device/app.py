@@ -184,12 +184,25 @@ class App:
         await assistant.start()
         self._on_cleanup(assistant.stop)
 
+        from .timers import TimerService, register_timer_tools
+        from .timers.model import Ringer
+
+        ringer = assistant if isinstance(assistant, Ringer) else _NoRinger()
+        timers = TimerService.for_settings(s, bus=self.bus, ringer=ringer)
+        register_timer_tools(self.tools, timers)
+        await timers.start()
+        self._on_cleanup(timers.stop)
+
         if mqtt is not None:
             from .presence import Presence
+            from .timers.mqtt import TimersMqtt
 
             presence = Presence(s, mqtt, self.bus, assistant)
             await presence.start()
             self._on_cleanup(presence.stop)
+            timers_mqtt = TimersMqtt(s, mqtt, self.bus, timers, ringer)
+            await timers_mqtt.start()
+            self._on_cleanup(timers_mqtt.stop)
 
         if gpio_wanted(s):
             from .controls import Controls
@@ -212,6 +225,16 @@ class App:
 
         capture.start()
         self._on_cleanup(capture.stop)
+
+
+class _NoRinger:
+    """Stands in while the assistant has no ringing state: says in the log what would ring."""
+
+    def ring(self, ring_id: str, kind: str, text: str) -> None:
+        _LOG.error("cannot ring for %s %s (%r): this assistant has no ringing state", kind, ring_id, text)
+
+    def stop_ringing(self, source: str) -> bool:
+        return False
 
 
 async def run_daemon(settings: Settings) -> int:
