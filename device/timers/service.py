@@ -139,6 +139,9 @@ class TimerService:
         out["ends_at_iso"] = datetime.fromtimestamp(round(entry.ends_at), self.zone).isoformat()
         return out
 
+    def _event_item(self, entry: Entry) -> dict[str, Any]:
+        return {**self.describe(entry), "ends_at_ts": round(entry.ends_at, 3)}
+
     def published(self) -> list[dict[str, Any]]:
         """The retained MQTT list: stable fields only (no ticking 'remaining')."""
         out = []
@@ -278,7 +281,7 @@ class TimerService:
     def _fire(self, entry: Entry, late: float) -> None:
         if entry.restored and entry.ends_at < self._up_since and late > self.missed_grace_s:
             _LOG.warning("%s ended %s ago while the speaker was off: missed", entry.name, format_duration(late))
-            self.bus.publish(TimerEvent("timer_missed", {**self.describe(entry), "late_s": round(late)}, "clock"))
+            self.bus.publish(TimerEvent("timer_missed", {**self._event_item(entry), "late_s": round(late)}, "clock"))
             return
         if entry.kind == TIMER:
             name = entry.name
@@ -290,7 +293,7 @@ class TimerService:
                 text += f" (this was due {format_duration(late)} ago)"
             event = "reminder_due"
         _LOG.info("%s: %s ringing (%s late)", event, entry.name, f"{late * 1000:.0f} ms")
-        self.bus.publish(TimerEvent(event, {**self.describe(entry), "text": text if entry.kind == TIMER else entry.text,
+        self.bus.publish(TimerEvent(event, {**self._event_item(entry), "text": text if entry.kind == TIMER else entry.text,
                                             "late_s": round(max(0.0, late), 3)}, "clock"))
         try:
             self.ringer.ring(entry.id, entry.kind, text)
@@ -331,7 +334,7 @@ class TimerService:
             raise TimerError(f"{MAX_ENTRIES} timers and reminders are running already; cancel one first")
 
     def _changed(self, event_type: str, entry: Entry, source: str, *, save: bool = True) -> None:
-        self.bus.publish(TimerEvent(event_type, self.describe(entry), source))
+        self.bus.publish(TimerEvent(event_type, self._event_item(entry), source))
         if save:
             self._save_and_reschedule()
 
