@@ -352,20 +352,18 @@ class TimerService:
 
 
 def clean_label(label: object) -> str | None:
-    """A label as stored: trimmed, single spaces, without a trailing "timer"; None if empty."""
+    """A label as stored: single spaces, without a leading "the" or a trailing "timer"; None if empty."""
     if label is None:
         return None
     if not isinstance(label, str):
         raise TimerError(f"a label must be text, got {label!r}")
     words = " ".join(label.split())
-    lowered = words.casefold()
-    for suffix in (" timer", "timer"):
-        if lowered.endswith(suffix) and len(words) > len(suffix):
-            words = words[: -len(suffix)].strip()
-            break
-    if lowered in ("timer", "the timer", "all"):
-        return None if lowered != "all" else "all"
-    words = words.removeprefix("the ").strip() if words.casefold().startswith("the ") else words
+    if words.casefold().startswith("the "):
+        words = words[4:]
+    if words.casefold() == "timer":
+        words = ""
+    elif words.casefold().endswith(" timer"):
+        words = words[:-6]
     if len(words) > MAX_LABEL:
         raise TimerError(f"a label can be at most {MAX_LABEL} characters")
     return words or None
