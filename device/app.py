@@ -185,10 +185,10 @@ class App:
         self._on_cleanup(assistant.stop)
 
         from .timers import TimerService, register_timer_tools
-        from .timers.model import Ringer
 
-        ringer = assistant if isinstance(assistant, Ringer) else _NoRinger()
-        timers = TimerService.for_settings(s, bus=self.bus, ringer=ringer)
+        # The assistant rings: its RINGING state plays the alarm until a button, the wake word,
+        # MQTT or ring_max_s stops it, and waits for a running conversation to end first.
+        timers = TimerService.for_settings(s, bus=self.bus, ringer=assistant)
         register_timer_tools(self.tools, timers)
         await timers.start()
         self._on_cleanup(timers.stop)
@@ -200,7 +200,7 @@ class App:
             presence = Presence(s, mqtt, self.bus, assistant)
             await presence.start()
             self._on_cleanup(presence.stop)
-            timers_mqtt = TimersMqtt(s, mqtt, self.bus, timers, ringer)
+            timers_mqtt = TimersMqtt(s, mqtt, self.bus, timers, assistant)
             await timers_mqtt.start()
             self._on_cleanup(timers_mqtt.stop)
 
@@ -225,16 +225,6 @@ class App:
 
         capture.start()
         self._on_cleanup(capture.stop)
-
-
-class _NoRinger:
-    """Stands in while the assistant has no ringing state: says in the log what would ring."""
-
-    def ring(self, ring_id: str, kind: str, text: str) -> None:
-        _LOG.error("cannot ring for %s %s (%r): this assistant has no ringing state", kind, ring_id, text)
-
-    def stop_ringing(self, source: str) -> bool:
-        return False
 
 
 async def run_daemon(settings: Settings) -> int:
