@@ -157,6 +157,7 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         assert stop_latency(listener, t_stop) < STOP_MAX_S
         assert spy.wait_for(lambda m: m.topic == "speaker/kitchen/state" and m.payload == b"idle"
                             and m.t > t_stop, 5)
+        assert wait_event(spy, "ring_stopped")["source"] == "mqtt"
 
         # 2. An automation's timer; the wake word stops it.
         pub.publish("speaker/kitchen/timers/set", json.dumps({"duration": 1, "label": "tea"}))
@@ -167,7 +168,7 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         d.wait_for(r"wake word .* detected", timeout=10, start=mark)
         t_wake = time.monotonic()
         assert stop_latency(listener, t_wake) < STOP_MAX_S
-        d.wait_for(r"ring.*stop|state ringing -> ", timeout=5, start=mark)
+        assert wait_event(spy, "ring_stopped", 2)["source"] == "wake word"
 
         # 3. Nobody stops it: it stops by itself after ring_max_s.
         pub.publish("speaker/kitchen/timers/set", json.dumps({"duration": 1, "label": "eggs"}))
@@ -176,6 +177,10 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         listener.wait_quiet(1.0, 12)
         last = listener.last_sound()
         assert last is not None and 4.0 < last.wall - t_end < 5.0 + STOP_MAX_S
+        assert wait_event(spy, "ring_stopped", 3)["source"] == "timeout"
+        # After the first burst the ring said what ended (spoken through a realtime session).
+        creates = [e for s in simulator.sessions for e in s.client_events if e["type"] == "response.create"]
+        assert any("The eggs timer is done." in json.dumps(e) for e in creates), creates
         assert d.stop() == 0
         assert "Traceback" not in d.output
     finally:
