@@ -21,60 +21,13 @@ import pytest
 from device.audio.cues import cue_pcm
 from device.events import MuteChanged, RingStarted, RingStopped, State
 from tests.rig.broker import BrokerSpy, DeviceSimulator
-from tests.rig.listen import BLOCK, Listener
+from tests.rig.listen import Listener, heard_at, silenced_after, wait_sounding
 from tests.rig.simulator import Turn, write_device_config
 
 ALARM = np.frombuffer(cue_pcm("alarm"), dtype="<i2")
 FIRST_BEEPS = ALARM[: 24000 * 240 // 1000]  # two beeps: enough to tell the alarm from anything else
 RING_LATE_MAX_S = 0.100  # the issue's bound: the alarm is heard within 100 ms of the timer's end
 STOP_MAX_S = 0.200  # and each stop path silences it within 200 ms
-
-
-def locate(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float]:
-    """Best offset of ``needle`` in ``haystack`` and its normalised correlation there."""
-    h = haystack.astype(np.float64)
-    n = needle.astype(np.float64)
-    if len(h) < len(n):
-        return 0, 0.0
-    size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
-    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
-    c = np.concatenate(([0.0], np.cumsum(h * h)))
-    energy = np.sqrt(np.maximum(c[len(n):] - c[: len(h) - len(n) + 1], 0.0))
-    norm = np.linalg.norm(n)
-    score = np.where(energy > 0.05 * norm, corr / (energy * norm + 1e-9), 0.0)
-    best = int(np.argmax(score))
-    return best, float(score[best])
-
-
-def alarm_heard_at(listener: Listener, after_wall: float) -> tuple[float, float]:
-    """Wall-clock time the first alarm burst after ``after_wall`` reached the speaker, and its match."""
-    blocks = [b for b in listener.snapshot() if b.wall >= after_wall]
-    assert blocks, "nothing reached the speaker after the timer's end"
-    audio = listener.audio()
-    start = blocks[0].offset
-    offset, score = locate(audio[start:], FIRST_BEEPS)
-    at = start + offset
-    block = next(b for b in blocks if b.offset <= at < b.offset + BLOCK or b.offset > at)
-    # The block arrived when the reader handed it over; the sound began within it.
-    return block.wall, score
-
-
-def stop_latency(listener: Listener, t_stop: float) -> float:
-    """Seconds from ``t_stop`` (monotonic) to the end of the last sound heard."""
-    last = listener.wait_quiet(1.0, 6)
-    assert last is not None
-    return max(0.0, last.mono + 0.010 - t_stop)
-
-
-def wait_ringing(listener: Listener, timeout: float = 5.0) -> None:
-    """Until an alarm beep is sounding right now (so a stop lands in a burst, not in a gap)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        b = listener.last_sound()
-        if b is not None and time.monotonic() - b.mono < 0.03:
-            return
-        time.sleep(0.003)
-    raise AssertionError("the speaker is not ringing")
 
 
 def until(cond: Any, timeout: float) -> Any:
@@ -145,16 +98,16 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         assert spy.wait_for(lambda m: m.topic == "speaker/kitchen/state" and m.payload == b"ringing", 10)
         wait_event(spy, "timer_finished")
         time.sleep(0.8)
-        heard, score = alarm_heard_at(listener, ends - 1.0)
+        heard, score = heard_at(listener, FIRST_BEEPS, ends - 1.0)
         assert score > 0.9, f"the sound at the timer's end is not the alarm (correlation {score:.2f})"
         late = heard - ends
         assert -0.005 <= late < RING_LATE_MAX_S, f"alarm heard {late * 1000:.0f} ms after the timer's end"
 
         # The ring stops from Home Assistant's button (speaker/<id>/ring/stop).
-        wait_ringing(listener)
+        wait_sounding(listener)
         t_stop = time.monotonic()
         pub.publish("speaker/kitchen/ring/stop", "STOP")
-        assert stop_latency(listener, t_stop) < STOP_MAX_S
+        assert silenced_after(listener, t_stop) < STOP_MAX_S
         assert spy.wait_for(lambda m: m.topic == "speaker/kitchen/state" and m.payload == b"idle"
                             and m.t > t_stop, 5)
         assert wait_event(spy, "ring_stopped")["source"] == "mqtt"
@@ -162,12 +115,12 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         # 2. An automation's timer; the wake word stops it.
         pub.publish("speaker/kitchen/timers/set", json.dumps({"duration": 1, "label": "tea"}))
         wait_event(spy, "timer_finished", 2)
-        wait_ringing(listener)
+        wait_sounding(listener)
         mark = d.mark()
         mic.play(np.concatenate([speech.say("hey jarvis"), speech.silence(0.5)]))
         d.wait_for(r"wake word .* detected", timeout=10, start=mark)
         t_wake = time.monotonic()
-        assert stop_latency(listener, t_wake) < STOP_MAX_S
+        assert silenced_after(listener, t_wake) < STOP_MAX_S
         assert wait_event(spy, "ring_stopped", 2)["source"] == "wake word"
 
         # 3. Nobody stops it: it stops by itself after ring_max_s.
@@ -236,9 +189,7 @@ class InProcess:
         return pressed
 
     async def quiet_after(self, t: float) -> float:
-        last = await asyncio.to_thread(self.listener.wait_quiet, 1.0, 6)
-        assert last is not None
-        return max(0.0, last.mono + 0.010 - t)
+        return await asyncio.to_thread(silenced_after, self.listener, t)
 
 
 @pytest.mark.timeout(120)

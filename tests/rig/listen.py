@@ -112,3 +112,64 @@ class Listener:
                 return last
             time.sleep(0.01)
         raise AssertionError(f"the speaker did not fall quiet for {quiet_s} s within {timeout} s")
+
+
+def locate(haystack: np.ndarray, needle: np.ndarray, good: float = 0.9) -> tuple[int, float]:
+    """First offset of ``needle`` in ``haystack`` whose normalised correlation reaches ``good``
+    (else the best one), and that correlation."""
+    h = haystack.astype(np.float64)
+    n = needle.astype(np.float64)
+    if len(h) < len(n):
+        return 0, 0.0
+    size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
+    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
+    c = np.concatenate(([0.0], np.cumsum(h * h)))
+    energy = np.sqrt(np.maximum(c[len(n):] - c[: len(h) - len(n) + 1], 0.0))
+    norm = np.linalg.norm(n)
+    score = np.where(energy > 0.05 * norm, corr / (energy * norm + 1e-9), 0.0)
+    above = np.flatnonzero(score >= good)
+    if len(above):
+        # The peak of the first match (the correlation rises over a few samples around it).
+        first = int(above[0])
+        end = first + 1
+        while end < len(score) and score[end] >= good:
+            end += 1
+        best = first + int(np.argmax(score[first:end]))
+    else:
+        best = int(np.argmax(score))
+    return best, float(score[best])
+
+
+def heard_at(listener: Listener, template: np.ndarray, after_wall: float) -> tuple[float, float]:
+    """Wall-clock time ``template`` was first heard after ``after_wall``, and how well it matched (0-1).
+
+    The time is when the 10 ms block holding its first sample reached the speaker.
+    """
+    blocks = [b for b in listener.snapshot() if b.wall >= after_wall]
+    if not blocks:
+        raise AssertionError("nothing reached the speaker after that moment")
+    audio = listener.audio()
+    start = blocks[0].offset
+    offset, score = locate(audio[start:], template)
+    at = start + offset
+    block = next((b for b in blocks if b.offset + BLOCK > at), blocks[-1])
+    return block.wall, score
+
+
+def wait_sounding(listener: Listener, timeout: float = 5.0) -> None:
+    """Until something is sounding right now (so a stop lands in a burst, not in a gap)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b = listener.last_sound()
+        if b is not None and time.monotonic() - b.mono < 0.03:
+            return
+        time.sleep(0.003)
+    raise AssertionError("the speaker is silent")
+
+
+def silenced_after(listener: Listener, t_stop: float, quiet_s: float = 1.0) -> float:
+    """Seconds from ``t_stop`` (monotonic) to the end of the last sound, once quiet for ``quiet_s``."""
+    last = listener.wait_quiet(quiet_s, 6 + quiet_s)
+    if last is None:
+        return 0.0
+    return max(0.0, last.mono + 0.010 - t_stop)
