@@ -14,7 +14,12 @@ import pytest
 from device.events import EventBus
 from device.timers.clock import SystemClock
 from device.timers.model import TimerEvent
-from device.timers.parse import format_duration, parse_duration, parse_signed_duration, parse_time_of_day
+from device.timers.parse import (
+    format_duration,
+    parse_duration,
+    parse_signed_duration,
+    parse_time_of_day,
+)
 from device.timers.service import TimerService
 from device.timers.store import TimerStore
 from device.timers.tools import timer_tools
@@ -178,6 +183,7 @@ async def test_adjust_cancel_and_ambiguity(rig: Rig) -> None:
     await rig.call("set_timer", duration="10m", label="pasta")
     out = await rig.call("adjust_timer", delta="+5m")
     assert out["ok"] and out["timer"]["remaining"] == "15 minutes" and out["timer"]["ends_at"] == "18:47"
+    assert out["summary"] == "pasta timer: 15 minutes left, ends at 18:47"
     await rig.call("set_timer", duration="4m", label="egg whites")
     await rig.call("set_timer", duration="3m", label="eggs")
     out = await rig.call("adjust_timer", delta="-1m")
@@ -203,6 +209,10 @@ async def test_adjust_cancel_and_ambiguity(rig: Rig) -> None:
 async def test_reminder_rings_at_the_time_of_day_with_its_text(rig: Rig) -> None:
     out = await rig.call("set_reminder", at="7", text="put the bins out")
     assert out["ok"] and out["reminder"]["ends_at"] == "tomorrow at 07:00", out
+    assert out["summary"] == "reminder tomorrow at 07:00: put the bins out"
+    out = await rig.call("set_reminder", at="2026-11-30T08:15", text="dentist")
+    assert out["summary"] == "reminder on Mon 30 Nov at 08:15: dentist"
+    await rig.call("cancel_timer", label="dentist")
     rig.advance(12 * 3600 + 28 * 60 - 1)  # 18:32 -> 06:59:59
     assert rig.ringer.rings == []
     rig.advance(1)
@@ -289,7 +299,7 @@ async def test_dst_end_in_berlin_reminders_keep_wall_time_timers_keep_length(tmp
     out = await r.call("set_reminder", at="7:00", text="bins")
     assert out["reminder"]["ends_at"] == "tomorrow at 07:00"
     out = await r.call("set_timer", duration="6h", label="dough")
-    assert out["summary"] == "dough timer: 6 hours, ends at tomorrow at 03:00"  # 22:00 CEST + 6 h = 03:00 CET
+    assert out["summary"] == "dough timer: 6 hours, ends tomorrow at 03:00"  # 22:00 CEST + 6 h = 03:00 CET
     r.advance(6 * 3600)
     assert [x[2] for x in r.ringer.rings] == ["The dough timer is done."]
     r.advance(3 * 3600 + 3599)  # 06:59:59 CET: nine hours on the wall clock, ten real ones, minus a second

@@ -163,7 +163,8 @@ async def test_set_cancel_and_bad_commands_from_an_automation(speaker: Speaker, 
     for topic, payload, _ in bad:
         device_sim.publish(topic, payload)
     for topic, _, message in bad:
-        await until(lambda: any(topic in r.getMessage() and message in r.getMessage() for r in caplog.records),
+        await until(lambda topic=topic, message=message: any(
+                        topic in r.getMessage() and message in r.getMessage() for r in caplog.records),
                     what=f"a warning naming {topic} and {message!r}")
     assert len(speaker.service.entries()) == 2
 

@@ -131,15 +131,15 @@ class TimerEvent(Event):
 
 
 __all__ = [
-    "Entry",
     "MAX_DURATION_S",
     "MAX_ENTRIES",
     "MIN_DURATION_S",
     "MONOTONIC",
     "REMINDER",
-    "Ringer",
     "TIMER",
+    "WALL",
+    "Entry",
+    "Ringer",
     "TimerError",
     "TimerEvent",
-    "WALL",
 ]

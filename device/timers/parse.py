@@ -161,6 +161,14 @@ def format_clock(ts: float, zone: tzinfo, now: float) -> str:
     return f"{when:%a %d %b} at {when:%H:%M}"
 
 
+def ends_phrase(ts: float, zone: tzinfo, now: float) -> str:
+    """``format_clock`` as a phrase after a verb: "at 18:42", "tomorrow at 07:00", "on Sat 28 Nov at 07:00"."""
+    text = format_clock(ts, zone, now)
+    if text[0].isdigit():
+        return f"at {text}"
+    return text if text.startswith("tomorrow") else f"on {text}"
+
+
 def iso_utc(ts: float) -> str:
     """Unix time as ISO 8601 UTC with an explicit offset (what HA's timestamp sensors need)."""
     return datetime.fromtimestamp(round(ts), timezone.utc).isoformat()
@@ -168,6 +176,7 @@ def iso_utc(ts: float) -> str:
 
 __all__ = [
     "DURATION_HELP",
+    "ends_phrase",
     "format_clock",
     "format_duration",
     "iso_utc",

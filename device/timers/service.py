@@ -36,7 +36,7 @@ from .model import (
     TimerError,
     TimerEvent,
 )
-from .parse import format_clock, format_duration, iso_utc
+from .parse import ends_phrase, format_clock, format_duration, iso_utc
 from .store import TimerStore
 
 _LOG = logging.getLogger("speaker.timers")
@@ -163,8 +163,8 @@ class TimerService:
             for other in self._entries.values():
                 if other.kind == TIMER and other.label and other.label.casefold() == label.casefold():
                     raise TimerError(
-                        f"a timer called {label!r} is already running (ends at "
-                        f"{format_clock(other.ends_at, self.zone, self.clock.time())}); adjust it or choose another name"
+                        f"a timer called {label!r} is already running (ends "
+                        f"{ends_phrase(other.ends_at, self.zone, self.clock.time())}); adjust it or choose another name"
                     )
         self._check_room()
         now_m, now_w = self.clock.monotonic(), self.clock.time()
@@ -172,8 +172,8 @@ class TimerService:
                       set_at=now_w, ends_at=now_w + duration_s, deadline=now_m + duration_s, anchor=MONOTONIC)
         self._entries[entry.id] = entry
         self._changed("timer_set", entry, source)
-        _LOG.info("timer set: %s, %s, ends at %s (%s)", entry.name, format_duration(duration_s),
-                  format_clock(entry.ends_at, self.zone, now_w), source)
+        _LOG.info("timer set: %s, %s, ends %s (%s)", entry.name, format_duration(duration_s),
+                  ends_phrase(entry.ends_at, self.zone, now_w), source)
         return entry
 
     def set_reminder(self, when: datetime, text: str, *, source: str = "voice") -> Entry:
@@ -194,7 +194,7 @@ class TimerService:
                       set_at=now_w, ends_at=due, deadline=now_m + (due - now_w), anchor=WALL)
         self._entries[entry.id] = entry
         self._changed("reminder_set", entry, source)
-        _LOG.info("reminder set for %s: %s (%s)", format_clock(due, self.zone, now_w), text, source)
+        _LOG.info("reminder set %s: %s (%s)", ends_phrase(due, self.zone, now_w), text, source)
         return entry
 
     def cancel(self, label: str | None = None, *, all_timers: bool = False, source: str = "voice") -> list[Entry]:
@@ -229,8 +229,8 @@ class TimerService:
         entry.ends_at += delta_s
         entry.duration_s += delta_s
         self._changed("timer_adjusted", entry, source)
-        _LOG.info("%s adjusted by %+.0f s: ends at %s", entry.name, delta_s,
-                  format_clock(entry.ends_at, self.zone, self.clock.time()))
+        _LOG.info("%s adjusted by %+.0f s: ends %s", entry.name, delta_s,
+                  ends_phrase(entry.ends_at, self.zone, self.clock.time()))
         return entry
 
     def find(self, label: str | None, *, kinds: tuple[str, ...] = (TIMER,)) -> Entry:

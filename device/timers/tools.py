@@ -8,7 +8,14 @@ from typing import Any
 from device.tools.registry import Tool, ToolRegistry
 
 from .model import TimerError
-from .parse import DURATION_HELP, format_duration, parse_duration, parse_signed_duration, parse_time_of_day
+from .parse import (
+    DURATION_HELP,
+    ends_phrase,
+    format_duration,
+    parse_duration,
+    parse_signed_duration,
+    parse_time_of_day,
+)
 from .service import TimerService
 
 _DURATION_SCHEMA = {
@@ -50,7 +57,7 @@ def timer_tools(service: TimerService) -> list[Tool]:
         seconds = parse_duration(args["duration"])
         entry = service.set_timer(seconds, args.get("label"), source="voice")
         d = service.describe(entry)
-        say = f"{format_duration(entry.duration_s)}, ends at {d['ends_at']}"
+        say = f"{format_duration(entry.duration_s)}, ends {ends_phrase(entry.ends_at, service.zone, service.clock.time())}"
         if entry.label:
             say = f"{entry.label} timer: {say}"
         return {"ok": True, "timer": d, "summary": say}
@@ -78,7 +85,8 @@ def timer_tools(service: TimerService) -> list[Tool]:
         delta = parse_signed_duration(args["delta"])
         entry = service.adjust(args.get("label"), delta, source="voice")
         d = service.describe(entry)
-        return {"ok": True, "timer": d, "summary": f"{entry.name}: {d['remaining']} left, ends at {d['ends_at']}"}
+        ends = ends_phrase(entry.ends_at, service.zone, service.clock.time())
+        return {"ok": True, "timer": d, "summary": f"{entry.name}: {d['remaining']} left, ends {ends}"}
 
     def set_reminder(args: dict[str, Any]) -> dict[str, Any]:
         _check_args(args, {"at", "text"})
@@ -88,7 +96,8 @@ def timer_tools(service: TimerService) -> list[Tool]:
         when = parse_time_of_day(args["at"], now, service.zone)
         entry = service.set_reminder(when, args["text"], source="voice")
         d = service.describe(entry)
-        return {"ok": True, "reminder": d, "summary": f"reminder {d['ends_at']}: {entry.text}"}
+        due = ends_phrase(entry.ends_at, service.zone, service.clock.time())
+        return {"ok": True, "reminder": d, "summary": f"reminder {due}: {entry.text}"}
 
     return [
         Tool(
