@@ -231,7 +231,7 @@ class LedsConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: str = _f("", "where mute and volume survive restarts; empty = $STATE_DIRECTORY or ~/.local/state/realtime-speaker")
+    dir: str = _f("", "where mute, volume, timers and reminders survive restarts; empty = $STATE_DIRECTORY or ~/.local/state/realtime-speaker")
 
 
 @dataclass(frozen=True)
