@@ -117,8 +117,8 @@ async def test_discovery_entities_follow_ha_rules_and_render_the_list(speaker: S
 
     count_tpl = by_object["active_timers"][1]["value_template"]
     next_tpl = by_object["next_timer"][1]["value_template"]
-    empty = last(mqtt_spy, "speaker/kitchen/timers")
-    assert empty is not None and empty.retained and json.loads(empty.payload) == []
+    empty = await until(lambda: last(mqtt_spy, "speaker/kitchen/timers"), what="the timer list")
+    assert json.loads(empty.payload) == []
     assert render(count_tpl, "[]") == "0" and render(next_tpl, "[]") == "None"  # HA: unknown, not an error
     speaker.service.set_timer(600, "pasta", source="test")
     speaker.service.set_timer(300, "eggs", source="test")
@@ -130,6 +130,18 @@ async def test_discovery_entities_follow_ha_rules_and_render_the_list(speaker: S
     assert render(count_tpl, msg.payload.decode()) == "2"
     nxt = datetime.fromisoformat(render(next_tpl, msg.payload.decode()))
     assert nxt.tzinfo is not None and abs(nxt.timestamp() - (time.time() + 300)) < 2
+
+    # Home Assistant restarts: its birth message makes the speaker announce the timers again.
+    await asyncio.sleep(2.1)
+    before = len([m for m in mqtt_spy.snapshot() if m.topic.endswith("/stop_ringing/config")])
+    ha = DeviceSimulator(mqtt_spy.broker)
+    ha.start()
+    try:
+        ha.publish("homeassistant/status", "online")
+        await until(lambda: len([m for m in mqtt_spy.snapshot() if m.topic.endswith("/stop_ringing/config")]) > before,
+                    what="the discovery announced again")
+    finally:
+        ha.stop()
 
 
 async def test_set_cancel_and_bad_commands_from_an_automation(speaker: Speaker, mqtt_spy: BrokerSpy,

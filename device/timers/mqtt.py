@@ -62,6 +62,7 @@ class TimerTopics:
         self.ring_stop = f"{base}/ring/stop"
         self.event = f"{base}/event"
         self.ha_event = f"{base}/timers/ha_event"
+        self.ha_status = f"{m.discovery_prefix}/status"
 
 
 def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -182,6 +183,7 @@ class TimersMqtt:
         self._unsubs: list[Callable[[], None]] = []
         self._started = False
         self._hooked = False
+        self._announced_at = -1e9
 
     async def start(self) -> None:
         """Subscribe to the command topics and announce once connected."""
@@ -191,6 +193,7 @@ class TimersMqtt:
             self._mqtt.subscribe(t.set, self._guard(self._on_set)),
             self._mqtt.subscribe(t.cancel, self._guard(self._on_cancel)),
             self._mqtt.subscribe(t.ring_stop, self._guard(self._on_stop)),
+            self._mqtt.subscribe(t.ha_status, self._on_ha_status),
             self._bus.subscribe(self._on_event, TimerEvent),
             self._bus.subscribe(self._on_ring, RingStarted),
             self._bus.subscribe(self._on_ring, RingStopped),
@@ -238,8 +241,18 @@ class TimersMqtt:
                 _LOG.debug("not published to %s: %s", topic, exc)
 
     def _on_connected(self) -> None:
-        if not self._started:
-            return
+        if self._started:
+            self._announce()
+
+    def _on_ha_status(self, topic: str, payload: bytes, retained: bool) -> None:
+        # Home Assistant's birth message: it (re)subscribed, announce again (not for the retained
+        # copy replayed right after our own connect, which already announced).
+        if self._started and payload.strip().lower() == b"online" and time.monotonic() - self._announced_at > 2.0:
+            _LOG.info("Home Assistant came online (%s): announcing the timer entities again", topic)
+            self._announce()
+
+    def _announce(self) -> None:
+        self._announced_at = time.monotonic()
         for topic, payload in discovery_messages(self._settings).items():
             self._publish(topic, json.dumps(payload, separators=(",", ":")), retain=True, qos=1)
         self._publish_list()
