@@ -127,6 +127,7 @@ def test_spoken_timer_rings_on_time_and_remote_stops_silence_it(tmp_path: Path, 
         pub.publish("speaker/kitchen/timers/set", json.dumps({"duration": 1, "label": "eggs"}))
         fin = wait_event(spy, "timer_finished", 3)
         t_end = fin["ends_at_ts"]
+        wait_sounding(listener)
         listener.wait_quiet(1.0, 12)
         last = listener.last_sound()
         assert last is not None and 4.0 < last.wall - t_end < 5.0 + STOP_MAX_S
