@@ -100,9 +100,17 @@ def render(template: str, payload: str) -> str:
 
 
 async def test_discovery_entities_follow_ha_rules_and_render_the_list(speaker: Speaker, mqtt_spy: BrokerSpy) -> None:
-    configs = await until(lambda: {m.topic: m for m in mqtt_spy.snapshot()
-                                   if m.topic.startswith("homeassistant/") and m.topic.endswith("/config")}
-                          if len([m for m in mqtt_spy.snapshot() if m.topic.endswith("/config")]) >= 4 else None)
+    def configs_of(spy: BrokerSpy) -> dict[str, Any] | None:
+        got = {m.topic: m for m in spy.snapshot() if m.topic.startswith("homeassistant/") and m.topic.endswith("/config")}
+        return got if len(got) >= 4 else None
+
+    await until(lambda: configs_of(mqtt_spy), what="the announcement")
+    late = BrokerSpy(mqtt_spy.broker)  # subscribing later, as Home Assistant does at its start
+    late.start()
+    try:
+        configs = await until(lambda: configs_of(late), what="the retained discovery configs")
+    finally:
+        late.stop()
     by_object = {t.split("/")[-2]: (t.split("/")[1], json.loads(m.payload), m.retained) for t, m in configs.items()}
     assert {k: v[0] for k, v in by_object.items()} == {
         "active_timers": "sensor", "next_timer": "sensor", "timers": "event", "stop_ringing": "button"}
