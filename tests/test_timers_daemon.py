@@ -199,7 +199,7 @@ async def test_buttons_stop_the_ring_mute_stays_and_a_ring_waits_for_the_convers
         tmp_path: Path, alsa_rig, simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from device.app import App
     from device.config import load_settings
-    from device.controls import resolve_pin_factory
+    from device.gpio import resolve_pin_factory
 
     alsa_rig.start_mic("test_mic")
     speaker = alsa_rig.start_speaker("test_spk_fifo")

@@ -7,7 +7,8 @@ Topics (``<base>`` = ``<topic_prefix>/<device_id>``):
 - ``<base>/timers/cancel``: a label, ``all``, or JSON ``{"label": ...}`` / ``{"all": true}``
 - ``<base>/ring/stop``: any payload stops the ringing
 - ``<base>/event``: timer_set, reminder_set, timer_adjusted, timer_cancelled, timer_finished,
-  reminder_due, timer_missed, ring_started, ring_stopped (same envelope as the speaker's other events)
+  reminder_due, timer_missed (same envelope as the speaker's other events; the ringing itself is
+  reported by presence as ring_started and ring_stopped)
 - ``<base>/timers/ha_event``: timer_finished and reminder_due for Home Assistant's event entity
 
 A bad command is logged with its topic and ignored; a retained command is ignored.
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from device.config import Settings
-from device.events import Event, EventBus, RingStarted, RingStopped
+from device.events import Event, EventBus
 from device.presence import device_info, origin_info
 
 from .model import Ringer, TimerError, TimerEvent
@@ -195,8 +196,6 @@ class TimersMqtt:
             self._mqtt.subscribe(t.ring_stop, self._guard(self._on_stop)),
             self._mqtt.subscribe(t.ha_status, self._on_ha_status),
             self._bus.subscribe(self._on_event, TimerEvent),
-            self._bus.subscribe(self._on_ring, RingStarted),
-            self._bus.subscribe(self._on_ring, RingStopped),
         ]
         self._service.on_change(self._publish_list)
         self._started = True
@@ -268,14 +267,6 @@ class TimersMqtt:
         if event.source:
             fields["source"] = event.source
         self._emit(event.event_type, fields)
-
-    def _on_ring(self, event: Event) -> None:
-        if not self._started:
-            return
-        if isinstance(event, RingStarted):
-            self._emit("ring_started", {"id": event.ring_id, "kind": event.kind, "text": event.text})
-        elif isinstance(event, RingStopped):
-            self._emit("ring_stopped", {"ids": list(event.ring_ids), "source": event.source})
 
     def _emit(self, event_type: str, fields: dict[str, Any]) -> None:
         line = {"event_type": event_type, "device_id": self._device_id, "time": _now_iso(), **fields}
