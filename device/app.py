@@ -184,12 +184,25 @@ class App:
         await assistant.start()
         self._on_cleanup(assistant.stop)
 
+        from .timers import TimerService, register_timer_tools
+
+        # The assistant rings: its RINGING state plays the alarm until a button, the wake word,
+        # MQTT or ring_max_s stops it, and waits for a running conversation to end first.
+        timers = TimerService.for_settings(s, bus=self.bus, ringer=assistant)
+        register_timer_tools(self.tools, timers)
+        await timers.start()
+        self._on_cleanup(timers.stop)
+
         if mqtt is not None:
             from .presence import Presence
+            from .timers.mqtt import TimersMqtt
 
             presence = Presence(s, mqtt, self.bus, assistant)
             await presence.start()
             self._on_cleanup(presence.stop)
+            timers_mqtt = TimersMqtt(s, mqtt, self.bus, timers, assistant)
+            await timers_mqtt.start()
+            self._on_cleanup(timers_mqtt.stop)
 
         if gpio_wanted(s):
             from .controls import Controls

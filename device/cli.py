@@ -15,9 +15,18 @@ EXIT_CONFIG = 2  # `speaker run`: the config file is missing or invalid
 EXIT_FAILED = 1  # a check failed, or the daemon could not start
 
 
+def load_and_check(path: str) -> Settings:
+    """The settings, with what the config names checked that config.py cannot (the wake model)."""
+    from .wakeword import check_model
+
+    settings = load_settings(path)
+    check_model(settings)
+    return settings
+
+
 def _load(path: str) -> Settings:
     try:
-        return load_settings(path)
+        return load_and_check(path)
     except ConfigError as exc:
         print(f"speaker: config error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
@@ -137,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .logs import settings_secrets, setup_logging
 
     try:
-        settings = load_settings(args.config)
+        settings = load_and_check(args.config)
     except ConfigError as exc:  # the first check failed: one line like the others, exit 1
         print(f"FAIL  config: {exc}")
         return EXIT_FAILED

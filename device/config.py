@@ -75,6 +75,8 @@ class AudioConfig:
     volume: int = _f(70, "initial volume 0-100 (a saved volume overrides it)", **_range(0, 100))
     cues: bool = _f(True, "play sound cues (wake, done, error, mute on/off)")
     cue_volume: int = _f(60, "volume of the cues relative to speech, 0-100", **_range(0, 100))
+    dnd_announcements: Literal["queue", "drop"] = _f(
+        "queue", "announcements during do-not-disturb: queue (spoken when it ends) or drop")
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,8 @@ class GpioConfig:
     pull_up: bool = _f(True, "buttons connect the pin to ground (internal pull-up)")
     bounce_ms: int = _f(30, "debounce time", **_range(0, 1000))
     long_press_s: float = _f(2.0, "holding the talk button this long mutes", **_range(0.2, 30.0))
+    talk_mode: Literal["press", "hold"] = _f(
+        "press", "press: a press starts/stops, a long press mutes; hold: push-to-talk (held = your turn, release = done)")
     pin_factory: str = _f("", "gpiozero pin factory (lgpio, rpigpio, pigpio, mock); empty = gpiozero's choice")
 
 
@@ -227,7 +231,20 @@ class LedsConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: str = _f("", "where mute and volume survive restarts; empty = $STATE_DIRECTORY or ~/.local/state/realtime-speaker")
+    dir: str = _f("", "where mute, volume, timers and reminders survive restarts; empty = $STATE_DIRECTORY or ~/.local/state/realtime-speaker")
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    ring_max_s: int = _f(300, "a ringing timer or reminder stops by itself after this long (seconds)", **_range(5, 3600))
+    missed_grace_s: int = _f(600, "a timer that ended while the speaker was off still rings at start if it ended less than this long ago (seconds); older ones are reported as missed", **_range(0, 86400))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """The ``[device]`` section: facts about the speaker itself."""
+
+    timezone: str = _f("", "IANA time zone for reminders and spoken times, e.g. 'Europe/Berlin'; empty = the system's")
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,8 @@ class Settings:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     leds: LedsConfig = field(default_factory=LedsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    device: HostConfig = field(default_factory=HostConfig)
     log: LogConfig = field(default_factory=LogConfig)
     devices: tuple[DeviceConfig, ...] = ()
     # Which sections the file had, e.g. to know whether MQTT or GPIO was asked for.
@@ -273,6 +292,8 @@ _SECTIONS: dict[str, type] = {
     "gpio": GpioConfig,
     "leds": LedsConfig,
     "state": StateConfig,
+    "timers": TimersConfig,
+    "device": HostConfig,
     "log": LogConfig,
 }
 
@@ -412,13 +433,6 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
             raise ConfigError(f"{file}: 'devices[{i}].command_topic' is required for a {dev.type}")
         devices.append(dev)
 
-    from .wakeword import WakeWordError, resolve_model
-
-    try:
-        resolve_model(sections["wake"])
-    except WakeWordError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
-
     auth: AuthConfig = sections["auth"]
     rt: RealtimeConfig = sections["realtime"]
     if not rt.url.startswith(("ws://", "wss://")):
@@ -445,6 +459,17 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
             raise ConfigError(f"{file}: 'mqtt.{key}': file {value} does not exist")
     sections["mqtt"] = mqtt
 
+    host: HostConfig = sections["device"]
+    if host.timezone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(host.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{file}: 'device.timezone' must be an IANA time zone such as 'Europe/Berlin' or 'UTC', got {host.timezone!r}"
+            ) from None
+
     return Settings(path=p, devices=tuple(devices), present=frozenset(data), **sections)
 
 
@@ -469,6 +494,7 @@ __all__ = [
     "ConfigError",
     "DeviceConfig",
     "GpioConfig",
+    "HostConfig",
     "LedsConfig",
     "LogConfig",
     "MqttConfig",
@@ -476,6 +502,7 @@ __all__ = [
     "Secret",
     "Settings",
     "StateConfig",
+    "TimersConfig",
     "WakeConfig",
     "build_section",
     "load_settings",

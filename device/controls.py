@@ -13,14 +13,13 @@ the last edge of a bounce), so a bouncing mute button never toggles twice.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import GpioConfig, LedsConfig
+from .gpio import GpioUnavailable, describe_factory, resolve_pin_factory
 
 if TYPE_CHECKING:
     from gpiozero import Button
@@ -39,83 +38,6 @@ class ControlActions(Protocol):
     async def talk_pressed(self) -> None:
         """Idle: start a conversation; speaking: stop it (the barge-in path)."""
         ...
-
-
-class GpioUnavailable(OSError):
-    """GPIO is configured but cannot be used here; the message says which part and why."""
-
-
-# gpiozero's own order of preference when no factory is named.
-_FACTORIES = {
-    "lgpio": "gpiozero.pins.lgpio:LGPIOFactory",
-    "rpigpio": "gpiozero.pins.rpigpio:RPiGPIOFactory",
-    "pigpio": "gpiozero.pins.pigpio:PiGPIOFactory",
-    "native": "gpiozero.pins.native:NativeFactory",
-    "mock": "gpiozero.pins.mock:MockFactory",
-}
-_HINT = (
-    "On a Raspberry Pi install lgpio (pip install lgpio, or apt install python3-lgpio); "
-    "on a machine without GPIO remove the [gpio] and [leds] sections from the config."
-)
-_factory_cache: dict[str, Factory] = {}
-
-
-def _load_factory(name: str) -> Factory:
-    try:
-        target = _FACTORIES[name]
-    except KeyError:
-        raise GpioUnavailable(
-            f"'gpio.pin_factory' = {name!r} is not a gpiozero pin factory (known: {', '.join(_FACTORIES)})"
-        ) from None
-    module_name, cls_name = target.split(":")
-    module = importlib.import_module(module_name)
-    factory: Factory = getattr(module, cls_name)()
-    return factory
-
-
-def resolve_pin_factory(name: str = "") -> Factory:
-    """The gpiozero pin factory called ``name`` ("" = the environment's or gpiozero's choice).
-
-    Factories are created once per name and shared, so buttons and LEDs use the same one.
-    Raises :class:`GpioUnavailable` naming each factory that failed and why.
-    """
-    name = (name or os.environ.get("GPIOZERO_PIN_FACTORY", "")).strip().lower()
-    if name in _factory_cache:
-        return _factory_cache[name]
-    if name:
-        try:
-            factory = _load_factory(name)
-        except GpioUnavailable:
-            raise
-        except Exception as exc:
-            raise GpioUnavailable(
-                f"GPIO is configured but gpiozero pin factory {name!r} failed: {type(exc).__name__}: {exc}. {_HINT}"
-            ) from None
-    else:
-        failures: list[str] = []
-        for candidate in ("lgpio", "rpigpio", "pigpio", "native"):
-            try:
-                factory = _load_factory(candidate)
-                break
-            except Exception as exc:
-                failures.append(f"{candidate}: {exc}")
-        else:
-            raise GpioUnavailable(
-                "GPIO is configured but this machine has no usable GPIO: every gpiozero pin factory failed ("
-                + "; ".join(failures)
-                + f"). {_HINT}"
-            )
-    _factory_cache[name] = factory
-    return factory
-
-
-def describe_factory(factory: Factory) -> str:
-    """Short description, e.g. 'LGPIOFactory on Raspberry Pi 5B'."""
-    try:
-        model = f" on Raspberry Pi {factory.board_info.model}"
-    except Exception:
-        model = ""
-    return f"{type(factory).__name__}{model}"
 
 
 class _Debounced:
@@ -264,11 +186,29 @@ class Controls:
         if self._cfg.mute_mode == "latch":
             self._call(self._actions.set_muted(pressed, "switch"), "mute switch")
         elif pressed:
+            if self._stop_ringing("mute button"):
+                return  # the press stops the alarm; the microphone's mute stays as it was
             self._call(self._actions.toggle_mute("button"), "mute button")
 
+    def _stop_ringing(self, source: str) -> bool:
+        """While a timer rings, a button press stops it (and does nothing else)."""
+        if not getattr(self._actions, "ringing", False):
+            return False
+        stop = getattr(self._actions, "stop_ringing", None)
+        return bool(stop(source)) if stop is not None else False
+
     def _talk_changed(self, pressed: bool, t: float) -> None:
+        if self._cfg.talk_mode == "hold":  # push-to-talk: down = the person's turn, up = done
+            if pressed:
+                self._call(self._actions.talk_down(), "talk button (down)")  # type: ignore[attr-defined]
+            else:
+                self._call(self._actions.talk_up(), "talk button (up)")  # type: ignore[attr-defined]
+            return
         if pressed:
             self._talk_held = False
+            if self._stop_ringing("talk button"):
+                self._talk_held = True  # the release does nothing more
+                return
             delay = max(0.0, t + self._cfg.long_press_s - time.monotonic())
             self._hold_timer = self._loop.call_later(delay, self._talk_hold)
             return

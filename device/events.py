@@ -27,6 +27,8 @@ class State(str, enum.Enum):
     FOLLOW_UP = "follow_up"  # session open, waiting for more without the wake word
     MUTED = "muted"  # no microphone audio leaves the capture layer
     ERROR = "error"  # something failed; back to idle shortly
+    RINGING = "ringing"  # a timer or reminder is due: the alarm sounds until stopped
+    DISABLED = "disabled"  # the assistant is switched off: no wake word, LEDs off (timers still ring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,20 @@ class MuteChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class EnabledChanged(Event):
+    enabled: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DndChanged(Event):
+    """Do not disturb: the speaker's output is quiet (no cues; announcements held or dropped)."""
+
+    on: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class VolumeChanged(Event):
     volume: int  # 0-100
     source: str
@@ -98,6 +114,30 @@ class AnnouncementEvent(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseEvent(Event):
+    """A model response was created, or is done (with its status and token usage)."""
+
+    response_id: str
+    status: str  # "created", or response.done's: completed, cancelled, failed, incomplete
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RingStarted(Event):
+    """A timer or reminder rings (several due at once ring together)."""
+
+    ring_id: str
+    kind: str = field()  # "timer" or "reminder" (here ``kind`` is the ring's, not the event's)
+    text: str = field()
+
+
+@dataclass(frozen=True, slots=True)
+class RingStopped(Event):
+    ring_ids: tuple[str, ...]
+    source: str  # "talk button", "mute button", "wake word", "mqtt", "timeout", ...
+
+
 _KINDS: dict[type, str] = {
     StateChanged: "state",
     WakeDetected: "wake_detected",
@@ -107,7 +147,12 @@ _KINDS: dict[type, str] = {
     ErrorEvent: "error",
     MuteChanged: "mute",
     VolumeChanged: "volume",
+    EnabledChanged: "enabled",
+    DndChanged: "dnd",
     AnnouncementEvent: "announcement",
+    ResponseEvent: "response",
+    RingStarted: "ring_started",
+    RingStopped: "ring_stopped",
 }
 
 Subscriber = Callable[[Event], Any]
@@ -143,7 +188,7 @@ class EventBus:
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
             except Exception:
-                _LOG.exception("event subscriber %r failed on %s", callback, event.kind)
+                _LOG.exception("event subscriber %r failed on %s", callback, _KINDS.get(type(event), type(event).__name__))
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

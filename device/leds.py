@@ -38,6 +38,7 @@ PULSE_S = 0.4  # thinking: fade in, then out, full depth
 BREATHE_S = 1.2  # speaking: slow fade in, then out ...
 BREATHE_LOW = 0.2  # ... never quite dark
 BLINK_S = 0.25  # error: on, then off
+FLASH_S = 0.1  # ringing: fast bright flashes, unlike any other state
 DIM = 0.08  # idle = "dim"
 RING_FPS = 30
 
@@ -46,13 +47,13 @@ RING_FPS = 30
 class Pattern:
     """How the lights look in one state."""
 
-    kind: Literal["off", "solid", "pulse", "breathe", "blink"]
+    kind: Literal["off", "solid", "pulse", "breathe", "blink", "flash"]
     color: Color = (0.0, 0.0, 0.0)
     level: float = 1.0  # brightness of a solid pattern, 0-1
 
     @property
     def animated(self) -> bool:
-        return self.kind in ("pulse", "breathe", "blink")
+        return self.kind in ("pulse", "breathe", "blink", "flash")
 
     def level_at(self, t: float) -> float:
         """Brightness 0-1 of this pattern ``t`` seconds after it started."""
@@ -66,7 +67,8 @@ class Pattern:
         if self.kind == "breathe":
             phase = (t % (2 * BREATHE_S)) / (2 * BREATHE_S)
             return BREATHE_LOW + (1 - BREATHE_LOW) * (0.5 - 0.5 * math.cos(2 * math.pi * phase))
-        return 1.0 if (t % (2 * BLINK_S)) < BLINK_S else 0.0  # blink
+        period = FLASH_S if self.kind == "flash" else BLINK_S
+        return 1.0 if (t % (2 * period)) < period else 0.0  # blink, flash
 
 
 OFF = Pattern("off")
@@ -75,6 +77,7 @@ CYAN: Color = (0.0, 0.7, 1.0)
 RED: Color = (1.0, 0.0, 0.0)
 ORANGE: Color = (1.0, 0.35, 0.0)
 WHITE: Color = (1.0, 1.0, 1.0)
+AMBER: Color = (1.0, 0.75, 0.0)
 
 PATTERNS: dict[State, Pattern] = {
     State.IDLE: OFF,
@@ -84,6 +87,8 @@ PATTERNS: dict[State, Pattern] = {
     State.SPEAKING: Pattern("breathe", BLUE),
     State.MUTED: Pattern("solid", RED),
     State.ERROR: Pattern("blink", ORANGE),
+    State.RINGING: Pattern("flash", AMBER),
+    State.DISABLED: OFF,
 }
 
 
@@ -151,6 +156,8 @@ class _SingleDriver(_Driver):
 
     def show(self, state: State, pattern: Pattern) -> None:
         lit = self._pins.get(state)
+        if lit is None and state is State.RINGING:  # without a lamp of its own: flash one that is there
+            lit = self._pins.get(State.ERROR, self._pins.get(State.LISTENING))
         for pin, dev in self._devices.items():
             wanted = pattern if pin == lit else OFF
             if self._current.get(pin) == wanted:
@@ -173,6 +180,8 @@ class _SingleDriver(_Driver):
             dev.pulse(PULSE_S, PULSE_S) if pwm else dev.blink(PULSE_S, PULSE_S)
         elif p.kind == "breathe":
             dev.pulse(BREATHE_S, BREATHE_S) if pwm else dev.blink(BREATHE_S, BREATHE_S)
+        elif p.kind == "flash":
+            dev.blink(FLASH_S, FLASH_S)
         else:
             dev.blink(BLINK_S, BLINK_S)
 
@@ -213,6 +222,8 @@ class _RgbDriver(_Driver):
             led.pulse(PULSE_S, PULSE_S, on_color=color, off_color=(0, 0, 0))
         elif p.kind == "breathe":
             led.pulse(BREATHE_S, BREATHE_S, on_color=color, off_color=_scale(color, BREATHE_LOW))
+        elif p.kind == "flash":
+            led.blink(FLASH_S, FLASH_S, on_color=color, off_color=(0, 0, 0))
         else:
             led.blink(BLINK_S, BLINK_S, on_color=color, off_color=(0, 0, 0))
 
@@ -370,7 +381,7 @@ class StatusLeds:
         self.state: State | None = None
 
     def _open(self) -> _Driver:
-        from .controls import GpioUnavailable, resolve_pin_factory
+        from .gpio import GpioUnavailable, resolve_pin_factory
 
         arg = self._factory_arg
         factory = resolve_pin_factory(arg or "") if arg is None or isinstance(arg, str) else arg

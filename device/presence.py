@@ -36,10 +36,15 @@ from .config import Settings
 from .events import (
     AnnouncementEvent,
     ConversationEnded,
+    DndChanged,
+    EnabledChanged,
     ErrorEvent,
     Event,
     EventBus,
     MuteChanged,
+    ResponseEvent,
+    RingStarted,
+    RingStopped,
     State,
     StateChanged,
     ToolCalled,
@@ -81,6 +86,10 @@ class AssistantAPI(Protocol):
     async def set_volume(self, volume: int, source: str) -> None: ...
     async def announce(self, text: str, *, chime: bool = True, then_listen: bool = False) -> None: ...
     async def start_conversation(self, prompt: str | None = None, source: str = "api") -> None: ...
+    async def ask(self, text: str, source: str = "api") -> None: ...
+    async def set_enabled(self, enabled: bool, source: str) -> None: ...
+    async def set_dnd(self, on: bool, source: str) -> None: ...
+    async def stop_conversation(self, source: str = "api") -> None: ...
 
 
 class BadCommand(ValueError):
@@ -100,6 +109,12 @@ class Topics:
     volume_set: str
     announce: str
     conversation_start: str
+    conversation_stop: str
+    ask: str
+    enabled: str
+    enabled_set: str
+    dnd: str
+    dnd_set: str
     event: str
     ha_event: str
     last_heard: str
@@ -121,6 +136,12 @@ class Topics:
             volume_set=f"{base}/volume/set",
             announce=f"{base}/announce",
             conversation_start=f"{base}/conversation/start",
+            conversation_stop=f"{base}/conversation/stop",
+            ask=f"{base}/ask",
+            enabled=f"{base}/enabled",
+            enabled_set=f"{base}/enabled/set",
+            dnd=f"{base}/dnd",
+            dnd_set=f"{base}/dnd/set",
             event=f"{base}/event",
             ha_event=f"{base}/ha/event",
             last_heard=f"{base}/last_heard",
@@ -213,6 +234,24 @@ def parse_announce(payload: bytes) -> Announcement:
     )
 
 
+def parse_ask(payload: bytes) -> str:
+    """Plain text, or a JSON object {"text"}: a question to answer aloud."""
+    text = _text(payload)
+    if not text.lstrip().startswith("{"):
+        return _spoken_text(text, "question")
+    obj = _json_object(text, {"text"})
+    if "text" not in obj:
+        raise BadCommand("JSON question has no 'text'")
+    return _spoken_text(obj["text"], "'text'")
+
+
+def parse_stop(payload: bytes) -> None:
+    """Empty or ``{}``: anything else is a mistake worth a log line."""
+    text = _text(payload).strip()
+    if text:
+        _json_object(text, set())
+
+
 def parse_start(payload: bytes) -> str | None:
     """Empty, or a JSON object with an optional "prompt"; returns the prompt."""
     text = _text(payload).strip()
@@ -266,6 +305,16 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
             "command_topic": t.mute_set, "state_topic": t.mute,
             "payload_on": "ON", "payload_off": "OFF",
         }),
+        ("switch", "enabled", {
+            "name": "Assistant enabled", "icon": "mdi:power",
+            "command_topic": t.enabled_set, "state_topic": t.enabled,
+            "payload_on": "ON", "payload_off": "OFF",
+        }),
+        ("switch", "dnd", {
+            "name": "Do not disturb", "icon": "mdi:volume-off",
+            "command_topic": t.dnd_set, "state_topic": t.dnd,
+            "payload_on": "ON", "payload_off": "OFF",
+        }),
         ("number", "volume", {
             "name": "Volume", "icon": "mdi:volume-high",
             "command_topic": t.volume_set, "state_topic": t.volume,
@@ -291,7 +340,12 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
             "name": "Start conversation", "icon": "mdi:microphone-message",
             "command_topic": t.conversation_start, "payload_press": "{}",
         }),
+        ("button", "stop_conversation", {
+            "name": "Stop", "icon": "mdi:stop-circle",
+            "command_topic": t.conversation_stop, "payload_press": "{}",
+        }),
         ("notify", "announce", {"name": "Announce", "icon": "mdi:bullhorn", "command_topic": t.announce}),
+        ("notify", "ask", {"name": "Ask", "icon": "mdi:chat-question", "command_topic": t.ask}),
         ("event", "assistant", {
             "name": "Assistant", "icon": "mdi:account-voice",
             "state_topic": t.ha_event, "event_types": list(HA_EVENT_TYPES),
@@ -402,6 +456,10 @@ class Presence:
             sub(t.volume_set, self._guard(self._on_volume)),
             sub(t.announce, self._guard(self._on_announce)),
             sub(t.conversation_start, self._guard(self._on_start)),
+            sub(t.conversation_stop, self._guard(self._on_stop)),
+            sub(t.ask, self._guard(self._on_ask)),
+            sub(t.enabled_set, self._guard(self._on_enabled)),
+            sub(t.dnd_set, self._guard(self._on_dnd)),
             sub(t.ha_status, self._on_ha_status),
             sub(t.tokens, self._on_own_tokens),
         ]
@@ -455,6 +513,8 @@ class Presence:
         a = self._assistant
         self._publish(t.state, State(a.state).value, retain=True)
         self._publish(t.mute, "ON" if a.muted else "OFF", retain=True)
+        self._publish(t.enabled, "ON" if getattr(a, "enabled", True) else "OFF", retain=True)
+        self._publish(t.dnd, "ON" if getattr(a, "dnd", False) else "OFF", retain=True)
         self._publish(t.volume, str(int(a.volume)), retain=True)
         # An empty retained payload would delete the retained value: publish only what is known.
         if self._last_heard:
@@ -477,6 +537,10 @@ class Presence:
             self._publish(t.state, State(ev.new).value, retain=True)
         elif isinstance(ev, MuteChanged):
             self._publish(t.mute, "ON" if ev.muted else "OFF", retain=True)
+        elif isinstance(ev, EnabledChanged):
+            self._publish(t.enabled, "ON" if ev.enabled else "OFF", retain=True)
+        elif isinstance(ev, DndChanged):
+            self._publish(t.dnd, "ON" if ev.on else "OFF", retain=True)
         elif isinstance(ev, VolumeChanged):
             self._publish(t.volume, str(int(ev.volume)), retain=True)
         elif isinstance(ev, WakeDetected):
@@ -502,6 +566,15 @@ class Presence:
             self._emit("error", where=ev.where, message=ev.message)
         elif isinstance(ev, AnnouncementEvent):
             self._emit("announcement", status=ev.status, text=ev.text, reason=ev.reason)
+        elif isinstance(ev, ResponseEvent):
+            fields: dict[str, Any] = {"response_id": ev.response_id, "status": ev.status}
+            if ev.status != "created":
+                fields["usage"] = ev.usage
+            self._emit("response_created" if ev.status == "created" else "response_done", **fields)
+        elif isinstance(ev, RingStarted):
+            self._emit("ring_started", ring_id=ev.ring_id, kind=ev.kind, text=ev.text)
+        elif isinstance(ev, RingStopped):
+            self._emit("ring_stopped", ring_ids=list(ev.ring_ids), source=ev.source)
 
     def _count_tokens(self, usage: dict[str, Any]) -> None:
         def num(key: str) -> int:
@@ -573,6 +646,28 @@ class Presence:
 
         self._control.put(f"mute {word}", job)
 
+    def _on_enabled(self, topic: str, payload: bytes) -> None:
+        word = _text(payload).strip().lower()
+        if word != "toggle":
+            parse_mute(payload, False)  # the same words as mute/set; a bad payload is logged, never queued
+
+        async def job() -> None:
+            a = self._assistant
+            await a.set_enabled(parse_mute(payload, bool(a.enabled)), "mqtt")  # type: ignore[attr-defined]
+
+        self._control.put(f"enabled {word}", job)
+
+    def _on_dnd(self, topic: str, payload: bytes) -> None:
+        word = _text(payload).strip().lower()
+        if word != "toggle":
+            parse_mute(payload, False)
+
+        async def job() -> None:
+            a = self._assistant
+            await a.set_dnd(parse_mute(payload, bool(a.dnd)), "mqtt")  # type: ignore[attr-defined]
+
+        self._control.put(f"dnd {word}", job)
+
     def _on_volume(self, topic: str, payload: bytes) -> None:
         volume = parse_volume(payload)
         self._control.put(f"volume {volume}", lambda: self._assistant.set_volume(volume, "mqtt"))
@@ -587,6 +682,15 @@ class Presence:
         prompt = parse_start(payload)
         self._speech.put("conversation start", lambda: self._assistant.start_conversation(prompt, "mqtt"))
 
+    def _on_stop(self, topic: str, payload: bytes) -> None:
+        parse_stop(payload)
+        # The control lane, not the speech lane: a stop must not wait behind queued speech.
+        self._control.put("conversation stop", lambda: self._assistant.stop_conversation("mqtt"))
+
+    def _on_ask(self, topic: str, payload: bytes) -> None:
+        text = parse_ask(payload)
+        self._speech.put("question", lambda: self._assistant.ask(text, "mqtt"))
+
 
 __all__ = [
     "Announcement",
@@ -600,7 +704,9 @@ __all__ = [
     "is_speaker_discovery",
     "origin_info",
     "parse_announce",
+    "parse_ask",
     "parse_mute",
     "parse_start",
+    "parse_stop",
     "parse_volume",
 ]

@@ -95,24 +95,11 @@ class StateStore:
     def save(self, state: SavedState) -> bool:
         """Write ``state`` atomically; returns False (and logs why) if it could not be written."""
         payload = json.dumps({"muted": bool(state.muted), "volume": int(state.volume)}, indent=None) + "\n"
-        tmp: str | None = None
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=self.directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            self._fsync_directory()
+            write_atomic(self.path, payload)
         except OSError as exc:
             _LOG.warning("cannot save state to %s (%s: %s); the change holds until restart", self.path, type(exc).__name__, exc)
             return False
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
         self._current = state
         return True
 
@@ -128,25 +115,51 @@ class StateStore:
         self._current = state
         return state
 
-    def _fsync_directory(self) -> None:
-        # The rename is only durable once the directory entry is on disk.
-        try:
-            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
     def _remove_stale_temps(self) -> None:
-        # Left behind only by a crash between writing and renaming.
+        remove_stale_temps(self.path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temporary file, fsync, rename, fsync of the directory).
+
+    A power cut leaves the old or the new content, never a torn file. Raises OSError.
+    """
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         with contextlib.suppress(OSError):
-            for stale in self.directory.glob(f".{FILENAME}.*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
 
 
-__all__ = ["FILENAME", "SavedState", "StateStore"]
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of :func:`write_atomic` left behind by a crash between write and rename."""
+    with contextlib.suppress(OSError):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["FILENAME", "SavedState", "StateStore", "remove_stale_temps", "write_atomic"]

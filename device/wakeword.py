@@ -1,4 +1,4 @@
-"""The wake word detector: openWakeWord models, one 80 ms frame at a time, on the event loop.
+"""The wake word detector: openWakeWord models, one 80 ms frame at a time, in the capture thread.
 
 Default engine: the models pyopen-wakeword ships, run by its bundled TFLite with one thread and
 the XNNPACK delegate (:mod:`device.wake_engine`). Optional engine ``onnx``: the ``openwakeword``
@@ -14,10 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
-from device.config import WakeConfig
+from device.audio.frames import FRAME_16K
+from device.config import ConfigError, Settings, WakeConfig
 from device.wake_engine import BUILTIN_MODELS, EngineError, OpenWakeWordEngine, builtin_model_path
 
-FRAME_SAMPLES = 1280  # 80 ms at 16 kHz
+FRAME_SAMPLES = FRAME_16K  # 80 ms at 16 kHz
 GUARD_SAMPLES = 16000  # no detections in the first second after start or reset
 
 
@@ -143,6 +144,14 @@ class WakeWord:
 
     def close(self) -> None:
         self._engine.close()
+
+
+def check_model(settings: Settings) -> None:
+    """Raise ConfigError (naming the file and ``wake.model``) if the configured model cannot be used."""
+    try:
+        resolve_model(settings.wake)
+    except WakeWordError as exc:
+        raise ConfigError(f"{settings.path}: {exc}") from None
 
 
 def probe_model(cfg: WakeConfig) -> str:

@@ -197,6 +197,7 @@ class _Response:
         self.started_at = time.monotonic()
         self.first_audio_at: float | None = None
         self.done_at: float | None = None
+        self.out_of_band = False  # response.create with conversation "none": no items join the conversation
 
 
 class SimSession:
@@ -476,7 +477,8 @@ class SimSession:
             self._start_response(Turn(say=text))
             return
         instructions = ((event.get("response") or {}).get("instructions")) or ""
-        self._start_response(self.sim.next_turn(instructions))
+        out_of_band = (event.get("response") or {}).get("conversation") == "none"
+        self._start_response(self.sim.next_turn(instructions), out_of_band=out_of_band)
 
     async def _on_response_cancel(self, event: dict[str, Any], event_id: str | None) -> None:
         if self._active is None:
@@ -571,12 +573,13 @@ class SimSession:
                              "transcript": text, "usage": {"type": "duration", "seconds": round(seconds, 3)}})
 
     # -- responses --
-    def _start_response(self, turn: Turn) -> None:
+    def _start_response(self, turn: Turn, *, out_of_band: bool = False) -> None:
         if turn.fail == "silent":
             _LOG.info("scripted: going silent")
             self.silent = True
             return
         resp = _Response(_new_id("resp"), turn, turn.say or (DEFAULT_REPLY if not turn.call else ""))
+        resp.out_of_band = out_of_band
         self._active = resp
         self.responses.append(resp)
         if self._idle_task is not None:
@@ -586,7 +589,7 @@ class SimSession:
     def _response_obj(self, resp: _Response, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = {
             "id": resp.id, "object": "realtime.response", "status": status, "output": output,
-            "conversation_id": "conv_sim", "output_modalities": ["audio"],
+            "conversation_id": None if resp.out_of_band else "conv_sim", "output_modalities": ["audio"],
             "audio": {"output": {"format": dict(PCM), "voice": self.config["audio"]["output"]["voice"]}},
             "max_output_tokens": self.config.get("max_output_tokens", "inf"),
             "metadata": None,
@@ -666,12 +669,15 @@ class SimSession:
         item_id = _new_id("item")
         resp.item_id = item_id
         record = _Item(item_id, "assistant", "message", text=resp.text)
-        self.items[item_id] = record
+        in_conversation = not resp.out_of_band
+        if in_conversation:  # an out-of-band reply is not an item of the conversation (nor truncatable)
+            self.items[item_id] = record
         base = {"response_id": resp.id, "item_id": item_id, "output_index": 0, "content_index": 0}
         item = {"id": item_id, "type": "message", "role": "assistant", "object": "realtime.item", "status": "in_progress", "content": []}
         await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0, "item": item})
-        await self.send({"type": "conversation.item.added", "previous_item_id": self._last_item, "item": item})
-        self._last_item = item_id
+        if in_conversation:
+            await self.send({"type": "conversation.item.added", "previous_item_id": self._last_item, "item": item})
+            self._last_item = item_id
         await self.send({"type": "response.content_part.added", **base, "part": {"type": "audio", "transcript": ""}})
         words = resp.text.split()
         total_ms = len(pcm) // BYTES_PER_MS
@@ -713,7 +719,8 @@ class SimSession:
             await self.send({"type": "response.content_part.done", **base, "part": {"type": "audio", "transcript": resp.text}})
         done_item = {**item, "status": item_status, "content": [{"type": "output_audio", "transcript": resp.text if not cancelled else spoken}]}
         await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0, "item": done_item})
-        await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": done_item})
+        if in_conversation:
+            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": done_item})
         resp.status = status
         _LOG.info("response %s %s after %d ms of audio", resp.id, status, resp.audio_ms)
         usage = self._usage(resp.text, resp.audio_ms, len(self._audio) // BYTES_PER_MS)

@@ -138,6 +138,33 @@ async def test_missing_device_is_retried_and_stop_is_prompt(alsa_rig) -> None:
     assert not sink.frames
 
 
+@pytest.mark.timeout(30)
+async def test_analysis_runs_in_the_reader_thread_and_rides_on_the_frame(alsa_rig) -> None:
+    """The wake word's inference runs where the audio arrives; the loop only gets the result."""
+    import dataclasses
+    import threading
+
+    mic = alsa_rig.start_mic("test_mic")
+    sink = Sink()
+    cap = Capture(AudioConfig(input="test_mic"), sink.frame, asyncio.get_running_loop(), on_status=sink.status.append)
+    threads: set[int] = set()
+
+    def analyze(frame: AudioFrame) -> AudioFrame:
+        threads.add(threading.get_ident())
+        loud = np.abs(np.frombuffer(frame.pcm16k, np.int16)).max() > 3000
+        return dataclasses.replace(frame, wake="loud") if loud else frame
+
+    cap.analyze = analyze
+    cap.start()
+    try:
+        mic.play(tone(440, 0.6))
+        await sink.until(lambda: len(sink.loud()) >= 4, 5)
+    finally:
+        cap.stop()
+    assert threads and threading.get_ident() not in threads
+    assert all(f.wake == "loud" for f in sink.loud()) and any(f.wake is None for f in sink.frames)
+
+
 def test_preroll_keeps_recent_frames() -> None:
     pre = PreRoll(0.4)
     for i in range(20):

@@ -36,8 +36,6 @@ def write(tmp_path: Path, text: str, name: str = "speaker.toml") -> Path:
         ("[[devices]]\nname = \"lamp\"\ntype = \"light\"\n", r"'devices\[0\].command_topic' is required"),
         ("[[devices]]\ntype = \"light\"\ncommand_topic = \"a/set\"\n", r"missing key 'devices\[0\].name'"),
         ("[auth]\ntoken_url = \"http://h:8780/v1/realtime/token\"\n", r"'auth.device_secret_file' is required"),
-        ("[wake]\nmodel = \"hey_javis\"\n", r"wake.model: unknown built-in model 'hey_javis'"),
-        ("[wake]\nmodel = \"/nonexistent/jarvis.tflite\"\n", r"wake.model: model file /nonexistent/jarvis.tflite does not exist"),
     ],
 )
 def test_config_error_messages(tmp_path: Path, text: str, expected: str) -> None:
@@ -98,6 +96,38 @@ def test_example_config_is_valid_apart_from_its_secret_file(tmp_path: Path) -> N
     s = load_settings(write(tmp_path, text.replace("/etc/speaker/device.secret", str(secret))), env={})
     assert s.mqtt.device_id == "kitchen" and s.wake.model == "hey_jarvis"
     assert "{{devices}}" in s.realtime.instructions
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[wake]\nmodel = \"hey_javis\"\n", r"wake.model: unknown built-in model 'hey_javis'"),
+        ("[wake]\nmodel = \"/nonexistent/jarvis.tflite\"\n", r"wake.model: model file /nonexistent/jarvis.tflite does not exist"),
+    ],
+)
+def test_wake_model_errors_name_file_and_key_at_run_and_check(tmp_path: Path, text: str, expected: str) -> None:
+    """config.py does not load the wake engine: the model is checked by `run` (exit 2) and `check`."""
+    from device.cli import load_and_check
+
+    path = write(tmp_path, text)
+    load_settings(path, env={})  # the file itself is fine
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_and_check(str(path))
+    assert str(path) in str(info.value)
+    run = run_cli(["run", "--config", str(path)])
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "wake.model" in run.stderr
+    check = run_cli(["check", "--config", str(path)])
+    assert check.returncode == 1 and "FAIL  config:" in check.stdout and "wake.model" in check.stdout
+
+
+def test_config_does_not_import_the_wake_engine_or_alsa() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, device.config, device.conversation.machine, device.conversation.runner; "
+            "bad = [m for m in ('device.wakeword', 'device.wake_engine', 'alsaaudio') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_run_config_error_exits_2_without_traceback(tmp_path: Path) -> None:

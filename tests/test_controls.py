@@ -13,6 +13,7 @@ from gpiozero import Button
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from device import controls as controls_mod
+from device import gpio as gpio_mod
 from device.config import GpioConfig, LedsConfig
 from device.controls import Controls, GpioUnavailable, probe_gpio, resolve_pin_factory
 
@@ -49,6 +50,21 @@ class FakeActions:
             self.muted = not self.muted
 
         return run()
+
+    ringing = False  # a timer rings: the next press of either button stops it
+
+    def stop_ringing(self, source: str) -> bool:
+        self._note("stop_ringing", source)
+        was, self.ringing = self.ringing, False
+        return was
+
+    def talk_down(self) -> Coroutine[Any, Any, None]:
+        self._note("talk_down")
+        return asyncio.sleep(0)
+
+    def talk_up(self) -> Coroutine[Any, Any, None]:
+        self._note("talk_up")
+        return asyncio.sleep(0)
 
     def talk_pressed(self) -> Coroutine[Any, Any, None]:
         self._note("talk_pressed")
@@ -216,6 +232,44 @@ async def test_talk_short_press_calls_talk_pressed_on_release(factory: MockFacto
         c.close()
 
 
+async def test_while_ringing_a_press_of_either_button_stops_it_and_does_nothing_else(
+        factory: MockFactory, actions: FakeActions) -> None:
+    c = make(GpioConfig(mute_pin=MUTE, talk_pin=TALK, bounce_ms=10, long_press_s=0.3), actions, factory)
+    try:
+        actions.ringing = True
+        await press(factory.pin(MUTE))
+        await asyncio.sleep(0.05)
+        assert actions.names() == [("stop_ringing", ("mute button",))] and actions.muted is False
+        actions.ringing = True
+        talk = factory.pin(TALK)
+        talk.drive_low()
+        await wait_until(lambda: len(actions.calls) == 2)  # at the press, not the release
+        assert actions.names()[-1] == ("stop_ringing", ("talk button",))
+        await asyncio.sleep(0.4)  # held past the long press: no mute either
+        talk.drive_high()
+        await asyncio.sleep(0.05)
+        assert len(actions.calls) == 2
+        await press(factory.pin(MUTE))  # not ringing: the mute button mutes again
+        await asyncio.sleep(0.05)
+        assert actions.names()[-1] == ("toggle_mute", ("button",))
+    finally:
+        c.close()
+
+
+async def test_push_to_talk_mode_reports_down_and_up_and_never_mutes(factory: MockFactory, actions: FakeActions) -> None:
+    c = make(GpioConfig(talk_pin=TALK, bounce_ms=10, long_press_s=0.3, talk_mode="hold"), actions, factory)
+    pin = factory.pin(TALK)
+    try:
+        pin.drive_low()
+        await wait_until(lambda: len(actions.calls) == 1)  # at once: the turn starts with the press
+        await asyncio.sleep(0.5)  # held past the long press
+        pin.drive_high()
+        await wait_until(lambda: len(actions.calls) == 2)
+        assert actions.names() == [("talk_down", ()), ("talk_up", ())] and actions.muted is False
+    finally:
+        c.close()
+
+
 async def test_talk_long_press_mutes_while_held_and_release_does_nothing(factory: MockFactory, actions: FakeActions) -> None:
     c = make(GpioConfig(talk_pin=TALK, bounce_ms=10, long_press_s=0.3), actions, factory)
     pin = factory.pin(TALK)
@@ -273,7 +327,7 @@ async def test_pin_in_use_names_the_key(factory: MockFactory, actions: FakeActio
 @pytest.fixture
 def clean_factory_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
-    monkeypatch.setattr(controls_mod, "_factory_cache", {})
+    monkeypatch.setattr(gpio_mod, "_factory_cache", {})
 
 
 @pytest.mark.usefixtures("clean_factory_cache")

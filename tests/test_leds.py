@@ -353,3 +353,5 @@ def test_every_state_has_a_pattern_as_specified() -> None:
     assert pattern_for(State.SPEAKING).kind == "breathe"
     assert pattern_for(State.MUTED).kind == "solid" and pattern_for(State.MUTED).color == (1.0, 0.0, 0.0)
     assert pattern_for(State.ERROR).kind == "blink"
+    ringing = pattern_for(State.RINGING)
+    assert ringing.kind == "flash" and ringing not in [pattern_for(s) for s in State if s is not State.RINGING]

@@ -36,6 +36,20 @@ def test_cues_are_short_distinct_and_not_clipped() -> None:
         cue_pcm("tada")
 
 
+def test_the_alarm_is_unlike_every_other_cue() -> None:
+    """A timer's alarm must not pass for a wake or error chime: higher pitch, louder, repeated beeps."""
+    def peak_hz(name: str) -> float:
+        x = np.frombuffer(cue_pcm(name), dtype=np.int16).astype(np.float64)
+        return float(np.argmax(np.abs(np.fft.rfft(x))) * 24000 / len(x))
+
+    def rms(name: str) -> float:
+        return float(np.sqrt(np.mean(np.frombuffer(cue_pcm(name), dtype=np.int16).astype(np.float64) ** 2)))
+
+    others = [c for c in CUES if c != "alarm"]
+    assert peak_hz("alarm") > 1.5 * max(peak_hz(c) for c in others)
+    assert rms("alarm") > 1.5 * max(rms(c) for c in others)
+
+
 @pytest.mark.timeout(20)
 async def test_cue_arrives_whole_at_24k_mono(alsa_rig) -> None:
     cfg = AudioConfig(output="test_spk", volume=100, cue_volume=100)

@@ -25,9 +25,14 @@ from device.config import MqttConfig, Settings
 from device.events import (
     AnnouncementEvent,
     ConversationEnded,
+    DndChanged,
+    EnabledChanged,
     ErrorEvent,
     EventBus,
     MuteChanged,
+    ResponseEvent,
+    RingStarted,
+    RingStopped,
     State,
     StateChanged,
     ToolCalled,
@@ -133,6 +138,27 @@ class FakeAssistant:
 
     async def start_conversation(self, prompt: str | None = None, source: str = "api") -> None:
         self._record("start_conversation", prompt, source)
+
+    async def ask(self, text: str, source: str = "api") -> None:
+        self._record("ask", text, source)
+
+    async def stop_conversation(self, source: str = "api") -> None:
+        self._record("stop_conversation", source)
+
+    enabled = True
+    dnd = False
+
+    async def set_enabled(self, enabled: bool, source: str) -> None:
+        self._record("set_enabled", enabled, source)
+        if enabled != self.enabled:
+            self.enabled = enabled
+            self.bus.publish(EnabledChanged(enabled=enabled, source=source))
+
+    async def set_dnd(self, on: bool, source: str) -> None:
+        self._record("set_dnd", on, source)
+        if on != self.dnd:
+            self.dnd = on
+            self.bus.publish(DndChanged(on=on, source=source))
 
 
 def make_settings(port: int, device_id: str = "kitchen", **mqtt: Any) -> Settings:
@@ -271,21 +297,23 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
     # Wait until the speaker has announced itself (it does so right after connecting) ...
     first = Observer(mosquitto.port, "homeassistant/#")
     try:
-        await first.wait(lambda: len(discovery_configs(first)) >= 10, what="the announcement")
+        await first.wait(lambda: len(discovery_configs(first)) >= 14, what="the announcement")
     finally:
         first.close()
     # ... then a client subscribing later gets the retained configs, as HA does at its start.
     obs = Observer(mosquitto.port, "homeassistant/#")
     try:
-        configs = await obs.wait(lambda: len(c := discovery_configs(obs)) >= 10 and c, what="10 discovery configs")
+        configs = await obs.wait(lambda: len(c := discovery_configs(obs)) >= 14 and c, what="14 discovery configs")
     finally:
         obs.close()
     by_object = {t.split("/")[-2]: (t.split("/")[1], cfg, retained) for t, (cfg, retained) in configs.items()}
     assert set(by_object) == {"mute", "volume", "state", "last_heard", "last_said", "tokens_conversation",
-                              "tokens_total", "start_conversation", "announce", "assistant"}
+                              "tokens_total", "start_conversation", "stop_conversation", "announce", "ask",
+                              "assistant", "enabled", "dnd"}
     expected_component = {"mute": "switch", "volume": "number", "state": "sensor", "last_heard": "sensor",
                           "last_said": "sensor", "tokens_conversation": "sensor", "tokens_total": "sensor",
-                          "start_conversation": "button", "announce": "notify", "assistant": "event"}
+                          "start_conversation": "button", "stop_conversation": "button", "announce": "notify",
+                          "ask": "notify", "assistant": "event", "enabled": "switch", "dnd": "switch"}
     t = speaker.topics
     unique_ids = set()
     for obj, (component, cfg, retained) in by_object.items():
@@ -296,7 +324,7 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
         assert cfg["availability_topic"] == t.availability
         assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
         assert cfg["device"] == by_object["mute"][1]["device"], "all entities belong to one device"
-    assert len(unique_ids) == 10
+    assert len(unique_ids) == 14
     dev = by_object["mute"][1]["device"]
     assert dev["identifiers"] == ["realtime_speaker_kitchen"] and dev["name"] == "Kitchen speaker"
     assert dev["sw_version"] == __version__ and dev["model"] and dev["manufacturer"]
@@ -307,7 +335,8 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
     vol = by_object["volume"][1]
     assert (vol["min"], vol["max"], vol["step"], vol["command_topic"]) == (0, 100, 1, t.volume_set)
     state = by_object["state"][1]
-    assert state["options"] == ["idle", "listening", "thinking", "speaking", "follow_up", "muted", "error"]
+    assert state["options"] == ["idle", "listening", "thinking", "speaking", "follow_up", "muted", "error", "ringing",
+                                "disabled"]
     assert by_object["tokens_total"][1]["state_class"] == "total_increasing"
     assert by_object["announce"][1]["command_topic"] == t.announce
     assert by_object["start_conversation"][1]["command_topic"] == t.conversation_start
@@ -329,11 +358,11 @@ async def test_state_topics_are_retained_at_start(speaker: Speaker, observer: Ob
 
 
 async def test_reannounced_when_home_assistant_comes_online(speaker: Speaker, observer: Observer) -> None:
-    await observer.wait(lambda: len(discovery_configs(observer)) == 10)
+    await observer.wait(lambda: len(discovery_configs(observer)) == 14)
     await asyncio.sleep(0.3)
     observer.clear()
     observer.publish("homeassistant/status", "online")
-    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 10 and c, what="re-announcement")
+    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 14 and c, what="re-announcement")
     assert all(retained is False for _, retained in configs.values())  # live delivery, not replay
     await observer.wait(lambda: observer.of(speaker.topics.availability))
     observer.clear()
@@ -383,6 +412,35 @@ async def test_announce_and_conversation_start(speaker: Speaker, observer: Obser
     ]
 
 
+async def test_enabled_and_do_not_disturb_switches(speaker: Speaker, observer: Observer) -> None:
+    t, a = speaker.topics, speaker.assistant
+    await observer.wait(lambda: observer.of(t.enabled) and observer.of(t.dnd), what="initial enabled and dnd")
+    assert observer.last(t.enabled) == b"ON" and observer.last(t.dnd) == b"OFF"
+    observer.publish(t.enabled_set, "OFF")
+    observer.publish(t.dnd_set, "toggle")
+    await observer.wait(lambda: observer.last(t.enabled) == b"OFF" and observer.last(t.dnd) == b"ON", what="switched")
+    assert a.calls == [("set_enabled", False, "mqtt"), ("set_dnd", True, "mqtt")]
+    observer.publish(t.enabled_set, "maybe")  # logged and ignored
+    observer.publish(t.enabled_set, "on")
+    await observer.wait(lambda: observer.last(t.enabled) == b"ON", what="enabled again")
+    assert len(a.calls) == 3
+
+
+async def test_ask_and_stop(speaker: Speaker, observer: Observer) -> None:
+    t, a = speaker.topics, speaker.assistant
+    observer.publish(t.ask, "What is the time?")
+    observer.publish(t.ask, json.dumps({"text": "Is the garage  door closed?"}))
+    observer.publish(t.conversation_stop, "")
+    observer.publish(t.conversation_stop, "{}")  # what HA's button sends
+    await observer.wait(lambda: len(a.calls) == 4, what="four calls")
+    assert sorted(a.calls) == sorted([
+        ("ask", "What is the time?", "mqtt"),
+        ("ask", "Is the garage door closed?", "mqtt"),
+        ("stop_conversation", "mqtt"),
+        ("stop_conversation", "mqtt"),
+    ])
+
+
 BAD_INPUTS = [
     ("mute/set", b"maybe"),
     ("mute/set", b""),
@@ -409,6 +467,11 @@ BAD_INPUTS = [
     ("conversation/start", b'{"prompt": "hi", "voice": "x"}'),
     ("conversation/start", b'{"prompt": ""}'),
     ("conversation/start", b'{"prompt": 5}'),
+    ("conversation/stop", b"now"),
+    ("conversation/stop", b'{"force": true}'),
+    ("ask", b""),
+    ("ask", b'{"question": "what time is it"}'),
+    ("ask", b'{"text": 3}'),
 ]
 
 
@@ -462,13 +525,20 @@ async def test_events_state_and_texts_are_published(speaker: Speaker, observer: 
     bus.publish(ErrorEvent(where="session", message="the server closed the connection"))
     bus.publish(AnnouncementEvent(text="hello", status="dropped", reason="muted"))
     bus.publish(ConversationEnded(reason="idle", usage={"total_tokens": 300, "input_tokens": 250, "output_tokens": 50}))
-    lines = await observer.wait(lambda: len(e := observer.of(t.event)) == 8 and e, what="8 event lines")
+    bus.publish(ResponseEvent(response_id="resp_1", status="created"))
+    bus.publish(ResponseEvent(response_id="resp_1", status="completed", usage={"total_tokens": 9}))
+    bus.publish(RingStarted(ring_id="t1", kind="timer", text="The pasta timer is done"))
+    bus.publish(RingStopped(ring_ids=("t1",), source="mqtt"))
+    lines = await observer.wait(lambda: len(e := observer.of(t.event)) == 12 and e, what="12 event lines")
     await asyncio.sleep(0.1)
-    assert len(observer.of(t.event)) == 8, "a state change is not an event line"
+    assert len(observer.of(t.event)) == 12, "a state change is not an event line"
     events = [json.loads(p) for p, retained in lines]
     assert not any(retained for _, retained in lines)
     assert [e["event_type"] for e in events] == ["wake_detected", "transcript", "tool_call", "transcript",
-                                                 "conversation_ended", "error", "announcement", "conversation_ended"]
+                                                 "conversation_ended", "error", "announcement", "conversation_ended",
+                                                 "response_created", "response_done", "ring_started", "ring_stopped"]
+    assert events[9]["usage"] == {"total_tokens": 9} and events[9]["status"] == "completed" and "usage" not in events[8]
+    assert events[10]["kind"] == "timer" and events[11]["ring_ids"] == ["t1"] and events[11]["source"] == "mqtt"
     assert all(e["device_id"] == "kitchen" and e["time"].endswith("Z") for e in events)
     assert events[0]["score"] == 0.97 and events[0]["model"] == "hey_jarvis"
     assert events[2]["result"] == {"ok": True, "state": {"state": "ON"}} and events[2]["duration_ms"] == 42
@@ -522,7 +592,7 @@ async def test_availability_across_broker_restart_and_clean_stop(mosquitto: Mosq
         obs = Observer(mosquitto.port)
         try:
             await obs.wait(lambda: obs.last(t.availability) == b"online", what="online after reconnect")
-            await obs.wait(lambda: len(discovery_configs(obs)) == 10, what="configs after reconnect")
+            await obs.wait(lambda: len(discovery_configs(obs)) == 14, what="configs after reconnect")
             assert obs.last(t.state) == b"idle"
             # Commands work again after the reconnect (subscriptions renewed).
             obs.publish(t.mute_set, "ON")

@@ -172,3 +172,18 @@ def test_decode_audio_delta_and_parsers() -> None:
         "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20, "output_token_details": {"audio_tokens": 15}}}})
     assert (done.status, done.reason, done.total_tokens, done.audio_out_tokens) == ("cancelled", "client_cancelled", 30, 15)
     assert "client_cancelled" in str(done)
+
+
+def test_per_response_overrides_and_item_builders_conform() -> None:
+    events = [
+        P.response_create_with("Say it.", tool_choice="none", conversation="none"),
+        P.response_create_with(),
+        P.item_retrieve("item_1"),
+        P.item_delete("item_1"),
+        P.user_text("What time is it?"),
+        P.audio_commit(),
+    ]
+    for event in events:
+        assert conformance.check_client_event(event) == [], event
+    assert events[0]["response"] == {"instructions": "Say it.", "tool_choice": "none", "conversation": "none"}
+    assert events[1] == {"type": "response.create"}

@@ -12,32 +12,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import alsaaudio
 
 from device.audio.alsa_util import PcmFormat, open_pcm, probe_input
+from device.audio.frames import FRAME_MS, AudioFrame
 from device.audio.resample import FrameAssembler
 from device.config import AudioConfig
 
 _LOG = logging.getLogger(__name__)
 
-PERIOD_MS = 80  # one read per frame: fewest wake-ups, and the rig's FIFO is fed in 80 ms chunks
+PERIOD_MS = FRAME_MS  # one read per frame: fewest wake-ups, and the rig's FIFO is fed in 80 ms chunks
 PERIODS = 4
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 8.0
 
 __all__ = ["AudioFrame", "Capture", "probe_input"]
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFrame:
-    """80 ms of microphone audio."""
-
-    seq: int
-    pcm16k: bytes  # 1280 samples S16LE mono, for the wake word
-    pcm24k: bytes  # the same 80 ms at 24 kHz S16LE mono (~1920 samples), for the session
-    t: float  # time.monotonic() when the frame was read
 
 
 class _DeviceGone(Exception):
@@ -62,6 +52,9 @@ class Capture:
         self.reopens = 0
         self._seq = 0
         self._flowed_s = 0.0
+        # Runs in the reader thread on each frame before it goes to the loop (the wake word's
+        # inference: it must not stall the loop); returns the frame, annotated.
+        self.analyze: Callable[[AudioFrame], AudioFrame] | None = None
 
     @property
     def muted(self) -> bool:
@@ -213,4 +206,13 @@ class Capture:
                 was_muted = False
             for pcm16, pcm24 in asm.feed(data):
                 self._seq += 1
-                call(deliver, AudioFrame(self._seq, pcm16, pcm24, now))
+                frame = AudioFrame(self._seq, pcm16, pcm24, now)
+                # -- begin: analysis in the reader thread (wake word) --
+                analyze = self.analyze
+                if analyze is not None:
+                    try:
+                        frame = analyze(frame)
+                    except Exception:
+                        _LOG.exception("audio analysis failed")
+                # -- end: analysis in the reader thread --
+                call(deliver, frame)

@@ -7,7 +7,7 @@ from functools import cache
 import numpy as np
 
 RATE = 24000
-CUES = ("wake", "done", "error", "mute_on", "mute_off")
+CUES = ("wake", "done", "error", "mute_on", "mute_off", "alarm")
 
 
 def _note(freq: float, ms: float, *, glide_to: float | None = None, level: float = 0.5) -> np.ndarray:
@@ -24,6 +24,15 @@ def _note(freq: float, ms: float, *, glide_to: float | None = None, level: float
     decay = np.exp(-t / (ms / 1000 / 3.0))
     release = np.minimum(1.0, (n - np.arange(n)) / (RATE * 0.004))  # no click at the end
     return tone * attack * decay * release * (level / 1.25)
+
+
+def _square(freq: float, ms: float, level: float = 0.7) -> np.ndarray:
+    """A soft-edged square beep: unlike the bell-like notes of the other cues."""
+    n = int(RATE * ms / 1000)
+    t = np.arange(n) / RATE
+    tone = np.tanh(4.0 * np.sin(2 * np.pi * freq * t)) / np.tanh(4.0)
+    edge = np.minimum(1.0, np.minimum(np.arange(n), n - 1 - np.arange(n)) / (RATE * 0.003))  # no clicks
+    return tone * edge * level
 
 
 def _gap(ms: float) -> np.ndarray:
@@ -43,6 +52,9 @@ def cue_pcm(name: str) -> bytes:
         x = _note(740.0, 220, glide_to=440.0)
     elif name == "mute_off":  # gliding up
         x = _note(440.0, 220, glide_to=740.0)
+    elif name == "alarm":  # a timer: four quick high beeps, louder and brighter than any other cue
+        beep = _square(1760.0, 80)
+        x = np.concatenate([beep, _gap(50), beep, _gap(50), beep, _gap(50), beep])
     else:
         raise ValueError(f"unknown sound cue {name!r} (known: {', '.join(CUES)})")
     return np.round(x * 32767).astype("<i2").tobytes()

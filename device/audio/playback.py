@@ -22,11 +22,12 @@ import soxr
 
 from device.audio.alsa_util import PcmFormat, open_pcm, probe_output
 from device.audio.cues import cue_ms, cue_pcm
+from device.audio.frames import SESSION_RATE
 from device.config import AudioConfig
 
 _LOG = logging.getLogger(__name__)
 
-IN_RATE = 24000
+IN_RATE = SESSION_RATE
 PERIOD_MS = 20
 # A reply that starts on an idle speaker waits for this much audio (or this long) before the first
 # write, so deltas arriving at exactly real time with network jitter do not underrun the device.
@@ -157,9 +158,9 @@ class Playback:
             await self._drained_event.wait()
 
     async def play_cue(self, name: str) -> None:
-        """Play a sound cue ('wake', 'done', 'error', 'mute_on', 'mute_off') and wait for it."""
+        """Play a sound cue (one of cues.CUES) and wait for it."""
         pcm = cue_pcm(name)  # unknown names raise ValueError even with cues off
-        if not self.cfg.cues:
+        if not self.cfg.cues and name != "alarm":  # a timer's alarm is not a courtesy cue
             return
         gain = volume_gain(self._volume) * self.cfg.cue_volume / 100.0
         key = f"cue:{name}:{self._enqueued}"

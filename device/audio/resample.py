@@ -8,10 +8,8 @@ import soxr
 
 import alsaaudio
 
-WAKE_RATE = 16000
-SESSION_RATE = 24000
-FRAME_16K = 1280  # samples per frame (80 ms)
-FRAME_24K = 1920
+from device.audio.frames import FRAME_16K, FRAME_24K, SESSION_RATE, WAKE_RATE  # noqa: F401  (re-exported)
+
 # soxr hands out 16 -> 24 kHz audio in uneven lumps (1468/2202 samples per 1280 in); holding this
 # much back makes every 24 kHz frame exactly 1920 samples, at the cost of ~40 ms latency.
 RESERVE_24K = 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from device.audio.capture import AudioFrame
+from device.audio.frames import AudioFrame
 
 
 class PreRoll:

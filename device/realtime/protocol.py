@@ -125,6 +125,37 @@ def response_create(instructions: str | None = None) -> dict[str, Any]:
     return {"type": "response.create", "response": {"instructions": instructions}}
 
 
+def response_create_with(
+    instructions: str | None = None, *, tool_choice: str | None = None, conversation: str | None = None,
+) -> dict[str, Any]:
+    """``response.create`` with per-response overrides; ``conversation="none"`` keeps the response
+    out of the conversation (the model neither sees earlier turns through it nor remembers it)."""
+    response: dict[str, Any] = {}
+    if instructions is not None:
+        response["instructions"] = instructions
+    if tool_choice is not None:
+        response["tool_choice"] = tool_choice
+    if conversation is not None:
+        response["conversation"] = conversation
+    return {"type": "response.create", "response": response} if response else {"type": "response.create"}
+
+
+def manual_turns() -> dict[str, Any]:
+    """``session.update`` switching the server's turn detection off: the device commits each turn
+    (``input_audio_buffer.commit``) and asks for the answer (``response.create``) itself."""
+    return {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+
+
+def item_retrieve(item_id: str) -> dict[str, Any]:
+    """``conversation.item.retrieve``: the server answers with conversation.item.retrieved."""
+    return {"type": "conversation.item.retrieve", "item_id": item_id}
+
+
+def item_delete(item_id: str) -> dict[str, Any]:
+    """``conversation.item.delete``: the server answers with conversation.item.deleted."""
+    return {"type": "conversation.item.delete", "item_id": item_id}
+
+
 def response_cancel() -> dict[str, Any]:
     return {"type": "response.cancel"}
 

@@ -1,0 +1,282 @@
+"""Transitions of an open conversation: its socket, its deadlines, its tools, and the server's
+events (typed, from device/realtime/server_events.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..events import (
+    AnnouncementEvent,
+    ErrorEvent,
+    ResponseEvent,
+    Transcript,
+)
+from ..realtime import protocol
+from ..realtime import server_events as se
+from . import effects as fx
+from . import inputs as ip
+from .model import (
+    BENIGN_ERRORS,
+    FOLLOW_UP,
+    LISTENING,
+    SPEAKING,
+    THINKING,
+    Ctx,
+    add_usage,
+)
+from .steps import (
+    clear_turn_deadlines,
+    commit_turn,
+    end,
+    expect,
+    fail,
+    follow_up,
+    interrupt,
+    listen,
+    publish_tool,
+)
+
+
+def opened(c: Ctx, ev: ip.Opened) -> None:
+    conv = c.conv
+    conv.stage = "open"
+    conv.opened_at = c.now
+    c.do(fx.Configure(conv.cid, manual_turns=conv.manual))
+    pending, conv.pending = conv.pending or [], None
+    for pcm in pending if conv.mic_open or conv.commit_on_open else ():
+        c.send(protocol.audio_append(pcm))
+    if conv.commit_on_open:
+        conv.commit_on_open = False
+        commit_turn(c)
+    elif conv.mic_open and not conv.manual:
+        listen(c)
+    c.arm("age", c.now + c.p.max_session_s, ip.SessionAged(conv.cid))
+    if conv.announcement is not None:
+        text = conv.announcement.text
+        # Out of band ("none"): the announcement does not become part of the conversation, unless
+        # the person is to answer it (then_listen), when the model must know what was said.
+        oob = not conv.announcement.then_listen
+        c.send(protocol.response_create_with(
+            "Read this announcement aloud exactly as written, word for word, adding nothing before "
+            f'or after it: "{text}"', tool_choice="none", conversation="none" if oob else None))
+        conv.oob_pending = oob
+        expect(c)
+    elif conv.question:
+        c.send(protocol.user_text(conv.question))
+        c.send(protocol.response_create())
+        c.publish(Transcript(role="user", text=conv.question, t=c.now))
+        expect(c)
+    elif conv.prompt:
+        c.do(fx.Prompt(conv.cid, conv.prompt))
+        expect(c)
+
+
+def open_failed(c: Ctx, ev: ip.OpenFailed) -> None:
+    fail(c, ev.where, ev.message)
+
+
+def connection_lost(c: Ctx, ev: ip.ConnectionLost) -> None:
+    conv = c.conv
+    if conv.phase is FOLLOW_UP and conv.active_response is None:
+        c.log(logging.INFO, f"the server closed the session during the follow-up window ({ev.why})")
+        end(c, "closed by the server")
+    else:
+        fail(c, "session", f"connection lost while {conv.phase.value}: {ev.why}")
+
+
+def no_speech(c: Ctx, ev: ip.Input) -> None:
+    if c.conv.listen_at is not None or isinstance(ev, ip.Server):
+        end(c, "no speech")
+
+
+def no_follow_up(c: Ctx, ev: ip.FollowUpTimeout) -> None:
+    if c.conv.follow_at is not None:
+        end(c, "no follow-up")
+
+
+def reply_overdue(c: Ctx, ev: ip.ReplyOverdue) -> None:
+    if c.conv.expecting:
+        fail(c, "session", f"the server sent nothing for {c.p.response_timeout_s:.1f} s while a reply was due")
+
+
+def session_aged(c: Ctx, ev: ip.SessionAged) -> None:
+    conv = c.conv
+    if conv.phase is FOLLOW_UP or (conv.phase is LISTENING and conv.listen_at is not None):
+        end(c, "session limit")
+    else:
+        c.log(logging.INFO, f"session is {c.p.max_session_s:.0f} s old: ending it after this reply")
+        conv.end_reason = conv.end_reason or "session limit"
+        c.arm("grace", c.now + c.p.session_grace_s, ip.SessionGraceOver(conv.cid))
+
+
+def session_grace_over(c: Ctx, ev: ip.SessionGraceOver) -> None:
+    end(c, "session limit")
+
+
+def tool_done(c: Ctx, ev: ip.ToolDone) -> None:
+    conv = c.conv
+    publish_tool(c, ev)
+    c.send(protocol.function_call_output(ev.call_id, ev.output_json))
+    running = conv.calls.get(ev.response_id)
+    if running is not None:
+        running.discard(ev.call_id)
+    turn = conv.awaiting.get(ev.response_id)
+    if turn is not None and not running:
+        del conv.awaiting[ev.response_id]
+        conv.calls.pop(ev.response_id, None)
+        if turn == conv.turn:
+            # Also after end_conversation: the model says its goodbye, then the conversation ends.
+            c.send(protocol.response_create())
+            expect(c)
+
+
+def reply_heard(c: Ctx, ev: ip.ReplyHeard) -> None:
+    """The reply is complete and has been heard: end, or open the follow-up window."""
+    conv = c.conv
+    if ev.turn != conv.turn or conv.active_response is not None or conv.phase not in (SPEAKING, THINKING):
+        return  # the person is talking again, or another reply is on its way
+    if conv.announcement is not None and not conv.announced:
+        conv.announced = True
+        if not conv.ring:
+            c.publish(AnnouncementEvent(text=conv.announcement.text, status="spoken", t=c.now))
+        if not conv.announcement.then_listen:
+            end(c, "announcement")
+            return
+    if conv.end_reason is not None:
+        end(c, conv.end_reason)
+        return
+    follow_up(c)
+
+
+# ---- server events ------------------------------------------------------------------------------
+
+def server_error(c: Ctx, ev: ip.Server) -> None:
+    err: se.ServerError = ev.event
+    if err.code in BENIGN_ERRORS:
+        c.log(logging.DEBUG, f"server: {err.code}: {err.message}")
+        return
+    c.log(logging.WARNING, f"server error {err.code}: {err.message}" + (f" (in reply to {ev.culprit})" if ev.culprit else ""))
+    c.conv.last_error_t = c.now
+    if ev.culprit == "session.update":
+        # The server rejects a whole update: going on would mean no instructions, no tools,
+        # and the server's default turn detection. Say so instead of a worse assistant.
+        fail(c, "session", f"the server rejected the session configuration: {err.code}: {err.message}")
+        return
+    c.publish(ErrorEvent(where="session", message=f"{err.code}: {err.message}", t=c.now))
+
+
+def speech_while_speaking(c: Ctx, ev: ip.Server) -> None:
+    if c.p.barge_in != "voice":
+        # Speech in audio streamed before the reply began; only the wake word interrupts.
+        c.log(logging.DEBUG, "speech started while speaking (wake_word barge-in): not an interruption")
+        return
+    speech_started(c, ev)
+
+
+def speech_started(c: Ctx, ev: ip.Server) -> None:
+    conv = c.conv
+    if conv.active_response is not None:
+        # The person goes on talking: drop whatever of the reply still arrives. With barge_in =
+        # "voice" the server cancels it itself (interrupt_response is on; a response.cancel would
+        # only race it); with "wake_word" nothing has played yet, so cancelling cannot be the
+        # speaker hearing itself.
+        conv.cancelled.add(conv.active_response)
+        if c.p.barge_in != "voice":
+            c.send(protocol.response_cancel())
+    if conv.phase is SPEAKING or conv.item is not None:
+        interrupt(c, "voice", cancel=False)
+    conv.turn += 1
+    clear_turn_deadlines(c)
+    c.phase(LISTENING, "speech")
+
+
+def speech_stopped(c: Ctx, ev: ip.Server) -> None:
+    expect(c)
+    c.phase(THINKING, "speech ended")
+
+
+def committed(c: Ctx, ev: ip.Server) -> None:
+    expect(c)
+    c.phase(THINKING, "turn committed")
+
+
+def user_transcript(c: Ctx, ev: ip.Server) -> None:
+    e: se.TranscriptionCompleted = ev.event
+    if e.transcript:
+        c.publish(Transcript(role="user", text=e.transcript, t=c.now))
+
+
+def transcription_failed(c: Ctx, ev: ip.Server) -> None:
+    c.log(logging.INFO, f"input transcription failed: {ev.event.message}")
+
+
+def response_created(c: Ctx, ev: ip.Server) -> None:
+    conv = c.conv
+    conv.active_response = ev.event.response_id or None
+    if conv.oob_pending:
+        conv.oob_pending = False
+        conv.out_of_band.add(ev.event.response_id)
+    c.publish(ResponseEvent(response_id=ev.event.response_id, status="created", t=c.now))
+    expect(c)
+    if conv.phase in (LISTENING, FOLLOW_UP):
+        clear_turn_deadlines(c)
+        c.phase(THINKING, "reply")
+
+
+def audio_delta(c: Ctx, ev: ip.Server) -> None:
+    conv = c.conv
+    e: se.AudioDelta = ev.event
+    if e.response_id in conv.cancelled:
+        return
+    if e.item_id != conv.item:
+        c.do(fx.BeginReply(e.item_id))
+        conv.item, conv.item_response = e.item_id, e.response_id
+    c.do(fx.PlayAudio(e.pcm))
+    conv.reply_ms += protocol.pcm_ms(len(e.pcm))
+    conv.spoke = True
+    c.phase(SPEAKING, "reply")
+
+
+def assistant_transcript(c: Ctx, ev: ip.Server) -> None:
+    if ev.event.text:
+        c.publish(Transcript(role="assistant", text=ev.event.text, t=c.now))
+
+
+def function_call(c: Ctx, ev: ip.Server) -> None:
+    e: se.FunctionCallDone = ev.event
+    c.conv.calls.setdefault(e.response_id, set()).add(e.call_id)
+    c.do(fx.CallTool(c.conv.cid, e.call_id, e.name, e.arguments, e.response_id))
+
+
+def response_done(c: Ctx, ev: ip.Server) -> None:
+    conv = c.conv
+    e: se.ResponseDone = ev.event
+    if e.usage:
+        add_usage(conv.usage, e.usage)
+        c.log(logging.INFO, f"response {e.response_id}: {e.status}; usage {e.usage}")
+    c.publish(ResponseEvent(response_id=e.response_id, status=e.status, usage=e.usage, t=c.now))
+    if e.response_id == conv.active_response:
+        conv.active_response = None
+    expect(c, False)
+    running = conv.calls.get(e.response_id)
+    if e.response_id in conv.cancelled or e.status == "cancelled":
+        # Interrupted (by us or by the server's VAD): the person's new turn decides what follows.
+        conv.calls.pop(e.response_id, None)
+        return
+    if e.status == "failed":
+        message = e.error or "no details"
+        c.log(logging.WARNING, f"response {e.response_id} failed: {message}")
+        if c.now - conv.last_error_t > 1.0:  # else the error event said it already
+            c.publish(ErrorEvent(where="session", message=f"response failed: {message}", t=c.now))
+        c.do(fx.Cue("error"))  # the person hears that this turn failed; they may try again
+    if running is not None:
+        if running:
+            conv.awaiting[e.response_id] = conv.turn
+        else:
+            conv.calls.pop(e.response_id, None)
+            c.send(protocol.response_create())
+            expect(c)
+    elif conv.spoke:
+        c.do(fx.AwaitDrain(conv.cid, conv.turn, conv.reply_ms / 1000 + c.p.drain_slack_s))
+    else:
+        reply_heard(c, ip.ReplyHeard(conv.cid, conv.turn))
