@@ -75,6 +75,10 @@ class App:
         loop = asyncio.get_running_loop()
         self.bus.bind(loop)
         self.bus.subscribe(log_event)
+        from .status_file import StatusFile
+
+        status = StatusFile(self.settings.state_dir)
+        status.attach(self.bus)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -96,6 +100,7 @@ class App:
             if watchdog:
                 watchdog.cancel()
             await self._shutdown()
+            status.stopped()
             self.notifier.close()
         return 0
 
