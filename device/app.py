@@ -44,7 +44,8 @@ def log_event(event: ev.Event) -> None:
         case ev.ConversationEnded(reason=reason, usage=usage):
             _LOG.info("conversation ended (%s); usage %s", reason, usage)
         case ev.ErrorEvent(where=where, message=message):
-            _LOG.error("%s error: %s", where, message)
+            # Whoever publishes an error has logged it already (one line per fault).
+            _LOG.debug("%s error published: %s", where, message)
         case ev.MuteChanged(muted=muted, source=source):
             _LOG.info("microphone %s (%s)", "muted" if muted else "unmuted", source)
         case ev.VolumeChanged(volume=volume, source=source):
@@ -172,7 +173,22 @@ class App:
                 self._first_frame.set()
             assistant.on_frame(frame)
 
-        capture = Capture(s.audio, on_frame, loop, on_status=lambda msg: _LOG.warning("microphone: %s", msg))
+        mic_failing = False
+
+        def mic_failed(msg: str) -> None:
+            # Logged on every retry (with its backoff), shown on MQTT once per outage.
+            nonlocal mic_failing
+            _LOG.warning("microphone: %s", msg)
+            if not mic_failing:
+                mic_failing = True
+                self.bus.publish(ev.ErrorEvent(where="microphone", message=msg))
+
+        def mic_back(msg: str) -> None:
+            nonlocal mic_failing
+            mic_failing = False
+            _LOG.info("microphone: %s", msg)
+
+        capture = Capture(s.audio, on_frame, loop, on_status=mic_failed, on_recovered=mic_back)
         assistant = Assistant(
             s,
             bus=self.bus,
