@@ -57,6 +57,13 @@ def proc_figures(pid: int) -> dict[str, float]:
 
 class Soak:
     def __init__(self, work: Path, pace: float) -> None:
+        try:
+            self._start(work, pace)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, work: Path, pace: float) -> None:
         self.work = work
         (work / "speech").mkdir()
         self.speech = Speech(work / "speech")
@@ -90,11 +97,11 @@ class Soak:
         }
 
     def close(self) -> None:
-        self.daemon.stop()
-        self.runner.stop()
-        self.devices.stop()
-        self.broker.stop()
-        self.rig.close()
+        # Also after a failed start: stop whatever was started.
+        for name, stop in (("daemon", "stop"), ("runner", "stop"), ("devices", "stop"), ("broker", "stop"), ("rig", "close")):
+            part = getattr(self, name, None)
+            if part is not None:
+                getattr(part, stop)()
 
     def conversation(self, kind: str) -> None:
         """One conversation of ``kind``; raises AssertionError saying what did not happen."""

@@ -137,6 +137,7 @@ class App:
         wake = WakeWord(s.wake)
 
         playback = Playback(s.audio, loop)
+        playback.on_problem = lambda msg: self.bus.publish(ev.ErrorEvent(where="speaker", message=msg))
         playback.start()
         self._on_cleanup(playback.close)
 
@@ -176,12 +177,14 @@ class App:
         mic_failing = False
 
         def mic_failed(msg: str) -> None:
-            # Logged on every retry (with its backoff), shown on MQTT once per outage.
+            # Once per outage in the log and on MQTT; the retries in between at debug level.
             nonlocal mic_failing
+            if mic_failing:
+                _LOG.debug("microphone: %s", msg)
+                return
+            mic_failing = True
             _LOG.warning("microphone: %s", msg)
-            if not mic_failing:
-                mic_failing = True
-                self.bus.publish(ev.ErrorEvent(where="microphone", message=msg))
+            self.bus.publish(ev.ErrorEvent(where="microphone", message=msg))
 
         def mic_back(msg: str) -> None:
             nonlocal mic_failing

@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import alsaaudio
@@ -78,6 +79,9 @@ class Playback:
         self._drained_event = asyncio.Event()
         self._drained_event.set()
         self.underruns = 0
+        self.on_problem: Callable[[str], None] | None = None
+        """Called on the loop when the speaker fails (once per outage), e.g. to show it on MQTT."""
+        self._failing = False
 
     # -- public API (event loop) --------------------------------------------------------------
 
@@ -224,14 +228,15 @@ class Playback:
                                     channels=self.cfg.output_channels or 1, period_ms=PERIOD_MS,
                                     periods=max(2, self.cfg.output_buffer_ms // PERIOD_MS))
             except OSError as exc:
-                _LOG.warning("%s; retrying in %.1f s (audio meanwhile is discarded)", exc, backoff)
+                self._problem(f"{exc}; retrying in {backoff:.1f} s (audio meanwhile is discarded)")
                 if self._discard_for(backoff):
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_MIN_S
             self.format = fmt
-            _LOG.info("playing on '%s': %s", self.cfg.output, fmt.describe())
+            _LOG.info("playing on '%s'%s: %s", self.cfg.output, " again" if self._failing else "", fmt.describe())
+            self._failing = False
             try:
                 self._write_loop(pcm, fmt)
                 try:
@@ -240,12 +245,25 @@ class Playback:
                     pass
                 return
             except alsaaudio.ALSAAudioError as exc:
-                _LOG.warning("speaker '%s' failed (%s); reopening", self.cfg.output, exc)
+                self._problem(f"speaker '{self.cfg.output}' failed ({exc}); reopening")
             finally:
                 try:
                     pcm.close()
                 except alsaaudio.ALSAAudioError:
                     pass
+
+    def _problem(self, text: str) -> None:
+        # Once per outage at warning (and to on_problem); the retries that follow at debug.
+        if self._failing:
+            _LOG.debug("%s", text)
+            return
+        self._failing = True
+        _LOG.warning("%s", text)
+        if self.on_problem is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.on_problem, text)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
 
     def _discard_for(self, seconds: float) -> bool:
         """No device: drop queued audio (so nobody waits for it) for ``seconds``; True if closing."""
