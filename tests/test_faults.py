@@ -344,11 +344,18 @@ def speaker_unplugged(b: Bench) -> None:
     mark = b.wake(d)
     d.wait_for(r"state \w+ -> speaking", timeout=15, start=mark)
     time.sleep(0.5)
-    reader.stop()  # the USB speaker is gone mid-reply
+    # The USB speaker is gone mid-reply: writes fail, and opening it again fails at once (a FIFO
+    # without a reader would block the open instead, which no sound card does).
+    fifo = Path(b.rig.pcms["test_spk_fifo"].path)
+    fifo.unlink()
+    fifo.mkdir()
+    reader.stop()
     d.wait_for(r"speaker 'test_spk_fifo' failed", timeout=10, start=mark)
     assert spy.wait_for(lambda m: m.topic == EVENT and json.loads(m.payload).get("where") == "speaker", 3)
     d.wait_for(r"state \w+ -> idle", timeout=20, start=mark)  # the rest of the reply is dropped, not waited for
     time.sleep(1.0)
+    fifo.rmdir()
+    os.mkfifo(fifo)
     b.rig.start_speaker("test_spk_fifo")  # and plugged in again
     b.answered(d)
     d.wait_for(r"playing on 'test_spk_fifo' again", timeout=10, start=mark)

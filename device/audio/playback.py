@@ -82,6 +82,8 @@ class Playback:
         self.on_problem: Callable[[str], None] | None = None
         """Called on the loop when the speaker fails (once per outage), e.g. to show it on MQTT."""
         self._failing = False
+        self._ok_frames = 0  # frames written since the device was last (re)opened
+        self._backoff = BACKOFF_MIN_S  # before reopening a failed device; doubles up to BACKOFF_MAX_S
 
     # -- public API (event loop) --------------------------------------------------------------
 
@@ -218,7 +220,6 @@ class Playback:
     # -- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
         while True:
             with self._cond:
                 if self._closing:
@@ -228,15 +229,15 @@ class Playback:
                                     channels=self.cfg.output_channels or 1, period_ms=PERIOD_MS,
                                     periods=max(2, self.cfg.output_buffer_ms // PERIOD_MS))
             except OSError as exc:
-                self._problem(f"{exc}; retrying in {backoff:.1f} s (audio meanwhile is discarded)")
-                if self._discard_for(backoff):
+                self._problem(f"{exc}; retrying in {self._backoff:.1f} s (audio meanwhile is discarded)")
+                if self._discard_for(self._backoff):
                     return
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
                 continue
-            backoff = BACKOFF_MIN_S
             self.format = fmt
-            _LOG.info("playing on '%s'%s: %s", self.cfg.output, " again" if self._failing else "", fmt.describe())
-            self._failing = False
+            self._ok_frames = 0
+            if not self._failing:
+                _LOG.info("playing on '%s': %s", self.cfg.output, fmt.describe())
             try:
                 self._write_loop(pcm, fmt)
                 try:
@@ -251,6 +252,11 @@ class Playback:
                     pcm.close()
                 except alsaaudio.ALSAAudioError:
                     pass
+            # Failed while writing (a device that went away under an open handle, a broken
+            # driver, one that opens but cannot play): wait before reopening instead of spinning.
+            if self._discard_for(self._backoff):
+                return
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
     def _problem(self, text: str) -> None:
         # Once per outage at warning (and to on_problem); the retries that follow at debug.
@@ -388,6 +394,14 @@ class Playback:
                 self.underruns += 1
                 if self.underruns in (1, 10, 100) or self.underruns % 1000 == 0:
                     _LOG.info("speaker '%s': underrun (%d so far)", self.cfg.output, self.underruns)
+            if self._failing and res > 0:
+                # Back only after a second of audio went out: some devices (and ALSA's file
+                # plugin) take a write into a buffer and fail on the next one.
+                self._ok_frames += res
+                if self._ok_frames >= fmt.rate:
+                    self._failing = False
+                    self._backoff = BACKOFF_MIN_S
+                    _LOG.info("playing on '%s' again: %s", self.cfg.output, fmt.describe())
             self._account(item_id, len(piece) // fmt.frame_bytes)
             self._refresh(pcm, fmt)
 
