@@ -217,7 +217,13 @@ install_venv() {
     if [ "$COMPONENT" = speaker ] && [ "$GPIO" = 1 ] && grep -qs "Raspberry Pi 5" /proc/device-tree/model; then
         extras="[pi5]"            # gpiozero's GPIO backend on a Raspberry Pi 5
     fi
-    run "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${pip_args[@]}" "$SRC$extras"
+    # Built from a copy: pip would leave a root-owned build/ in the clone, whose stale files a
+    # later build could pick up.
+    local build
+    build="$(mktemp -d)"
+    run cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/device" "$SRC/services" "$build/"
+    run "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${pip_args[@]}" "$build$extras"
+    rm -rf "$build"
     run install -d -m 0755 "$BIN_DIR"
     local cmd
     for cmd in "${COMMANDS[@]}"; do

@@ -162,6 +162,7 @@ class Bench:
     def answered(self, d: Daemon) -> None:
         """The next wake works: the question is answered and the daemon is idle again."""
         sessions = len(self.sim.sessions)
+        self.sim.pace = 0  # the answer itself needs no pacing
         mark = self.wake(d)
         d.wait_for(r"assistant said: ", timeout=20, start=mark)
         d.wait_for(r"state \w+ -> idle", timeout=10, start=mark)
