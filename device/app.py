@@ -44,7 +44,8 @@ def log_event(event: ev.Event) -> None:
         case ev.ConversationEnded(reason=reason, usage=usage):
             _LOG.info("conversation ended (%s); usage %s", reason, usage)
         case ev.ErrorEvent(where=where, message=message):
-            _LOG.error("%s error: %s", where, message)
+            # Whoever publishes an error has logged it already (one line per fault).
+            _LOG.debug("%s error published: %s", where, message)
         case ev.MuteChanged(muted=muted, source=source):
             _LOG.info("microphone %s (%s)", "muted" if muted else "unmuted", source)
         case ev.VolumeChanged(volume=volume, source=source):
@@ -75,6 +76,10 @@ class App:
         loop = asyncio.get_running_loop()
         self.bus.bind(loop)
         self.bus.subscribe(log_event)
+        from .status_file import StatusFile
+
+        status = StatusFile(self.settings.state_dir)
+        status.attach(self.bus)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -96,6 +101,7 @@ class App:
             if watchdog:
                 watchdog.cancel()
             await self._shutdown()
+            status.stopped()
             self.notifier.close()
         return 0
 
@@ -131,6 +137,7 @@ class App:
         wake = WakeWord(s.wake)
 
         playback = Playback(s.audio, loop)
+        playback.on_problem = lambda msg: self.bus.publish(ev.ErrorEvent(where="speaker", message=msg))
         playback.start()
         self._on_cleanup(playback.close)
 
@@ -167,7 +174,24 @@ class App:
                 self._first_frame.set()
             assistant.on_frame(frame)
 
-        capture = Capture(s.audio, on_frame, loop, on_status=lambda msg: _LOG.warning("microphone: %s", msg))
+        mic_failing = False
+
+        def mic_failed(msg: str) -> None:
+            # Once per outage in the log and on MQTT; the retries in between at debug level.
+            nonlocal mic_failing
+            if mic_failing:
+                _LOG.debug("microphone: %s", msg)
+                return
+            mic_failing = True
+            _LOG.warning("microphone: %s", msg)
+            self.bus.publish(ev.ErrorEvent(where="microphone", message=msg))
+
+        def mic_back(msg: str) -> None:
+            nonlocal mic_failing
+            mic_failing = False
+            _LOG.info("microphone: %s", msg)
+
+        capture = Capture(s.audio, on_frame, loop, on_status=mic_failed, on_recovered=mic_back)
         assistant = Assistant(
             s,
             bus=self.bus,

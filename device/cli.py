@@ -154,6 +154,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     return asyncio.run(_run_checks(settings))
 
 
+EXIT_NOT_RUNNING = 3  # `speaker status`: the daemon is not running (as `systemctl status` says it)
+INSTALLED_STATE_DIR = "/var/lib/realtime-speaker"  # the unit's StateDirectory=
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The daemon's state, uptime, last error and last conversation, from its status file."""
+    import os
+    from pathlib import Path
+
+    from .status_file import describe, read_status
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"speaker: config error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    # `sudo speaker status` outside the unit has no $STATE_DIRECTORY: look where the unit keeps it too.
+    dirs = [settings.state_dir]
+    if not settings.state.dir and not os.environ.get("STATE_DIRECTORY"):
+        dirs.append(Path(INSTALLED_STATE_DIR))
+    problems = []
+    for directory in dirs:
+        try:
+            data = read_status(directory)
+        except FileNotFoundError:
+            problems.append(f"{directory}: no status file (the daemon has not run here)")
+            continue
+        except PermissionError:
+            problems.append(f"{directory}: permission denied (try sudo, or join the group speaker)")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{directory}: unreadable status file ({exc})")
+            continue
+        running, lines = describe(data)
+        print("\n".join(lines))
+        return 0 if running else EXIT_NOT_RUNNING
+    print("state:             unknown: " + "; ".join(problems))
+    return EXIT_NOT_RUNNING
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole device offline: simulated audio devices, local realtime simulator."""
     from .demo import run_demo
@@ -174,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate the config and probe the devices it names")
     check.add_argument("--config", required=True, help="TOML config file")
     check.set_defaults(func=cmd_check)
+
+    status = sub.add_parser("status", help="what the daemon is doing: state, uptime, last error, last conversation")
+    status.add_argument("--config", required=True, help="TOML config file (for the state directory)")
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="the whole device offline, no hardware and no API key")
     demo.add_argument("--say", action="append", help="what the simulated person says (repeatable); default: a short scenario")

@@ -229,6 +229,7 @@ class SimSession:
         self.items: dict[str, _Item] = {}
         self.first_append_at: float | None = None
         self.silent = False
+        self.fuzzed = 0
         self._audio = bytearray()
         self._pending = b""
         self._buffer_start = 0  # session audio position (bytes) where the uncommitted buffer starts
@@ -276,6 +277,24 @@ class SimSession:
     def inject(self, event: dict[str, Any]) -> None:
         """Send ``event`` to the client (thread-safe)."""
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.send(dict(event))))
+
+    def fuzz(self, messages: list[str]) -> None:
+        """Send raw text frames as they are (thread-safe): malformed or out-of-order events for
+        robustness tests. They bypass the conformance check and are not recorded as server events;
+        ``fuzzed`` counts those sent."""
+
+        async def send_all() -> None:
+            for i, text in enumerate(messages):
+                if self.ws.closed:
+                    return
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    async with self._send_lock:
+                        await self.ws.send_str(text)
+                self.fuzzed += 1
+                if i % 100 == 99:
+                    await asyncio.sleep(0)  # let the session's own handlers run in between
+
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(send_all()))
 
     def drop(self) -> None:
         """Drop the TCP connection without a close frame (thread-safe)."""

@@ -38,8 +38,10 @@ class Capture:
     """Reads the configured microphone PCM in a thread and hands frames to ``on_frame`` on the loop."""
 
     def __init__(self, cfg: AudioConfig, on_frame: Callable[[AudioFrame], None], loop: asyncio.AbstractEventLoop,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 on_recovered: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
+        self._on_recovered = on_recovered
         self._on_frame = on_frame
         self._loop = loop
         self._on_status = on_status
@@ -97,11 +99,12 @@ class Capture:
             _LOG.exception("audio frame consumer failed")
 
     def _status(self, text: str, level: int = logging.WARNING) -> None:
-        if self._on_status is None:  # otherwise the owner reports it (no double log lines)
+        report = self._on_recovered if level < logging.WARNING and self._on_recovered is not None else self._on_status
+        if report is None:  # otherwise the owner reports it (no double log lines)
             _LOG.log(level, "%s", text)
         else:
             try:
-                self._loop.call_soon_threadsafe(self._on_status, text)
+                self._loop.call_soon_threadsafe(report, text)
             except RuntimeError:  # loop closed during shutdown
                 pass
 

@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import alsaaudio
@@ -79,6 +80,11 @@ class Playback:
         self._drained_event = asyncio.Event()
         self._drained_event.set()
         self.underruns = 0
+        self.on_problem: Callable[[str], None] | None = None
+        """Called on the loop when the speaker fails (once per outage), e.g. to show it on MQTT."""
+        self._failing = False
+        self._ok_frames = 0  # frames written since the device was last (re)opened
+        self._backoff = BACKOFF_MIN_S  # before reopening a failed device; doubles up to BACKOFF_MAX_S
 
     # -- public API (event loop) --------------------------------------------------------------
 
@@ -215,7 +221,6 @@ class Playback:
     # -- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
         while True:
             with self._cond:
                 if self._closing:
@@ -225,14 +230,15 @@ class Playback:
                                     channels=self.cfg.output_channels or 1, period_ms=PERIOD_MS,
                                     periods=max(2, self.cfg.output_buffer_ms // PERIOD_MS))
             except OSError as exc:
-                _LOG.warning("%s; retrying in %.1f s (audio meanwhile is discarded)", exc, backoff)
-                if self._discard_for(backoff):
+                self._problem(f"{exc}; retrying in {self._backoff:.1f} s (audio meanwhile is discarded)")
+                if self._discard_for(self._backoff):
                     return
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
                 continue
-            backoff = BACKOFF_MIN_S
             self.format = fmt
-            _LOG.info("playing on '%s': %s", self.cfg.output, fmt.describe())
+            self._ok_frames = 0
+            if not self._failing:
+                _LOG.info("playing on '%s': %s", self.cfg.output, fmt.describe())
             try:
                 self._write_loop(pcm, fmt)
                 try:
@@ -241,12 +247,30 @@ class Playback:
                     pass
                 return
             except alsaaudio.ALSAAudioError as exc:
-                _LOG.warning("speaker '%s' failed (%s); reopening", self.cfg.output, exc)
+                self._problem(f"speaker '{self.cfg.output}' failed ({exc}); reopening")
             finally:
                 try:
                     pcm.close()
                 except alsaaudio.ALSAAudioError:
                     pass
+            # Failed while writing (a device that went away under an open handle, a broken
+            # driver, one that opens but cannot play): wait before reopening instead of spinning.
+            if self._discard_for(self._backoff):
+                return
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+
+    def _problem(self, text: str) -> None:
+        # Once per outage at warning (and to on_problem); the retries that follow at debug.
+        if self._failing:
+            _LOG.debug("%s", text)
+            return
+        self._failing = True
+        _LOG.warning("%s", text)
+        if self.on_problem is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.on_problem, text)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
 
     def _discard_for(self, seconds: float) -> bool:
         """No device: drop queued audio (so nobody waits for it) for ``seconds``; True if closing."""
@@ -371,6 +395,14 @@ class Playback:
                 self.underruns += 1
                 if self.underruns in (1, 10, 100) or self.underruns % 1000 == 0:
                     _LOG.info("speaker '%s': underrun (%d so far)", self.cfg.output, self.underruns)
+            if self._failing and res > 0:
+                # Back only after a second of audio went out: some devices (and ALSA's file
+                # plugin) take a write into a buffer and fail on the next one.
+                self._ok_frames += res
+                if self._ok_frames >= fmt.rate:
+                    self._failing = False
+                    self._backoff = BACKOFF_MIN_S
+                    _LOG.info("playing on '%s' again: %s", self.cfg.output, fmt.describe())
             self._account(item_id, len(piece) // fmt.frame_bytes)
             self._refresh(pcm, fmt)
 

@@ -73,6 +73,8 @@ class RealtimeSession:
         self._closed = False
         self._seq = 0
         self._sent_types: OrderedDict[str, str] = OrderedDict()
+        self.ignored = 0
+        """Server messages that were not JSON objects (logged sparingly)."""
 
     @classmethod
     async def connect(cls, url: str, model: str, key: str, timeout_s: float) -> RealtimeSession:
@@ -144,16 +146,25 @@ class RealtimeSession:
                 text, code, reason = _describe_close(exc)
                 raise SessionClosed(text, code=code, reason=reason) from None
             if isinstance(raw, bytes):
-                _LOG.warning("ignoring a binary websocket message (%d bytes)", len(raw))
+                self._ignored(f"a binary websocket message ({len(raw)} bytes)")
                 continue
             try:
                 event = json.loads(raw)
             except json.JSONDecodeError:
-                _LOG.warning("ignoring a server message that is not JSON: %.80r", raw)
+                self._ignored(f"a server message that is not JSON: {raw[:80]!r}")
                 continue
             if isinstance(event, dict):
                 return event
-            _LOG.warning("ignoring a server message that is not an object: %.80r", raw)
+            self._ignored(f"a server message that is not an object: {raw[:80]!r}")
+
+    def _ignored(self, what: str) -> None:
+        # A broken or hostile server must not flood the journal: the 1st, 10th, 100th ... are logged.
+        self.ignored += 1
+        n = self.ignored
+        if n in (1, 10, 100) or n % 1000 == 0:
+            _LOG.warning("ignoring %s%s", what, f" ({n} ignored in this session)" if n > 1 else "")
+        else:
+            _LOG.debug("ignoring %s", what)
 
     async def close(self) -> None:
         """Close cleanly (code 1000); never raises."""

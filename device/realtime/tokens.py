@@ -257,7 +257,8 @@ class TokenSource:
             key = await self._fetch()
         except TokenError as exc:
             self.last_error = exc
-            problem = f"{exc.status}:{exc}"
+            # A 429 keeps its cause while blocked ("wait N s more" changes every second): said once.
+            problem = "429" if exc.status == 429 else f"{exc.status}:{exc}"
             level = logging.DEBUG if problem == self._last_problem else logging.WARNING
             if exc.status in (401, 403):
                 level = logging.DEBUG if problem == self._last_problem else logging.ERROR

@@ -36,6 +36,7 @@ class Daemon:
             errors="replace",
         )
         self.lines: list[str] = []
+        self.times: list[float] = []  # time.monotonic() when each line arrived
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -45,6 +46,7 @@ class Daemon:
         for line in self.proc.stdout:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
+                self.times.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -68,6 +70,20 @@ class Daemon:
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; output:\n" + "\n".join(self.lines[-60:]))
                 self._cond.wait(min(left, 0.1))
+
+    def wait_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> tuple[int, float, str]:
+        """Like :meth:`wait_for`; returns (index, arrival time.monotonic(), line) of the first match."""
+        self.wait_for(pattern, timeout, start)
+        rx = re.compile(pattern)
+        with self._cond:
+            i = next(i for i in range(start, len(self.lines)) if rx.search(self.lines[i]))
+            return i, self.times[i], self.lines[i]
+
+    def matching(self, pattern: str, start: int = 0) -> list[str]:
+        """Every output line from index ``start`` that matches ``pattern``."""
+        rx = re.compile(pattern)
+        with self._cond:
+            return [line for line in self.lines[start:] if rx.search(line)]
 
     def mark(self) -> int:
         """Index of the next line, for wait_for(start=...)."""
