@@ -131,6 +131,7 @@ class App:
         wake = WakeWord(s.wake)
 
         playback = Playback(s.audio, loop)
+        frontend = _frontend(s, playback)  # issue 13: software echo cancellation and noise front-end
         playback.start()
         self._on_cleanup(playback.close)
 
@@ -168,6 +169,7 @@ class App:
             assistant.on_frame(frame)
 
         capture = Capture(s.audio, on_frame, loop, on_status=lambda msg: _LOG.warning("microphone: %s", msg))
+        capture.frontend = frontend
         assistant = Assistant(
             s,
             bus=self.bus,
@@ -212,6 +214,21 @@ class App:
 
         capture.start()
         self._on_cleanup(capture.stop)
+
+
+def _frontend(s: Settings, playback: Any) -> Any:
+    """The microphone front-end of ``[audio]`` (None when off); taps ``playback`` for echo cancellation."""
+    from .audio.echo import frontend_for
+
+    reference = None
+    if s.audio.echo_cancellation:
+        from .audio.reference import PlaybackReference
+
+        reference = playback.reference = PlaybackReference()
+    elif s.realtime.barge_in == "voice":
+        _LOG.warning("barge_in = \"voice\" without audio.echo_cancellation: unless the sound card cancels "
+                     "its own echo, the speaker will hear and interrupt itself")
+    return frontend_for(s.audio, reference)
 
 
 async def run_daemon(settings: Settings) -> int:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import alsaaudio
 
@@ -40,6 +41,14 @@ class AudioFrame:
     t: float  # time.monotonic() when the frame was read
 
 
+class Frontend(Protocol):
+    """Cleans microphone frames in the reader thread (see device.audio.echo)."""
+
+    def process(self, frame: AudioFrame) -> AudioFrame: ...
+
+    def reset(self) -> None: ...
+
+
 class _DeviceGone(Exception):
     pass
 
@@ -62,6 +71,9 @@ class Capture:
         self.reopens = 0
         self._seq = 0
         self._flowed_s = 0.0
+        # Optional front-end (echo cancellation, noise suppression, gain): one process(frame) ->
+        # frame call in this thread on every frame, before anyone sees it. Set before start().
+        self.frontend: Frontend | None = None
 
     @property
     def muted(self) -> bool:
@@ -208,9 +220,15 @@ class Capture:
             if self._muted or now - n / rate < self._unmuted_at:
                 was_muted = True
                 continue
+            frontend = self.frontend
             if was_muted:
                 asm.reset()
+                if frontend is not None:
+                    frontend.reset()
                 was_muted = False
             for pcm16, pcm24 in asm.feed(data):
                 self._seq += 1
-                call(deliver, AudioFrame(self._seq, pcm16, pcm24, now))
+                frame = AudioFrame(self._seq, pcm16, pcm24, now)
+                if frontend is not None:
+                    frame = frontend.process(frame)
+                call(deliver, frame)

@@ -1,0 +1,144 @@
+"""The room as a rig process: reads the speaker FIFO in real time, writes the microphone FIFO.
+
+``python room_io.py SPK_FIFO MIC_FIFO OUTDIR ROOM_JSON``: every 80 ms it takes the next 80 ms the
+speaker played (24 kHz S16 mono; silence while nothing plays), converts it to 16 kHz, sends it
+through the room of :mod:`tests.rig.room` (soft clipping, device delay, impulse response), adds
+microphone noise and any queued near-end talker, and writes the 80 ms chunk to the microphone
+FIFO (16 kHz S16 mono). What it wrote goes to OUTDIR/mic.raw and the talker alone to
+OUTDIR/near.raw (float32, the same samples), so a test can line them up with what capture saw.
+Commands on stdin (JSON lines): ``{"op": "play", "id": N, "path": RAW16K, "gain": G}`` queues a
+talker (int16 16 kHz, scaled by G). Events on stdout: ``open``, ``start``/``end`` of a talker,
+``echo`` once a second with the echo level.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.rig.room import Room, soft_clip  # noqa: E402
+
+F_SETPIPE_SZ = 1031
+TICK_S = 0.08
+IN_RATE, RATE = 24000, 16000
+N_IN, N = 1920, 1280
+
+
+def _emit(**event: object) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
+    room = Room(**json.loads(room_json))
+    h = room.impulse()
+    gain = 10 ** (room.echo_dbfs / 20) / 0.1  # the echo level for a reply at -20 dBFS active
+    commands: queue.SimpleQueue[dict] = queue.SimpleQueue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                commands.put(json.loads(line))
+        os._exit(0)
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    spk = os.open(spk_path, os.O_RDWR | os.O_NONBLOCK)
+    fcntl.fcntl(spk, F_SETPIPE_SZ, 4096)
+    mic = os.open(mic_path, os.O_RDWR | os.O_NONBLOCK)  # no wait for the reader; capture opens it when it starts
+    try:
+        fcntl.fcntl(mic, F_SETPIPE_SZ, 4096)
+    except OSError:
+        pass
+    _emit(ev="open", t=time.monotonic())
+    mic_log = open(Path(outdir) / "mic.raw", "wb")
+    near_log = open(Path(outdir) / "near.raw", "wb")
+    rs = soxr.ResampleStream(IN_RATE, RATE, 1, dtype="float32", quality="HQ")
+    inbuf = np.zeros(0, dtype=np.float32)
+    outbuf = np.zeros(N, dtype=np.float32)  # one frame of slack for soxr's uneven output
+    hist = np.zeros(len(h) - 1)
+    rng = np.random.default_rng(room.seed + 1000)
+    talkers: list[list] = []  # [id, samples, offset]
+    echo_e, echo_n = 0.0, 0
+    next_t = time.monotonic()
+    heard = False
+    while True:
+        while True:
+            try:
+                cmd = commands.get_nowait()
+            except queue.Empty:
+                break
+            if cmd["op"] == "play":
+                x = np.fromfile(cmd["path"], dtype="<i2").astype(np.float64) / 32768.0 * float(cmd.get("gain", 1.0))
+                talkers.append([cmd["id"], x, 0])
+        want = (N_IN - len(inbuf)) * 2  # no more than this tick plays: the speaker FIFO paces the writer
+        try:
+            data = os.read(spk, want) if want > 0 else b""
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            data = b""
+        if data:
+            inbuf = np.concatenate([inbuf, np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)])
+        if data and not heard and np.abs(inbuf).max() > 100:
+            heard = True
+            _emit(ev="heard", t=time.monotonic())
+        take = inbuf[:N_IN]
+        inbuf = inbuf[N_IN:]
+        if len(take) < N_IN:
+            take = np.concatenate([take, np.zeros(N_IN - len(take), dtype=np.float32)])
+        outbuf = np.concatenate([outbuf, rs.resample_chunk(take)])
+        played, outbuf = outbuf[:N].astype(np.float64) / 32768.0, outbuf[N:]
+        if len(played) < N:
+            played = np.concatenate([played, np.zeros(N - len(played))])
+        x = np.concatenate([hist, soft_clip(played)])
+        echo = np.convolve(x, h, mode="valid") * gain
+        hist = x[-(len(h) - 1) :]
+        near = np.zeros(N)
+        now = time.monotonic()
+        for tk in list(talkers):
+            uid, s, off = tk
+            if off == 0:
+                _emit(ev="start", id=uid, t=now)
+            piece = s[off : off + N]
+            near[: len(piece)] += piece
+            tk[2] = off + N
+            if tk[2] >= len(s):
+                _emit(ev="end", id=uid, t=now)
+                talkers.remove(tk)
+        out = echo + near + rng.standard_normal(N) * 10 ** (room.noise_dbfs / 20)
+        echo_e += float(np.sum(echo**2))
+        echo_n += N
+        if echo_n >= RATE:
+            _emit(ev="echo", t=now, dbfs=round(10 * np.log10(echo_e / echo_n + 1e-20), 1))
+            echo_e, echo_n = 0.0, 0
+        pcm = np.clip(np.rint(out * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        try:
+            os.write(mic, pcm)
+        except BlockingIOError:
+            pass
+        mic_log.write(out.astype("<f4").tobytes())
+        near_log.write(near.astype("<f4").tobytes())
+        mic_log.flush()
+        near_log.flush()
+        next_t += TICK_S
+        now = time.monotonic()
+        if next_t - now < -0.2:
+            next_t = now
+        if next_t > now:
+            time.sleep(next_t - now)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
