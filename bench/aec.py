@@ -8,20 +8,18 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
   - "hey jarvis" over the reply at 0 dB SER, detected with and without echo cancellation;
   - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
     false wakes on non-wake speech.
-Real-time part (--rig): the daemon on the ALSA rig with the room process between speaker and
-microphone: voice barge-in latency, and self-interruptions over N replies with nobody talking.
+The real capture and playback path with the room between speaker and microphone on the ALSA rig
+is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--rig] [--replies 50]
+    python bench/aec.py [--quick] [--only libs,frontend,wake,noise]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,16 +309,14 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--rig", action="store_true", help="also run the real-time daemon part on the ALSA rig")
-    ap.add_argument("--replies", type=int, default=50, help="replies with nobody talking (self-interruptions)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,wake,noise,rig")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,wake,noise")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "wake", "noise"} | ({"rig"} if args.rig else set())
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "wake", "noise"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
@@ -329,10 +325,6 @@ def main() -> int:
         bench_wake_over_reply(speech, args.quick)
     if "noise" in only:
         bench_noise(speech, args.quick)
-    if "rig" in only:
-        from bench.aec_rig import run_rig
-
-        run_rig(speech, replies=args.replies)
     return 0
 
 
