@@ -16,7 +16,9 @@ from device.audio.echo import EchoFrontEnd
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig, ConfigError, load_settings
+from services.simulator import Turn
 from tests.rig import room as rm
+from tests.rig.simulator import write_device_config
 
 REPLY = [
     "Sure. Tomorrow will be mostly sunny with a high of twenty two degrees and a light breeze from the west.",
@@ -174,3 +176,48 @@ def test_speaker_check_reports_echo_reduction(alsa_rig, tmp_path) -> None:
     assert line.startswith("ok") and "echo reduced by" in line
     db = float(line.split("reduced by ")[1].split(" dB")[0])
     assert db >= 20
+
+
+LONG_REPLY = ("Here is a long answer. The weather today is sunny in the morning, with clouds coming in "
+              "from the west in the afternoon, and light rain in the evening. Tomorrow looks much the same, "
+              "with a little more wind.")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.simulator(pace=1, script=[Turn(say=LONG_REPLY, transcript="what is the weather like"),
+                                       Turn(say="Sure.", transcript="stop")])
+def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech, simulator, daemon_factory, tmp_path) -> None:
+    """The daemon hears its own reply through the room, does not interrupt itself, and stops
+    for a person who talks over it."""
+    room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room")
+    cfg = write_device_config(tmp_path / "device", simulator, sections={
+        "audio": {"input": "test_mic", "output": "test_spk_fifo", "volume": 100, "cues": False, "echo_cancellation": True},
+        "realtime": {"barge_in": "voice", "follow_up_s": 2.0, "silence_duration_ms": 800}, "state": {"dir": str(tmp_path / "state")}})
+    d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
+    d.wait_for(r"ready: listening", 20)
+    d.wait_for(r"microphone front-end: echo cancellation", 1)
+    time.sleep(1.0)
+    request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
+    room.talk(request, 0.5)
+    mark = d.mark()
+    d.wait_for(r"state \w+ -> speaking", 20, start=mark)
+    # The reply plays for 3 s with the microphone streamed: its echo must not start a turn.
+    time.sleep(3.0)
+    assert simulator.sessions and not [line for line in d.lines[mark:] if "interrupted by" in line], \
+        "the speaker interrupted itself: " + "\n".join(d.lines[mark:])
+    echo_dbfs = room.proc.wait_event("echo", 2, after=len(room.proc.events) - 1)
+    assert echo_dbfs is not None and echo_dbfs["dbfs"] > -30, f"the reply's echo is too quiet to test: {echo_dbfs}\n" + d.output
+    # A person talks over the reply at about the echo's level (0 dB SER).
+    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb"))
+    gain = 10 ** (echo_dbfs["dbfs"] / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
+    n_events = len(room.proc.events)
+    uid = room.talk(talk, gain)
+    mark = d.mark()
+    d.wait_for(r"interrupted by voice", 5, start=mark)
+    stopped = time.monotonic()
+    started = room.proc.wait_event("start", 2, after=n_events)
+    assert started is not None and started["id"] == uid
+    latency_ms = (stopped - started["t"]) * 1000
+    print(f"voice barge-in: reply stopped {latency_ms:.0f} ms after the talker's onset (echo at {echo_dbfs['dbfs']} dBFS)")
+    assert latency_ms < 600  # a functional bound; bench figures are taken unloaded
+    d.wait_for(r"assistant said: Sure\.", 10, start=mark)

@@ -85,8 +85,13 @@ class PlaybackReference:
         """The ``n`` samples (int16, 16 kHz) that played up to ``t_end``; silence where nothing did."""
         start = self._index(t_end) - n
         with self._lock:
-            if self._r < 0 or abs(self._r - start) > SLACK_S * RATE:
+            err = start - self._r
+            if self._r < 0 or abs(err) > SLACK_S * RATE:
                 self._r = start
+            elif self._r >= self._w:
+                # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
+                # so every reply starts with the same delay and AEC3 need not search again.
+                self._r += int(round(err * 0.25))
             a = self._r
             self._r += n
             out = np.zeros(n, dtype=np.float32)

@@ -13,7 +13,6 @@ talker (int16 16 kHz, scaled by G). Events on stdout: ``open``, ``start``/``end`
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -54,8 +53,32 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
         os._exit(0)
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    spk = os.open(spk_path, os.O_RDWR | os.O_NONBLOCK)
+    spk = os.open(spk_path, os.O_RDWR)
     fcntl.fcntl(spk, F_SETPIPE_SZ, 4096)
+    # What the loudspeaker plays, on a timeline of time.monotonic() at 24 kHz: the reader lays each
+    # 20 ms it drains where it sounds, contiguous within a stream, so the echo's delay stays put.
+    ring = np.zeros(IN_RATE * 10, dtype=np.float32)
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def read_speaker() -> None:
+        step, next_t, cursor = IN_RATE * 2 // 50, time.monotonic(), -1
+        while True:
+            data = os.read(spk, step)
+            now = time.monotonic()
+            x = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)
+            at = int((now - t0) * IN_RATE)
+            if cursor < 0 or at > cursor + IN_RATE * 3 // 100:  # a new stream (or a stall): restart here
+                cursor = at
+            with lock:
+                idx = np.arange(cursor, cursor + len(x)) % len(ring)
+                ring[idx] = x
+            cursor += len(x)
+            next_t = max(next_t, now - 0.1) + len(x) / IN_RATE
+            if next_t > now:
+                time.sleep(next_t - now)
+
+    threading.Thread(target=read_speaker, daemon=True).start()
     mic = os.open(mic_path, os.O_RDWR | os.O_NONBLOCK)  # no wait for the reader; capture opens it when it starts
     try:
         fcntl.fcntl(mic, F_SETPIPE_SZ, 4096)
@@ -65,7 +88,6 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     mic_log = open(Path(outdir) / "mic.raw", "wb")
     near_log = open(Path(outdir) / "near.raw", "wb")
     rs = soxr.ResampleStream(IN_RATE, RATE, 1, dtype="float32", quality="HQ")
-    inbuf = np.zeros(0, dtype=np.float32)
     outbuf = np.zeros(N, dtype=np.float32)  # one frame of slack for soxr's uneven output
     hist = np.zeros(len(h) - 1)
     rng = np.random.default_rng(room.seed + 1000)
@@ -73,6 +95,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     echo_e, echo_n = 0.0, 0
     next_t = time.monotonic()
     heard = False
+    last_end = -1
     while True:
         while True:
             try:
@@ -82,22 +105,19 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
             if cmd["op"] == "play":
                 x = np.fromfile(cmd["path"], dtype="<i2").astype(np.float64) / 32768.0 * float(cmd.get("gain", 1.0))
                 talkers.append([cmd["id"], x, 0])
-        want = (N_IN - len(inbuf)) * 2  # no more than this tick plays: the speaker FIFO paces the writer
-        try:
-            data = os.read(spk, want) if want > 0 else b""
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            data = b""
-        if data:
-            inbuf = np.concatenate([inbuf, np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)])
-        if data and not heard and np.abs(inbuf).max() > 100:
+        # The 80 ms that sounded up to 40 ms ago (the reader has laid it by then), cleared after use.
+        end = int((time.monotonic() - t0) * IN_RATE) - IN_RATE * 4 // 100
+        if last_end < 0 or abs(end - (last_end + N_IN)) > IN_RATE // 50:
+            last_end = end
+        else:
+            last_end += N_IN
+        with lock:
+            idx = np.arange(last_end - N_IN, last_end) % len(ring)
+            take = ring[idx].copy()
+            ring[idx] = 0.0
+        if not heard and np.abs(take).max() > 100:
             heard = True
             _emit(ev="heard", t=time.monotonic())
-        take = inbuf[:N_IN]
-        inbuf = inbuf[N_IN:]
-        if len(take) < N_IN:
-            take = np.concatenate([take, np.zeros(N_IN - len(take), dtype=np.float32)])
         outbuf = np.concatenate([outbuf, rs.resample_chunk(take)])
         played, outbuf = outbuf[:N].astype(np.float64) / 32768.0, outbuf[N:]
         if len(played) < N:
