@@ -68,7 +68,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
             now = time.monotonic()
             x = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)
             at = int((now - t0) * IN_RATE)
-            if cursor < 0 or at > cursor + IN_RATE * 3 // 100:  # a new stream (or a stall): restart here
+            if cursor < 0 or at > cursor + IN_RATE * 4 // 100:  # a new stream (or a stall): restart here
                 cursor = at
             with lock:
                 idx = np.arange(cursor, cursor + len(x)) % len(ring)
