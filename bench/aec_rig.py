@@ -30,6 +30,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replies", type=int, default=50, help="replies with nobody talking")
     ap.add_argument("--barge", type=int, default=10, help="replies talked over")
+    ap.add_argument("--speaker", default="test_spk_fifo", choices=["test_spk_fifo", "test_pulse"],
+                    help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
     args = ap.parse_args()
 
     from services.simulator import SimulatorThread
@@ -48,9 +50,11 @@ def main() -> int:
     daemon = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the rig and the daemon
     try:
-        room = rm.RoomProcess(rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), work / "room")
+        if args.speaker == "test_pulse":
+            rig.start_pulse()
+        room = rm.RoomProcess(rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), work / "room", speaker=args.speaker)
         cfg = write_device_config(work / "device", sim, sections={
-            "audio": {"input": "test_mic", "output": "test_spk_fifo", "volume": 100, "cues": False, "echo_cancellation": True},
+            "audio": {"input": "test_mic", "output": args.speaker, "volume": 100, "cues": False, "echo_cancellation": True},
             "realtime": {"barge_in": "voice", "follow_up_s": 0.5, "silence_duration_ms": 800},
             "state": {"dir": str(work / "state")}})
         daemon = Daemon(["run", "--config", str(cfg)], env=rig.env)

@@ -129,7 +129,8 @@ class RoomProcess:
         self.outdir = Path(outdir)
         self.outdir.mkdir(parents=True, exist_ok=True)
         self._n = 0
-        proc = _Process([rig.pcms[speaker].path, rig.pcms[mic].path, str(self.outdir), json.dumps(dataclasses.asdict(room))],
+        source = f"pulse:{rig.pulse_socket}" if speaker == "test_pulse" else rig.pcms[speaker].path
+        proc = _Process([source, rig.pcms[mic].path, str(self.outdir), json.dumps(dataclasses.asdict(room))],
                         script=Path(__file__).with_name("room_io.py"))
         self.proc = proc
         rig._procs.append(proc)

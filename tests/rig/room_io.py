@@ -1,6 +1,7 @@
 """The room as a rig process: reads the speaker FIFO in real time, writes the microphone FIFO.
 
-``python room_io.py SPK_FIFO MIC_FIFO OUTDIR ROOM_JSON``: every 80 ms it takes the next 80 ms the
+``python room_io.py SPK_FIFO MIC_FIFO OUTDIR ROOM_JSON`` (SPK_FIFO may be ``pulse:SOCKET``: the
+rig's PulseAudio null sink, which reports its delay, heard through its monitor with parec): every 80 ms it takes the next 80 ms the
 speaker played (24 kHz S16 mono; silence while nothing plays), converts it to 16 kHz, sends it
 through the room of :mod:`tests.rig.room` (soft clipping, device delay, impulse response), adds
 microphone noise and any queued near-end talker, and writes the 80 ms chunk to the microphone
@@ -53,8 +54,19 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
         os._exit(0)
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    spk = os.open(spk_path, os.O_RDWR)
-    fcntl.fcntl(spk, F_SETPIPE_SZ, 4096)
+    parec = None
+    if spk_path.startswith("pulse:"):
+        # A speaker that reports its delay: the rig's PulseAudio null sink, heard through its monitor.
+        import subprocess
+
+        parec = subprocess.Popen(["parec", f"--server=unix:{spk_path[6:]}", "-d", "rig_sink.monitor", "--raw",
+                                  "--format=s16le", f"--rate={IN_RATE}", "--channels=1", "--latency-msec=20"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert parec.stdout is not None
+        spk = parec.stdout.fileno()
+    else:
+        spk = os.open(spk_path, os.O_RDWR)
+        fcntl.fcntl(spk, F_SETPIPE_SZ, 4096)
     # What the loudspeaker plays, on a timeline of time.monotonic() at 24 kHz: the reader lays each
     # 20 ms it drains where it sounds, contiguous within a stream, so the echo's delay stays put.
     ring = np.zeros(IN_RATE * 10, dtype=np.float32)
@@ -74,7 +86,11 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
                 idx = np.arange(cursor, cursor + len(x)) % len(ring)
                 ring[idx] = x
             cursor += len(x)
-            next_t = max(next_t, now - 0.1) + len(x) / IN_RATE
+            if parec is not None:
+                continue  # the sink's clock paces the monitor
+            # A card's clock: steady, catching up on the reader's own lateness, but restarting
+            # after a pause (no burst that would drain the FIFO, the card's buffer, at once).
+            next_t = (now if now - next_t > 0.2 else next_t) + len(x) / IN_RATE
             if next_t > now:
                 time.sleep(next_t - now)
 
@@ -107,7 +123,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
                 talkers.append([cmd["id"], x, 0])
         # The 80 ms that sounded up to 40 ms ago (the reader has laid it by then), cleared after use.
         end = int((time.monotonic() - t0) * IN_RATE) - IN_RATE * 4 // 100
-        if last_end < 0 or abs(end - (last_end + N_IN)) > IN_RATE // 50:
+        if last_end < 0 or abs(end - (last_end + N_IN)) > IN_RATE // 5:  # a steady clock, like an ADC's
             last_end = end
         else:
             last_end += N_IN
