@@ -44,6 +44,8 @@ class PlaybackReference:
         self._rs: soxr.ResampleStream | None = None
         self._rs_rate = 0
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
+        self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
+        self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
 
     def _index(self, t: float) -> int:
         return int(round((t - self._t0) * RATE))
@@ -66,6 +68,7 @@ class PlaybackReference:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)
                 self._w = start
+                self.write_anchors += 1
             self._put(self._w, y)
             self._w += len(y)
 
@@ -87,6 +90,8 @@ class PlaybackReference:
         with self._lock:
             err = start - self._r
             if self._r < 0 or abs(err) > SLACK_S * RATE:
+                if 0 <= self._r < self._w:
+                    self.read_snaps += 1
                 self._r = start
             elif self._r >= self._w:
                 # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
