@@ -131,7 +131,7 @@ class App:
         wake = WakeWord(s.wake)
 
         playback = Playback(s.audio, loop)
-        frontend = _frontend(s, playback)  # issue 13: software echo cancellation and noise front-end
+        frontend = _frontend(s, playback)  # software echo cancellation and noise front-end (or None)
         playback.start()
         self._on_cleanup(playback.close)
 
