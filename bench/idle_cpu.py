@@ -133,6 +133,8 @@ def wait_line(log: Path, needle: str, proc: subprocess.Popen, timeout: float) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--frontend", action="store_true",
+                    help="daemon with the microphone front-end on (echo_cancellation, noise_suppression = 2, auto_gain = 3)")
     ap.add_argument("--bare-engine", metavar="RAW", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=float, default=3.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -151,7 +153,8 @@ def main() -> int:
         audio.tofile(raw)
         rig = AlsaRig(work / "rig")
         cfg = work / "speaker.toml"
-        cfg.write_text(rig.audio_toml("test_mic", "test_spk") + f'[state]\ndir = "{work / "state"}"\n[log]\nlevel = "info"\n')
+        frontend = "echo_cancellation = true\nnoise_suppression = 2\nauto_gain = 3\n" if args.frontend else ""
+        cfg.write_text(rig.audio_toml("test_mic", "test_spk") + frontend + f'[state]\ndir = "{work / "state"}"\n[log]\nlevel = "info"\n')
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **rig.env)
         env.pop("NOTIFY_SOCKET", None)
         env.pop("OPENAI_API_KEY", None)
@@ -201,7 +204,7 @@ def main() -> int:
     d_rate = (c1 - c0) / audio_s
     b_rate = result["cpu_s"] / result["audio_s"]
     print(f"idle listening, {audio_s:.1f} s of real-time audio through the FIFO microphone (16 kHz mono)")
-    print(f"  daemon (speaker run):        {d_rate:.4f} CPU-s per audio-s   peak RSS {rss:.1f} MB   wake detections {detections}")
+    print(f"  daemon (speaker run{', front-end on' if args.frontend else ''}): {d_rate:.4f} CPU-s per audio-s   peak RSS {rss:.1f} MB   wake detections {detections}")
     print(f"  bare engine, same pacing:    {b_rate:.4f} CPU-s per audio-s   peak RSS {result['rss_mb']:.1f} MB   "
           f"wake detections {result['detections']}")
     print(f"  ratio daemon / bare engine:  {d_rate / b_rate:.2f}x")

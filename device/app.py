@@ -138,6 +138,7 @@ class App:
 
         playback = Playback(s.audio, loop)
         playback.on_problem = lambda msg: self.bus.publish(ev.ErrorEvent(where="speaker", message=msg))
+        frontend = _frontend(s, playback)  # software echo cancellation and noise front-end (or None)
         playback.start()
         self._on_cleanup(playback.close)
 
@@ -192,6 +193,7 @@ class App:
             _LOG.info("microphone: %s", msg)
 
         capture = Capture(s.audio, on_frame, loop, on_status=mic_failed, on_recovered=mic_back)
+        capture.frontend = frontend
         assistant = Assistant(
             s,
             bus=self.bus,
@@ -249,6 +251,21 @@ class App:
 
         capture.start()
         self._on_cleanup(capture.stop)
+
+
+def _frontend(s: Settings, playback: Any) -> Any:
+    """The microphone front-end of ``[audio]`` (None when off); taps ``playback`` for echo cancellation."""
+    from .audio.echo import frontend_for
+
+    reference = None
+    if s.audio.echo_cancellation:
+        from .audio.reference import PlaybackReference
+
+        reference = playback.reference = PlaybackReference()
+    elif s.realtime.barge_in == "voice":
+        _LOG.warning("barge_in = \"voice\" without audio.echo_cancellation: unless the sound card cancels "
+                     "its own echo, the speaker will hear and interrupt itself")
+    return frontend_for(s.audio, reference)
 
 
 async def run_daemon(settings: Settings) -> int:

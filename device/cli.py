@@ -72,6 +72,15 @@ async def _checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
 
     checks += [("microphone", audio_in), ("speaker", audio_out), ("wake word", wake)]
 
+    if settings.audio.echo_cancellation:
+
+        async def echo() -> str:
+            from .audio.echo_check import check_echo
+
+            return await check_echo(settings.audio)
+
+        checks.append(("echo cancellation", echo))
+
     if settings.auth.mode == "none":
 
         def no_auth() -> str:

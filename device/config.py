@@ -77,6 +77,9 @@ class AudioConfig:
     cue_volume: int = _f(60, "volume of the cues relative to speech, 0-100", **_range(0, 100))
     dnd_announcements: Literal["queue", "drop"] = _f(
         "queue", "announcements during do-not-disturb: queue (spoken when it ends) or drop")
+    echo_cancellation: bool = _f(False, "cancel the speaker's own sound in the microphone (software AEC, WebRTC AEC3)")
+    noise_suppression: int = _f(0, "noise suppression before the wake word and the session: 0 off, 1-4 gentle to strong", **_range(0, 4))
+    auto_gain: int = _f(0, "automatic gain: 0 off, 1-31 = bring speech up to this many dB below full scale", **_range(0, 31))
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class RealtimeConfig:
         "system instructions; placeholders {{today}} {{time}} {{language}} {{device}} {{devices}}",
     )
     language: str = _f("en", "the household's language (ISO 639-1), for {{language}} and transcription")
-    barge_in: Literal["wake_word", "voice"] = _f("wake_word", "wake_word (no echo cancellation) or voice")
+    barge_in: Literal["wake_word", "voice"] = _f("wake_word", "wake_word, or voice (needs echo cancellation: hardware or audio.echo_cancellation)")
     speed: float = _f(1.0, "speech speed", **_range(0.25, 1.5))
     turn_detection: Literal["server_vad", "semantic_vad"] = _f("server_vad", "server turn detection")
     vad_threshold: float = _f(0.5, "server_vad threshold 0-1", **_range(0.0, 1.0))

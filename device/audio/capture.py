@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import alsaaudio
 
@@ -28,6 +29,14 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 8.0
 
 __all__ = ["AudioFrame", "Capture", "probe_input"]
+
+
+class Frontend(Protocol):
+    """Cleans microphone frames in the reader thread (see device.audio.echo)."""
+
+    def process(self, frame: AudioFrame) -> AudioFrame: ...
+
+    def reset(self) -> None: ...
 
 
 class _DeviceGone(Exception):
@@ -57,6 +66,9 @@ class Capture:
         # Runs in the reader thread on each frame before it goes to the loop (the wake word's
         # inference: it must not stall the loop); returns the frame, annotated.
         self.analyze: Callable[[AudioFrame], AudioFrame] | None = None
+        # Optional front-end (echo cancellation, noise suppression, gain): one process(frame) ->
+        # frame call in this thread on every frame, before anyone sees it. Set before start().
+        self.frontend: Frontend | None = None
 
     @property
     def muted(self) -> bool:
@@ -204,12 +216,17 @@ class Capture:
             if self._muted or now - n / rate < self._unmuted_at:
                 was_muted = True
                 continue
+            frontend = self.frontend
             if was_muted:
                 asm.reset()
+                if frontend is not None:
+                    frontend.reset()
                 was_muted = False
             for pcm16, pcm24 in asm.feed(data):
                 self._seq += 1
                 frame = AudioFrame(self._seq, pcm16, pcm24, now)
+                if frontend is not None:
+                    frame = frontend.process(frame)
                 # -- begin: analysis in the reader thread (wake word) --
                 analyze = self.analyze
                 if analyze is not None:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import alsaaudio
 import numpy as np
@@ -25,6 +26,9 @@ from device.audio.alsa_util import PcmFormat, open_pcm, probe_output
 from device.audio.cues import cue_ms, cue_pcm
 from device.audio.frames import SESSION_RATE
 from device.config import AudioConfig
+
+if TYPE_CHECKING:
+    from device.audio.reference import PlaybackReference
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ class Playback:
         self._failing = False
         self._ok_frames = 0  # frames written since the device was last (re)opened
         self._backoff = BACKOFF_MIN_S  # before reopening a failed device; doubles up to BACKOFF_MAX_S
+        # Echo cancellation's far end: every period written is tapped here (set before start()).
+        self.reference: PlaybackReference | None = None
 
     # -- public API (event loop) --------------------------------------------------------------
 
@@ -405,6 +411,19 @@ class Playback:
                     _LOG.info("playing on '%s' again: %s", self.cfg.output, fmt.describe())
             self._account(item_id, len(piece) // fmt.frame_bytes)
             self._refresh(pcm, fmt)
+            if self.reference is not None:
+                self._tap(piece, fmt)
+
+    def _tap(self, piece: memoryview, fmt: PcmFormat) -> None:
+        """Hand the period just written, and where it sits in the device queue, to the reference."""
+        assert self.reference is not None
+        if fmt.format == alsaaudio.PCM_FORMAT_S32_LE:
+            x = (np.frombuffer(piece, dtype=np.int32) >> 16).astype(np.float32)
+        else:
+            x = np.frombuffer(piece, dtype=np.int16).astype(np.float32)
+        if fmt.channels > 1:
+            x = x[:: fmt.channels]
+        self.reference.written(x, fmt.rate, max(0, self._delay - len(x)))
 
     def _account(self, item_id: str, frames: int) -> None:
         with self._cond:
@@ -431,3 +450,5 @@ class Playback:
                     item.last = max(item.first, self._written)
             self._delay = 0
             self._delay_t = time.monotonic()
+        if self.reference is not None:
+            self.reference.dropped()

@@ -74,8 +74,8 @@ class Utterance:
 class _Process:
     """A rig helper process reporting JSON events on stdout."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(_IO), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def __init__(self, args: list[str], script: Path = _IO) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
         self.events: list[dict] = []
         self._cond = threading.Condition()

@@ -1,0 +1,340 @@
+"""Benchmark (issue 13): echo cancellation and the noise front-end.
+
+Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
+  - library comparison: ERLE after convergence, convergence time and CPU-s per audio-s of each
+    candidate WebRTC binding on the same simulated room;
+  - the product's front-end (device/audio/echo.py) per RT60: ERLE, convergence, double talk at
+    +5/0/-5 dB SER (near-end envelope correlation), CPU beside the wake engine's;
+  - "hey jarvis" over the reply at 0 dB SER, detected with and without echo cancellation;
+  - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
+    false wakes on non-wake speech.
+The real capture and playback path with the room between speaker and microphone on the ALSA rig
+is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
+
+    python bench/aec.py [--quick] [--only libs,frontend,wake,noise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from tests.rig import room as rm  # noqa: E402
+
+RATE = 16000
+REPLY = [
+    "Sure. Tomorrow will be mostly sunny with a high of twenty two degrees and a light breeze from the west.",
+    "In the evening clouds move in, and there is a small chance of rain after midnight.",
+    "I have turned on the kitchen light and set the thermostat to twenty one degrees.",
+]
+NEAR = "Wait, could you tell me about the weekend instead, please?"
+OTHER = [
+    "could you please turn off the lights in the living room",
+    "the weather tomorrow will be sunny with a light breeze",
+    "I'd like a cup of coffee and a piece of cake",
+    "remind me to call my sister at six",
+    "what is the capital of Australia",
+    "play some music in the kitchen",
+]
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# ----- candidate libraries ------------------------------------------------------------------------
+
+def run_livekit(mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+    from livekit import rtc
+
+    apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+    out = np.zeros_like(mic)
+    for i in range(0, len(mic) - 159, 160):
+        r = rtc.AudioFrame(far[i : i + 160].tobytes(), RATE, 1, 160)
+        apm.process_reverse_stream(r)
+        m = rtc.AudioFrame(mic[i : i + 160].tobytes(), RATE, 1, 160)
+        apm.set_stream_delay_ms(0)
+        apm.process_stream(m)
+        out[i : i + 160] = np.frombuffer(m.data, dtype=np.int16)
+    return out
+
+
+def run_pywebrtc_audio(mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+    import pywebrtc_audio
+
+    ap = pywebrtc_audio.AudioProcessor(RATE, echo_cancellation=True, high_pass_filter=True)
+    out = np.zeros_like(mic)
+    for i in range(0, len(mic) - 1279, 1280):  # the product's 80 ms frames
+        out[i : i + 1280] = ap.process(mic[i : i + 1280], far[i : i + 1280])
+    return out
+
+
+def run_frontend(mic: np.ndarray, far: np.ndarray, ns: int = 0, agc: int = 0, aec: bool = True) -> np.ndarray:
+    from device.audio.echo import EchoFrontEnd
+
+    fe = EchoFrontEnd(echo_cancellation=aec, noise_suppression=ns, auto_gain=agc)
+    out = np.zeros_like(mic)
+    for i in range(0, len(mic) - 1279, 1280):
+        out[i : i + 1280] = fe.process16k(mic[i : i + 1280], far[i : i + 1280] if far is not None else None)
+    return out
+
+
+CANDIDATES = {"livekit": run_livekit, "pywebrtc-audio": run_pywebrtc_audio}
+# Facts gathered with pip (download --only-binary for manylinux aarch64/x86-64, cp311/cp313) and
+# the release dates on PyPI, November 2026.
+FACTS = {
+    "livekit": ("1.2.1", "2026-10", "yes (py3-none manylinux_2_28)", "AEC3+NS+HPF+AGC, on/off only; FFI runtime with 5 threads"),
+    "pywebrtc-audio": ("0.2.0", "2026-09", "yes (cp311/cp313 manylinux_2_28)", "AEC3, NS level 0-3, AGC2, HPF; numpy in/out, any frame length"),
+    "webrtc-noise-gain": ("1.3.0", "2026-05", "yes (abi3 manylinux_2_28)", "NS 0-4 + AGC1 only: no echo cancellation"),
+    "webrtc-apm": ("0.1.6", "2025-10", "no Linux wheel for 3.11/3.13 (pip: no matching distribution)", "not installable here"),
+    "speexdsp": ("0.1.1", "2018-07", "sdist only, build fails here", "Speex AEC (not WebRTC); unmaintained"),
+}
+
+
+# ----- scenes -----------------------------------------------------------------------------------
+
+def reply_audio(speech) -> np.ndarray:
+    parts = []
+    for text in REPLY:
+        parts += [speech.say(text, voice="en-us+f3", speed=165), speech.silence(0.25)]
+    return np.concatenate(parts)
+
+
+def scene(speech, rt60: float, delay_ms: float, ser_db: float | None, seed: int = 0, near_at_s: float = 4.0):
+    """(mic int16, far int16, echo-only float, near-only float placed, near span) of one room."""
+    far = reply_audio(speech)
+    room = rm.Room(rt60_s=rt60, delay_ms=delay_ms, seed=seed)
+    echo = room.echo(far, ref_rms=rm.active_rms(far.astype(np.float64) / 32768.0)) + room.noise(len(far))
+    near_only = np.zeros_like(echo)
+    span = (0, 0)
+    if ser_db is not None:
+        near = speech.say(NEAR, voice="en-gb", speed=160)
+        at = int(near_at_s * RATE)
+        near_only = _place(np.zeros_like(echo), near, at, 0.0, level=rm.active_rms(echo) * 10 ** (ser_db / 20))
+        span = (at, min(len(echo), at + len(near)))
+    n = len(far) // 1280 * 1280  # whole 80 ms frames
+    mic = rm.to_int16(echo + near_only)
+    return mic[:n], far[:n], echo[:n], near_only[:n], span
+
+
+def erle_and_convergence(mic: np.ndarray, out: np.ndarray, end: int | None = None) -> tuple[float, float]:
+    """ERLE from 1 s on (far-end only up to ``end``) and the time from which every active 200 ms
+    window keeps >= 20 dB."""
+    end = end or len(mic)
+    m, o = mic[:end].astype(np.float64), out[:end].astype(np.float64)
+    erle = rm.erle_db(m[RATE:], o[RATE:])
+    w = RATE // 5
+    em, eo = rm.envelope(m, ms=200) ** 2, rm.envelope(o, ms=200) ** 2
+    active = em > em.max() * 1e-3
+    conv = 0.0
+    for k in range(len(em)):
+        if active[k] and 10 * np.log10(em[k] / max(eo[k], 1e-9)) < 20:
+            conv = (k + 1) * w / RATE
+    return erle, conv
+
+
+def bench_libraries(speech, quick: bool) -> None:
+    print("\n== library comparison (room RT60 0.4 s, 30 ms delay, echo only) ==")
+    mic, far, *_ = scene(speech, 0.4, 30, None)
+    secs = len(mic) / RATE
+    print(f"{'library':18} {'version':8} {'released':9} {'ERLE dB':>8} {'conv s':>7} {'CPU-s/audio-s':>14}  wheels aarch64+x86-64, py3.11+3.13 / notes")
+    for name, (ver, date, wheels, notes) in FACTS.items():
+        fn = CANDIDATES.get(name)
+        if fn is None:
+            print(f"{name:18} {ver:8} {date:9} {'-':>8} {'-':>7} {'-':>14}  {wheels}; {notes}")
+            continue
+        c0 = cpu_s()
+        out = fn(mic, far)
+        c = (cpu_s() - c0) / secs
+        erle, conv = erle_and_convergence(mic, out)
+        print(f"{name:18} {ver:8} {date:9} {erle:8.1f} {conv:7.2f} {c:14.4f}  {wheels}; {notes}")
+
+
+def bench_frontend(speech, quick: bool) -> None:
+    print("\n== the product's front-end (pywebrtc-audio AEC3 + HPF), per RT60 and delay ==")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7}")
+    for rt60 in (0.3, 0.45, 0.6):
+        for delay in ((30,) if quick else (10, 60)):
+            mic, far, *_ = scene(speech, rt60, delay, None, seed=int(rt60 * 100))
+            out = run_frontend(mic, far)
+            erle, conv = erle_and_convergence(mic, out)
+            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f}")
+    print("\n== double talk: near-end envelope correlation (RT60 0.45 s, 30 ms) ==")
+    print(f"{'SER dB':>6} {'corr AEC':>9} {'corr raw mic':>13}")
+    for ser in (5, 0, -5):
+        mic, far, echo, near, (a, b) = scene(speech, 0.45, 30, ser, seed=7)
+        out = run_frontend(mic, far)
+        corr = rm.envelope_correlation(out[a:b].astype(np.float64), near[a:b])
+        raw = rm.envelope_correlation(mic[a:b].astype(np.float64), near[a:b])
+        print(f"{ser:6d} {corr:9.3f} {raw:13.3f}")
+    print("\n== CPU-s per audio-s (flat out, one core) ==")
+    mic, far, *_ = scene(speech, 0.45, 30, None)
+    secs = len(mic) / RATE
+    for label, kw in (("AEC", dict(aec=True)), ("AEC+NS(2)", dict(aec=True, ns=2)), ("AEC+NS+AGC", dict(aec=True, ns=2, agc=3)),
+                      ("NS+AGC (no AEC)", dict(aec=False, ns=2, agc=3))):
+        c0 = cpu_s()
+        run_frontend(mic, far if kw["aec"] else None, **{k: v for k, v in kw.items()})
+        print(f"{label:18} {(cpu_s() - c0) / secs:.4f}")
+    c0 = cpu_s()
+    wake_scores(np.concatenate([mic] * 2))
+    print(f"{'wake engine':18} {(cpu_s() - c0) / (2 * secs):.4f}")
+
+
+_ENGINE = None
+
+
+def wake_scores(x: np.ndarray) -> float:
+    """Highest hey_jarvis score over ``x`` (a fresh detector state each call)."""
+    from device.config import WakeConfig
+    from device.wakeword import WakeWord
+
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = WakeWord(WakeConfig(threshold=0.5, refractory_s=0.0))
+    _ENGINE.reset()
+    best = 0.0
+    for i in range(0, len(x) - 1279, 1280):
+        d = _ENGINE.process(x[i : i + 1280].tobytes())
+        if d is not None:
+            best = max(best, d.score)
+    return best
+
+
+def detected(x: np.ndarray) -> bool:
+    """Whether hey_jarvis fires anywhere in ``x`` (after 2.5 s of silence to settle the features)."""
+    return wake_scores(np.concatenate([np.zeros(RATE * 5 // 2, dtype=np.int16), x, np.zeros(RATE, dtype=np.int16)])) > 0
+
+
+def bench_wake_over_reply(speech, quick: bool) -> None:
+    n = 10 if quick else 40
+    print(f"\n== 'hey jarvis' over the reply at 0 dB SER ({n} trials, RT60 0.3-0.6 s, delay 10-60 ms) ==")
+    print("(the echo canceller has heard one earlier reply in the same room, as on a device in use)")
+    hits_aec = hits_raw = hits_clean = 0
+    rng = np.random.default_rng(3)
+    voices = ["en-us", "en-gb", "en-us+m3", "en-gb+m2", "en-us+f2"]
+    reply = reply_audio(speech)
+    reply = reply[: len(reply) // 1280 * 1280]
+    gap = np.zeros(1280 * 10, dtype=np.int16)
+    far = np.concatenate([reply, gap, reply])
+    off = len(reply) + len(gap)
+    for k in range(n):
+        rt60, delay = float(rng.uniform(0.3, 0.6)), float(rng.uniform(10, 60))
+        room = rm.Room(rt60_s=rt60, delay_ms=delay, seed=k)
+        echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
+        wake = speech.say("hey jarvis", voice=voices[k % len(voices)], speed=int(rng.integers(130, 175)))
+        at = off + int(rng.uniform(2.0, 12.0) * RATE)
+        level = rm.active_rms(echo[off:])
+        mic = rm.to_int16(_place(echo, wake, at, 0.0, level=level))
+        clean = rm.to_int16(_place(np.zeros_like(echo), wake, at, 0.0, level=level))
+        out = run_frontend(mic, far)
+        seg = slice(at - RATE * 2, at + len(wake) + RATE)
+        hits_aec += detected(out[seg])
+        hits_raw += detected(mic[seg])
+        hits_clean += detected(clean[seg])
+    print(f"detected with AEC {100 * hits_aec / n:.0f} %   without {100 * hits_raw / n:.0f} %   "
+          f"(the same words alone, no reply: {100 * hits_clean / n:.0f} %)")
+
+
+def _place(echo: np.ndarray, near: np.ndarray, at: int, ser_db: float, level: float | None = None) -> np.ndarray:
+    """``echo`` plus ``near`` at sample ``at``, its active level ``ser_db`` above the echo's (or ``level``)."""
+    s = near.astype(np.float64) / 32768.0
+    s *= (level if level is not None else rm.active_rms(echo) * 10 ** (ser_db / 20)) / max(rm.active_rms(s), 1e-12)
+    out = echo.copy()
+    out[at : at + len(s)] += s[: len(out) - at]
+    return out
+
+
+def pink(n: int, rng: np.random.Generator) -> np.ndarray:
+    f = np.fft.rfftfreq(n, 1 / RATE)
+    spec = (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) / np.sqrt(np.maximum(f, 20.0))
+    x = np.fft.irfft(spec, n)
+    return x / rm.rms(x)
+
+
+def babble(n: int, speech, rng: np.random.Generator) -> np.ndarray:
+    voices = ["en-us", "en-gb", "en-us+f3", "en-us+m3", "en-gb+f2", "en-us+m7"]
+    x = np.zeros(n)
+    for v in range(6):
+        s = np.concatenate([speech.say(OTHER[(v + j) % len(OTHER)], voice=voices[v]) for j in range(4)]).astype(np.float64)
+        s = np.tile(s, n // len(s) + 1)
+        off = int(rng.integers(0, len(s) - n))
+        x += s[off : off + n] / rm.rms(s)
+    return x / rm.rms(x)
+
+
+def bench_noise(speech, quick: bool) -> None:
+    n = 12 if quick else 40
+    print(f"\n== wake accuracy in noise ({n} clips each), bare engine vs NS+AGC front-end ==")
+    rng = np.random.default_rng(11)
+    voices = ["en-us", "en-gb", "en-us+m3", "en-gb+m2", "en-us+f2", "en-us+f4", "en-gb+f3", "en-us+m5"]
+    configs = {"bare": None, "NS2": (2, 0), "NS2+AGC3": (2, 3), "NS1": (1, 0)}
+    for kind, snr in (("pink", 10.0), ("babble", 5.0)):
+        hits = {c: 0 for c in configs}
+        for k in range(n):
+            wake = speech.say("hey jarvis, turn on the light", voice=voices[k % len(voices)], speed=int(rng.integers(130, 175))).astype(np.float64)
+            level = 10 ** (float(rng.uniform(-32, -20)) / 20)
+            sig = np.concatenate([np.zeros(RATE * 3), wake / rm.active_rms(wake) * level, np.zeros(RATE)])
+            noise = pink(len(sig), rng) if kind == "pink" else babble(len(sig), speech, rng)
+            x = rm.to_int16(sig + noise * level * 10 ** (-snr / 20))
+            for c, p in configs.items():
+                y = x if p is None else run_frontend(x, None, ns=p[0], agc=p[1], aec=False)
+                hits[c] += detected(y[RATE:])
+        print(f"{kind} {snr:.0f} dB SNR: " + "   ".join(f"{c} {100 * h / n:.0f} %" for c, h in hits.items()))
+    minutes = 2 if quick else 15
+    print(f"\n== false wakes on {minutes} min of non-wake speech with babble ==")
+    x = np.zeros(RATE * 60 * minutes)
+    pos, i = 0, 0
+    while pos < len(x):
+        s = speech.say(OTHER[i % len(OTHER)], voice=voices[i % len(voices)]).astype(np.float64) / 32768.0
+        s = s[: len(x) - pos]
+        x[pos : pos + len(s)] += s * 0.3
+        pos += len(s) + int(RATE * 0.7)
+        i += 1
+    x += babble(len(x), speech, rng) * 0.01
+    xi = rm.to_int16(x)
+    for c, p in configs.items():
+        y = xi if p is None else run_frontend(xi, None, ns=p[0], agc=p[1], aec=False)
+        print(f"{c}: {count_wakes(y)} false wakes")
+
+
+def count_wakes(x: np.ndarray) -> int:
+    from device.config import WakeConfig
+    from device.wakeword import WakeWord
+
+    w = WakeWord(WakeConfig(threshold=0.5, refractory_s=2.0))
+    return sum(w.process(x[i : i + 1280].tobytes()) is not None for i in range(0, len(x) - 1279, 1280))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,wake,noise")
+    args = ap.parse_args()
+    from tests.rig.speech import Speech
+
+    cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
+    cache.mkdir(exist_ok=True)
+    speech = Speech(cache)
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "wake", "noise"}
+    if "libs" in only:
+        bench_libraries(speech, args.quick)
+    if "frontend" in only:
+        bench_frontend(speech, args.quick)
+    if "wake" in only:
+        bench_wake_over_reply(speech, args.quick)
+    if "noise" in only:
+        bench_noise(speech, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

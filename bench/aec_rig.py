@@ -1,0 +1,121 @@
+"""Benchmark (issue 13): voice barge-in through the daemon with software echo cancellation.
+
+The daemon (`speaker run`, barge_in = "voice", echo_cancellation = true) on the ALSA rig, with
+the simulated room between speaker and microphone (tests/rig/room_io.py: RT60 0.45 s, 30 ms,
+soft clipping, mic noise) and the realtime simulator answering every request with a reply:
+  - N replies with nobody talking: how many did the speaker interrupt itself?
+  - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
+
+    python bench/aec_rig.py [--replies 50] [--barge 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze from the west and a high of twenty two degrees."
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replies", type=int, default=50, help="replies with nobody talking")
+    ap.add_argument("--barge", type=int, default=10, help="replies talked over")
+    ap.add_argument("--speaker", default="test_spk_fifo", choices=["test_spk_fifo", "test_pulse"],
+                    help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
+    args = ap.parse_args()
+
+    from services.simulator import SimulatorThread
+    from tests.rig import room as rm
+    from tests.rig.alsa import AlsaRig
+    from tests.rig.daemon import Daemon
+    from tests.rig.simulator import write_device_config
+    from tests.rig.speech import Speech
+
+    work = Path(tempfile.mkdtemp(prefix="aec-rig-"))
+    speech = Speech(Path(tempfile.gettempdir()) / "speaker-bench-speech")
+    (work / "alsa").mkdir()
+    rig = AlsaRig(work / "alsa")
+    runner = SimulatorThread(pace=1.0, default_reply=REPLY)
+    sim = runner.start()
+    daemon = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the rig and the daemon
+    try:
+        if args.speaker == "test_pulse":
+            rig.start_pulse()
+        room = rm.RoomProcess(rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), work / "room", speaker=args.speaker)
+        cfg = write_device_config(work / "device", sim, sections={
+            "audio": {"input": "test_mic", "output": args.speaker, "volume": 100, "cues": False, "echo_cancellation": True},
+            "realtime": {"barge_in": "voice", "follow_up_s": 0.5, "silence_duration_ms": 800},
+            "state": {"dir": str(work / "state")}})
+        daemon = Daemon(["run", "--config", str(cfg)], env=rig.env)
+        daemon.wait_for(r"ready: listening", 30)
+        time.sleep(1.0)
+        request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like tomorrow")])
+        talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb"))
+
+        def one_reply() -> int:
+            """Wake the speaker, wait for it to speak; returns the daemon line index at speaking."""
+            mark = daemon.mark()
+            room.talk(request, 0.5)
+            daemon.wait_for(r"state \w+ -> speaking", 20, start=mark)
+            return daemon.mark()
+
+        self_interruptions = 0
+        replies = 0
+        for i in range(args.replies):
+            mark = one_reply()
+            m = daemon.wait_for(r"state speaking -> (\w+)", 30, start=mark)
+            replies += 1
+            if m.group(1) == "listening":
+                self_interruptions += 1
+                why = [line.split("INFO", 1)[-1].strip() for line in daemon.lines[mark:] if "interrupted by" in line]
+                print(f"  reply {i + 1}: interrupted itself ({'; '.join(why)})", flush=True)
+            try:
+                daemon.wait_for(r"-> idle", 30, start=mark)
+            except AssertionError:
+                print("  the speaker keeps answering its own echo (each new reply interrupted): stopping here", flush=True)
+                break
+            time.sleep(0.5)
+        print(f"replies with nobody talking: {replies}, self-interruptions: {self_interruptions}", flush=True)
+
+        latencies = []
+        for i in range(args.barge):
+            one_reply()
+            time.sleep(1.5)
+            ev = room.proc.wait_event("echo", 2, after=len(room.proc.events))
+            level = ev["dbfs"] if ev else -24.0
+            gain = 10 ** (level / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
+            n_events = len(room.proc.events)
+            mark = daemon.mark()
+            uid = room.talk(talk, gain)
+            daemon.wait_for(r"interrupted by voice", 10, start=mark)
+            stopped = time.monotonic()
+            started = room.proc.wait_event("start", 2, after=n_events)
+            if started is not None and started["id"] == uid:
+                latencies.append((stopped - started["t"]) * 1000)
+            daemon.wait_for(r"-> idle", 30, start=mark)
+            time.sleep(0.5)
+        if latencies:
+            lat = np.array(latencies)
+            print(f"voice barge-in at 0 dB SER over {len(lat)} replies: reply stopped after median {np.median(lat):.0f} ms, "
+                  f"max {lat.max():.0f} ms from the talker's onset; within 300 ms: {np.mean(lat <= 300) * 100:.0f} %")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        runner.stop()
+        rig.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The microphone front-end: WebRTC echo cancellation (AEC3), noise suppression and gain control.
+
+Runs in the capture thread on every 80 ms frame, before the wake word and the session see it
+(pywebrtc-audio: WebRTC's audio processing module, numpy in and out). The echo canceller's
+far end is what the speaker played, from :class:`device.audio.reference.PlaybackReference`,
+already aligned to the capture clock; AEC3 finds and follows the remaining acoustic delay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from device.audio.resample import WAKE_RATE, FrameAssembler
+
+if TYPE_CHECKING:
+    from device.audio.frames import AudioFrame
+    from device.audio.reference import PlaybackReference
+    from device.config import AudioConfig
+
+_LOG = logging.getLogger(__name__)
+
+NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 dB)
+
+__all__ = ["EchoFrontEnd", "frontend_for"]
+
+
+class EchoFrontEnd:
+    """AEC3 + NS + AGC2 on 16 kHz mono int16, one 80 ms frame at a time (not thread-safe).
+
+    ``noise_suppression``: 0 off, 1..4 gentle to aggressive. ``auto_gain``: 0 off, else the level
+    in dB below full scale that speech is brought up to (at most 30 dB of gain).
+    """
+
+    def __init__(self, *, echo_cancellation: bool, noise_suppression: int = 0, auto_gain: int = 0,
+                 reference: PlaybackReference | None = None) -> None:
+        import pywebrtc_audio
+
+        if not 0 <= noise_suppression <= NS_LEVELS:
+            raise ValueError(f"noise_suppression must be 0..{NS_LEVELS}, not {noise_suppression}")
+        if not 0 <= auto_gain <= 31:
+            raise ValueError(f"auto_gain must be 0..31, not {auto_gain}")
+        self.echo_cancellation = echo_cancellation
+        self.noise_suppression = noise_suppression
+        self.auto_gain = auto_gain
+        self.reference = reference
+        self._apm = pywebrtc_audio.AudioProcessor(
+            WAKE_RATE,
+            echo_cancellation=echo_cancellation,
+            noise_suppression=noise_suppression > 0,
+            high_pass_filter=echo_cancellation or noise_suppression > 0,
+            ns_level=max(0, noise_suppression - 1),
+        )
+        self._agc = None
+        if auto_gain:
+            self._agc = pywebrtc_audio.GainController(WAKE_RATE, headroom_db=float(auto_gain), max_gain_db=30.0,
+                                                      max_output_noise_level_dbfs=-50.0)
+        self.failures = 0
+        self._to24 = FrameAssembler(WAKE_RATE, 1)
+
+    def describe(self) -> str:
+        parts = ["echo cancellation" if self.echo_cancellation else "no echo cancellation"]
+        parts.append(f"noise suppression {self.noise_suppression}" if self.noise_suppression else "no noise suppression")
+        parts.append(f"auto gain -{self.auto_gain} dBFS" if self.auto_gain else "no auto gain")
+        return ", ".join(parts)
+
+    def process16k(self, near: np.ndarray, far: np.ndarray | None = None) -> np.ndarray:
+        """Clean ``near`` (int16 at 16 kHz, a multiple of 10 ms) given what the speaker played meanwhile."""
+        if self.echo_cancellation:
+            if far is None or len(far) != len(near):
+                far = np.zeros(len(near), dtype=np.int16)
+            out = self._apm.process(near, far)
+        else:
+            out = self._apm.process(near)
+        if self._agc is not None:
+            out = self._agc.process(out)
+        return out
+
+    def process(self, frame: AudioFrame) -> AudioFrame:
+        """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""
+        from device.audio.frames import AudioFrame
+
+        near = np.frombuffer(frame.pcm16k, dtype=np.int16)
+        far = None
+        if self.echo_cancellation and self.reference is not None:
+            far = self.reference.read(frame.t, len(near))
+        try:
+            clean = self.process16k(near, far)
+        except Exception as exc:  # the microphone must keep working: pass the frame on as it is
+            self.failures += 1
+            if self.failures in (1, 100) or self.failures % 10000 == 0:
+                _LOG.error("microphone front-end failed (%s: %s; %d so far): passing audio through", type(exc).__name__, exc, self.failures)
+            return frame
+        frames = self._to24.feed(clean.tobytes())
+        pcm16, pcm24 = frames[0] if frames else (clean.tobytes(), b"")
+        return AudioFrame(frame.seq, pcm16, pcm24, frame.t)
+
+    def reset(self) -> None:
+        """After a gap in the audio (mute): forget adaptation state and resampler history."""
+        self._apm.reset()
+        if self._agc is not None:
+            self._agc.reset()
+        self._to24.reset()
+
+
+def frontend_for(cfg: AudioConfig, reference: PlaybackReference | None) -> EchoFrontEnd | None:
+    """The front-end the ``[audio]`` section asks for, or None when everything is off."""
+    if not (cfg.echo_cancellation or cfg.noise_suppression or cfg.auto_gain):
+        return None
+    fe = EchoFrontEnd(echo_cancellation=cfg.echo_cancellation, noise_suppression=cfg.noise_suppression,
+                      auto_gain=cfg.auto_gain, reference=reference if cfg.echo_cancellation else None)
+    _LOG.info("microphone front-end: %s", fe.describe())
+    return fe

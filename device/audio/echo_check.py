@@ -1,0 +1,86 @@
+"""`speaker check`: does echo cancellation converge on this device? Plays a probe, measures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from device.audio.capture import AudioFrame, Capture
+from device.audio.echo import EchoFrontEnd
+from device.audio.playback import Playback
+from device.audio.reference import PlaybackReference
+from device.config import AudioConfig
+
+PROBE_S = 3.0
+CONVERGED_DB = 20.0
+
+
+def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
+    """Speech-like probe: pink-ish noise in syllable-length bursts at about -20 dBFS."""
+    rng = np.random.default_rng(13)
+    n = int(seconds * rate)
+    spec = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / rate), 100.0))
+    x = np.fft.irfft(spec, n)
+    t = np.arange(n) / rate
+    x *= 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t)  # a 4 Hz syllable rhythm
+    x *= 3300.0 / np.sqrt(np.mean(x**2))
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+class _Tap:
+    def __init__(self, fe: EchoFrontEnd) -> None:
+        self.fe, self.raw, self.clean = fe, [], []
+
+    def process(self, frame: AudioFrame) -> AudioFrame:
+        out = self.fe.process(frame)
+        self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
+        self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
+        return out
+
+    def reset(self) -> None:
+        self.fe.reset()
+
+
+async def check_echo(cfg: AudioConfig) -> str:
+    """Play the probe on ``cfg.output``, record ``cfg.input`` through the echo canceller and say
+    how much echo it removed; raises RuntimeError when it does not converge."""
+    loop = asyncio.get_running_loop()
+    reference = PlaybackReference()
+    pb = Playback(cfg, loop)
+    pb.reference = reference
+    tap = _Tap(EchoFrontEnd(echo_cancellation=True, reference=reference))
+    cap = Capture(cfg, lambda f: None, loop, on_status=lambda msg: None)
+    cap.frontend = tap
+    pb.start()
+    cap.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(tap.raw) < 4:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no audio from microphone '{cfg.input}'")
+            await asyncio.sleep(0.05)
+        quiet = len(tap.raw)
+        probe = probe_signal()
+        pb.begin("echo-probe")
+        pb.write(probe.tobytes())
+        await asyncio.wait_for(pb.drained(), PROBE_S + 5)
+        await asyncio.sleep(0.3)
+        end = len(tap.raw)
+    finally:
+        cap.stop()
+        await pb.close()
+    floor = np.concatenate(tap.raw[:quiet]).astype(np.float64)
+    raw = np.concatenate(tap.raw[quiet:end]).astype(np.float64)
+    clean = np.concatenate(tap.clean[quiet:end]).astype(np.float64)
+    tail = slice(16000, None)  # after the first second: converged
+    mic_db = 10 * np.log10(np.mean(raw[tail] ** 2) / 32768.0**2 + 1e-12)
+    floor_db = 10 * np.log10(np.mean(floor**2) / 32768.0**2 + 1e-12) if len(floor) else -120.0
+    erle = 10 * np.log10((np.mean(raw[tail] ** 2) + 1e-9) / (np.mean(clean[tail] ** 2) + 1e-9))
+    if mic_db < floor_db + 6:
+        return f"the microphone hardly hears the speaker (probe at {mic_db:.0f} dBFS, room at {floor_db:.0f} dBFS): little echo to cancel"
+    if erle < CONVERGED_DB:
+        raise RuntimeError(f"echo cancellation did not converge: echo reduced by {erle:.1f} dB only "
+                           f"(probe heard at {mic_db:.0f} dBFS); check that '{cfg.output}' reports its delay")
+    return f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS)"

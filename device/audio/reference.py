@@ -1,0 +1,124 @@
+"""The echo canceller's far end: what the speaker played, on the capture clock, at 16 kHz.
+
+The playback writer taps every period it hands to the device (:meth:`PlaybackReference.written`),
+with the frames the device still held before it: that period starts sounding
+``delay / rate`` seconds after the write. The tap resamples it with soxr to 16 kHz and lays it
+on a timeline of ``time.monotonic()``; the capture thread reads back the 80 ms that ended when a
+microphone frame was read (:meth:`PlaybackReference.read`). Both sides keep a contiguous cursor
+and re-anchor only when it strays from the clock (the writer: when the speaker went idle), so
+scheduling jitter does not tear the signal; AEC3 finds and follows the acoustic delay left over.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import soxr
+
+RATE = 16000
+SECONDS = 4.0  # timeline kept (the capture thread reads within ~100 ms of real time)
+SLACK_S = 0.04  # a cursor this far from the clock re-anchors
+# A writer ahead of where the device says it is means the device holds audio it does not report
+# (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
+# so it stays contiguous unless it is further ahead than any device buffer.
+AHEAD_MAX_S = 2.5
+# The reference is laid this much early: a far end that leads the echo costs AEC3 nothing (it
+# searches for the delay), one that lags cannot be cancelled.
+LEAD_S = 0.02
+
+__all__ = ["PlaybackReference"]
+
+
+class PlaybackReference:
+    """A thread-safe timeline of played audio: the playback thread writes, the capture thread reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._size = int(RATE * SECONDS)
+        self._buf = np.zeros(self._size, dtype=np.float32)
+        self._t0 = time.monotonic()
+        self._w = -1  # next timeline index the writer fills (-1: nothing written yet)
+        self._r = -1  # next index the reader returns
+        self._rs: soxr.ResampleStream | None = None
+        self._rs_rate = 0
+        self.written_s = 0.0  # audio tapped so far (for logs and tests)
+        self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
+        self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
+
+    def _index(self, t: float) -> int:
+        return int(round((t - self._t0) * RATE))
+
+    # -- playback thread ----------------------------------------------------------------------
+
+    def written(self, samples: np.ndarray, rate: int, queued_before: int, t: float | None = None) -> None:
+        """``samples`` (mono float, device rate, after volume) were just written, with
+        ``queued_before`` frames still in the device ahead of them."""
+        t = time.monotonic() if t is None else t
+        if rate != self._rs_rate or self._rs is None:
+            self._rs = None if rate == RATE else soxr.ResampleStream(rate, RATE, 1, dtype="float32", quality="HQ")
+            self._rs_rate = rate
+        x = np.asarray(samples, dtype=np.float32)
+        y = x if self._rs is None else self._rs.resample_chunk(x)
+        start = self._index(t + queued_before / rate - LEAD_S)
+        with self._lock:
+            self.written_s += len(x) / rate
+            if self._w < 0 or start > self._w + SLACK_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
+                if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
+                    self._zero(self._w, start)
+                self._w = start
+                self.write_anchors += 1
+            self._put(self._w, y)
+            self._w += len(y)
+
+    def dropped(self, t: float | None = None) -> None:
+        """The device's queue was dropped (stop): what would have played after ``t`` never does."""
+        t = time.monotonic() if t is None else t
+        now = self._index(t - LEAD_S)
+        with self._lock:
+            if self._w > now:
+                self._zero(now, self._w)
+                self._w = now
+            self._rs = None  # a fresh resampler: no tail of the cut audio
+
+    # -- capture thread -----------------------------------------------------------------------
+
+    def read(self, t_end: float, n: int) -> np.ndarray:
+        """The ``n`` samples (int16, 16 kHz) that played up to ``t_end``; silence where nothing did."""
+        start = self._index(t_end) - n
+        with self._lock:
+            err = start - self._r
+            if self._r < 0 or abs(err) > SLACK_S * RATE:
+                if 0 <= self._r < self._w:
+                    self.read_snaps += 1
+                self._r = start
+            elif self._r >= self._w:
+                # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
+                # so every reply starts with the same delay and AEC3 need not search again.
+                self._r += int(round(err * 0.25))
+            a = self._r
+            self._r += n
+            out = np.zeros(n, dtype=np.float32)
+            lo, hi = max(a, self._w - self._size + 1 if self._w >= 0 else a), min(a + n, self._w)
+            if self._w >= 0 and hi > lo:
+                idx = np.arange(lo, hi) % self._size
+                out[lo - a : hi - a] = self._buf[idx]
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+    # -- internals (caller holds the lock) ----------------------------------------------------
+
+    def _put(self, at: int, y: np.ndarray) -> None:
+        if len(y) > self._size:
+            at, y = at + len(y) - self._size, y[-self._size :]
+        i = at % self._size
+        first = min(len(y), self._size - i)
+        self._buf[i : i + first] = y[:first]
+        self._buf[: len(y) - first] = y[first:]
+
+    def _zero(self, a: int, b: int) -> None:
+        if b - a >= self._size:
+            self._buf[:] = 0.0
+            return
+        if b > a:
+            self._put(a, np.zeros(b - a, dtype=np.float32))
