@@ -546,21 +546,10 @@ CASES: dict[str, Callable[[Bench], None]] = {
 }
 
 
-# Faults where the assistant (device/assistant.py) still misbehaves: the test states the expected
-# behaviour; the reason says what goes wrong today.
+# Marks some cases need.
 KNOWN: dict[str, list[Any]] = {
-    "server_event_fuzz": [
-        pytest.mark.simulator(allow_violations=True),  # checked in the test body instead, so xfail covers it
-        pytest.mark.xfail(strict=True, reason="assistant: server event fields are used without type checks (tracebacks: "
-                          "'str' object has no attribute 'get', unhashable dict as item_id in Playback.begin, non-str tool "
-                          "name in ToolRegistry.call, .strip() on non-str transcripts); every error event and failed "
-                          "response.done is logged at warning (about 1,000 lines for 10,000 events) and plays the error "
-                          "cue; a function call whose call_id is not a string is answered with that call_id (non-conformant)"),
-    ],
-    "session_limit_mid_reply": [
-        pytest.mark.xfail(strict=True, reason="assistant: the server's session_expired error is logged as a warning "
-                          "and the close that follows as 'conversation failed ... connection lost': two lines for one cause"),
-    ],
+    # The fuzzed frames themselves are not conformant; the test body checks the device's own events.
+    "server_event_fuzz": [pytest.mark.simulator(allow_violations=True)],
 }
 
 

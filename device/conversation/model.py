@@ -78,6 +78,7 @@ class Conv:
     spoke: bool = False
     reply_ms: int = 0
     last_error_t: float = -1e9
+    errors_told: int = 0  # server errors logged and published in this conversation (then at debug)
     announced: bool = False
     question: str | None = None  # a text question that opens the conversation
     manual: bool = False  # push-to-talk: no server turn detection; the device commits each turn

@@ -150,19 +150,41 @@ def reply_heard(c: Ctx, ev: ip.ReplyHeard) -> None:
 
 # ---- server events ------------------------------------------------------------------------------
 
+MAX_ERRORS_TOLD = 3  # per conversation; the rest at debug level
+
+
 def server_error(c: Ctx, ev: ip.Server) -> None:
     err: se.ServerError = ev.event
     if err.code in BENIGN_ERRORS:
         c.log(logging.DEBUG, f"server: {err.code}: {err.message}")
         return
-    c.log(logging.WARNING, f"server error {err.code}: {err.message}" + (f" (in reply to {ev.culprit})" if ev.culprit else ""))
-    c.conv.last_error_t = c.now
+    text = f"server error {err.code}: {err.message}" + (f" (in reply to {ev.culprit})" if ev.culprit else "")
     if ev.culprit == "session.update":
         # The server rejects a whole update: going on would mean no instructions, no tools,
         # and the server's default turn detection. Say so instead of a worse assistant.
+        c.log(logging.WARNING, text)
         fail(c, "session", f"the server rejected the session configuration: {err.code}: {err.message}")
         return
-    c.publish(ErrorEvent(where="session", message=f"{err.code}: {err.message}", t=c.now))
+    if err.code == "session_expired":
+        # The server closes the socket next; that close is the failure, logged once there.
+        c.log(logging.INFO, text)
+        return
+    c.conv.last_error_t = c.now
+    tell_error(c, text, f"{err.code}: {err.message}")
+
+
+def tell_error(c: Ctx, text: str, message: str) -> bool:
+    """Log a server-side error and publish it, for the first few of a conversation; a server gone
+    haywire then goes on at debug level, so the journal stays readable. True if it was told."""
+    conv = c.conv
+    if conv.errors_told >= MAX_ERRORS_TOLD:
+        c.log(logging.DEBUG, text)
+        return False
+    conv.errors_told += 1
+    more = " (further server errors in this conversation are logged at debug level)" if conv.errors_told == MAX_ERRORS_TOLD else ""
+    c.log(logging.WARNING, text + more)
+    c.publish(ErrorEvent(where="session", message=message, t=c.now))
+    return True
 
 
 def speech_while_speaking(c: Ctx, ev: ip.Server) -> None:
@@ -265,10 +287,13 @@ def response_done(c: Ctx, ev: ip.Server) -> None:
         return
     if e.status == "failed":
         message = e.error or "no details"
-        c.log(logging.WARNING, f"response {e.response_id} failed: {message}")
-        if c.now - conv.last_error_t > 1.0:  # else the error event said it already
-            c.publish(ErrorEvent(where="session", message=f"response failed: {message}", t=c.now))
-        c.do(fx.Cue("error"))  # the person hears that this turn failed; they may try again
+        if c.now - conv.last_error_t <= 1.0:  # the error event said it already
+            c.log(logging.INFO, f"response {e.response_id} failed: {message}")
+            told = conv.errors_told <= MAX_ERRORS_TOLD
+        else:
+            told = tell_error(c, f"response {e.response_id} failed: {message}", f"response failed: {message}")
+        if told:  # the person hears that this turn failed; they may try again (not a cue per fuzzed event)
+            c.do(fx.Cue("error"))
     if running is not None:
         if running:
             conv.awaiting[e.response_id] = conv.turn
