@@ -97,6 +97,22 @@ def value(tpl: Template | None, text: str) -> str | None:
     return tpl.render_value(text) if tpl is not None else text
 
 
+def state_word(tpl: Template | None, text: str, words: dict[str, str], known: Any, what: str) -> dict[str, Any] | None:
+    """A state message as one of our words: the device's own payloads (``words``) first, then a
+    word we know in any case; None for an empty message. Raises ValueError for anything else."""
+    raw = value(tpl, text)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw in words:
+        return {"state": words[raw]}
+    if raw.lower() in known:
+        return {"state": raw.lower()}
+    if raw in ("", "None"):
+        return None
+    raise ValueError(f"not a {what} state")
+
+
 @dataclass(frozen=True)
 class Request:
     """A control_device call's optional arguments, checked (brightness/position 0-100, colour #rrggbb)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.tools.platforms.base import CommandError, Expect, Fields, Plan, Request, number, value
+from device.tools.platforms.base import CommandError, Expect, Fields, Plan, Request, number, state_word, value
 
 KINDS = ("cover", "garage_door")
 COMPONENTS = ("cover",)
@@ -48,21 +48,11 @@ def parse(spec: Any, role: str, text: str) -> dict[str, Any] | None:
         return {"position": int(round(max(0.0, min(100.0, pct))))}
     if role != "state":
         return None
-    raw = value(spec.value_template, text)
-    if raw is None:
-        return None
-    raw = raw.strip()
     words = {
         spec.state_open: "open", spec.state_closed: "closed", spec.state_opening: "opening",
         spec.state_closing: "closing", spec.state_stopped: "stopped",
     }
-    if raw in words:
-        return {"state": words[raw]}
-    if raw.lower() in STATES:
-        return {"state": raw.lower()}
-    if raw in ("", "None"):
-        return None
-    raise ValueError("not a cover state")
+    return state_word(spec.value_template, text, words, STATES, "cover")
 
 
 def actions(spec: Any) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.tools.platforms.base import Expect, Fields, Plan, Request, value
+from device.tools.platforms.base import Expect, Fields, Plan, Request, state_word
 
 KINDS = ("lock",)
 COMPONENTS = ("lock",)
@@ -27,21 +27,11 @@ def read_discovery(f: Fields, kind: str) -> dict[str, Any]:
 def parse(spec: Any, role: str, text: str) -> dict[str, Any] | None:
     if role != "state":
         return None
-    raw = value(spec.value_template, text)
-    if raw is None:
-        return None
-    raw = raw.strip()
     words = {
         spec.state_locked: "locked", spec.state_unlocked: "unlocked", spec.state_locking: "locking",
         spec.state_unlocking: "unlocking", spec.state_jammed: "jammed",
     }
-    if raw in words:
-        return {"state": words[raw]}
-    if raw.lower() in STATES:
-        return {"state": raw.lower()}
-    if raw in ("", "None"):
-        return None
-    raise ValueError("not a lock state")
+    return state_word(spec.value_template, text, words, STATES, "lock")
 
 
 def actions(spec: Any) -> tuple[str, ...]:
