@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .audio.ringbuffer import PreRoll
@@ -35,6 +34,7 @@ from .events import (
 )
 from .realtime import protocol
 from .realtime.session import RealtimeSession, SessionClosed
+from .realtime.session_setup import SessionSetup
 from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ class _Conversation:
             raise _Failure("connect", f"{rt.url}: {type(exc).__name__}: {exc}") from None
         now = time.monotonic()
         self.opened_at = self.last_server = now
-        self.out.put_nowait(protocol.session_update(rt, instructions=a.render_instructions(), tools=a.tools.schemas()))
+        self.out.put_nowait(a.setup.session_update())
         self._spawn(self._sender())
         self._spawn(self._reader())
         pending, self.pending = self.pending or [], None
@@ -586,6 +586,7 @@ class Assistant:
         arbiter: Arbiter | None = None,
         devices_summary: Callable[[], str] = lambda: "",
         lookback_s: float = LOOKBACK_S,
+        session_setup: SessionSetup | None = None,
     ) -> None:
         self.settings = settings
         self.rt = settings.realtime
@@ -597,6 +598,7 @@ class Assistant:
         self.tools = tools
         self.arbiter = arbiter
         self.devices_summary = devices_summary
+        self.setup = session_setup or SessionSetup(settings, tools, devices_summary=devices_summary)
         self.lookback_s = lookback_s
         self.state = State.IDLE
         self.muted = False
@@ -623,18 +625,10 @@ class Assistant:
         # Devices discovered mid-conversation become usable at once.
         conv = self._conv
         if conv is not None and conv.session is not None and not conv.finished.done():
-            conv.out.put_nowait(protocol.tools_update(self.tools.schemas()))
+            conv.out.put_nowait(self.setup.tools_update())
 
     def render_instructions(self) -> str:
-        rt = self.rt
-        try:
-            devices = self.devices_summary()
-        except Exception:
-            _LOG.exception("devices summary failed")
-            devices = ""
-        return protocol.render_instructions(
-            rt.instructions, device=self.settings.mqtt.device_id, language=rt.language, devices=devices, now=datetime.now()
-        )
+        return self.setup.instructions()
 
     # ----- start / stop ------------------------------------------------------------------------------
 

@@ -360,6 +360,15 @@ class HomeDevices:
             parts.append(f"{d.name} ({label}, {d.spec.area})" if d.spec.area else f"{d.name} ({label})")
         return ", ".join(parts) if parts else "none"
 
+    def vocabulary(self) -> list[str]:
+        """The device and area names people say, for the transcription prompt."""
+        words: list[str] = []
+        for d in self.registry.visible():
+            words.append(d.name)
+            if d.spec.area:
+                words.append(d.spec.area)
+        return words
+
     def _describe(self, dev: Device) -> dict[str, Any]:
         out: dict[str, Any] = {"name": dev.name, "type": dev.spec.type}
         if dev.spec.area:
