@@ -39,6 +39,7 @@ class RedactSecrets(logging.Filter):
 def settings_secrets(settings: Settings) -> list[str]:
     """Every secret value the settings hold."""
     found = [settings.auth.device_secret, settings.auth.api_key, settings.mqtt.password]
+    found += [server.authorization for server in settings.mcp]
     return [s.reveal() for s in found if isinstance(s, Secret)]
 
 
@@ -53,5 +54,5 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Library chatter that would print request details at debug level.
-    for noisy in ("websockets", "aiohttp.access", "asyncio"):
+    for noisy in ("websockets", "aiohttp.access", "asyncio", "httpx2", "httpcore2", "mcp"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
