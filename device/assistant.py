@@ -34,6 +34,7 @@ from .events import (
 )
 from .realtime import protocol
 from .realtime.session import RealtimeSession, SessionClosed
+from .realtime.mcp_events import McpEvents
 from .realtime.session_setup import SessionSetup
 from .tools.registry import ToolRegistry
 
@@ -379,6 +380,8 @@ class _Conversation:
         a = self.a
         kind = ev.get("type", "")
         now = time.monotonic()
+        for reply in a.mcp_events.handle(ev):  # remote MCP tools: logged; approval requests declined
+            self.out.put_nowait(reply)
         if kind == "error":
             err = ev.get("error") or {}
             code = err.get("code") or err.get("type") or "error"
@@ -599,6 +602,7 @@ class Assistant:
         self.arbiter = arbiter
         self.devices_summary = devices_summary
         self.setup = session_setup or SessionSetup(settings, tools, devices_summary=devices_summary)
+        self.mcp_events = McpEvents()
         self.lookback_s = lookback_s
         self.state = State.IDLE
         self.muted = False
