@@ -143,7 +143,7 @@ class RealtimeConfig:
     voice: str = _f("marin", "output voice")
     instructions: str = _f(
         "You are a helpful voice assistant. Answer briefly, in a natural spoken style. Today is {{today}}.",
-        "system instructions; placeholders {{today}} {{time}} {{language}} {{device}} {{devices}}",
+        "system instructions; placeholders {{today}} {{time}} {{language}} {{device}} {{devices}} {{tools}} (any other is an error)",
     )
     language: str = _f("en", "the household's language (ISO 639-1), for {{language}} and transcription")
     barge_in: Literal["wake_word", "voice"] = _f("wake_word", "wake_word (no echo cancellation) or voice")
@@ -156,7 +156,7 @@ class RealtimeConfig:
     eagerness: Literal["low", "medium", "high", "auto"] = _f("auto", "semantic_vad eagerness")
     transcription_model: str = _f("gpt-4o-mini-transcribe", "input transcription model; empty = off")
     noise_reduction: Literal["far_field", "near_field", "off"] = _f("far_field", "input noise reduction")
-    max_output_tokens: int | str = _f(0, "reply token cap 1-4096 or \"inf\"; 0 = server default (inf)", check=lambda v: _check_max_tokens(v))
+    max_output_tokens: int | str = _f(0, "reply token cap 1-4096 or \"inf\"; 0 = server default (inf)", check=lambda v: _check_max_tokens(v), shape='an integer or "inf"')
     follow_up_s: float = _f(8.0, "window after a reply in which the person answers without the wake word", **_range(0.0, 120.0))
     connect_timeout_s: float = _f(5.0, "websocket connect timeout", **_range(0.5, 60.0))
     response_timeout_s: float = _f(15.0, "a server silent this long during a turn is an error", **_range(1.0, 120.0))
@@ -180,7 +180,7 @@ class RealtimeConfig:
     include: list[Literal["item.input_audio_transcription.logprobs"]] = _f([], "extra fields in server events")
     prompt: Any = _f(
         None, "reusable prompt reference {id = \"pmpt_...\", version = \"2\", variables = {name = \"value\"}}; unset = none",
-        check=lambda v: _check_prompt(v),
+        check=lambda v: _check_prompt(v), shape="a table",
     )
 
 
@@ -604,7 +604,8 @@ def reference() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             shown = json.dumps(default, ensure_ascii=False).replace("|", "\\|")
-            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')} ({describe(hints[f.name])}) |")
+            shape = f.metadata.get("shape") or describe(hints[f.name])
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')} ({shape}) |")
     return "\n".join(lines)
 
 

@@ -223,3 +223,22 @@ def test_an_approval_request_is_declined_with_conformant_events(caplog) -> None:
     assert all(conformance.check_client_event(r) == [] for r in replies)
     assert "asks approval to call delete_event: declined" in caplog.text
     assert conformance.check_client_event(approval_response("mcpr_2", True)) == []
+
+
+def test_the_example_config_with_its_session_and_mcp_examples_switched_on(tmp_path: Path) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "config" / "speaker.toml").read_text(encoding="utf-8")
+    keys = "transcription_prompt|tool_choice|truncation|max_output_tokens|tracing|include|prompt"
+    text = re.sub(rf"^# ({keys}) = ", r"\1 = ", text, flags=re.M)
+    head, mcp = text.split("# MCP servers.")
+    mcp = re.sub(r"^# (\[\[mcp\]\]|\w+ = .*)$", r"\1", mcp, flags=re.M)
+    for name in ("device.secret", "ha.token", "calendar.token"):
+        (tmp_path / name).write_text("secret-" + name + "\n", encoding="utf-8")
+    text = (head + "# MCP servers." + mcp).replace("/etc/speaker/", str(tmp_path) + "/")
+    settings = load_settings(write(tmp_path, text), env={})
+    assert [(s.name, s.local) for s in settings.mcp] == [("ha", True), ("calendar", False)]
+    assert settings.realtime.truncation == "auto" and settings.realtime.prompt["id"] == "pmpt_..."
+    event = setup(settings).session_update()
+    assert conformance.check_client_event(event) == []
+    assert [t["server_label"] for t in event["session"]["tools"] if t["type"] == "mcp"] == ["calendar"]  # ha is bridged
