@@ -25,7 +25,8 @@ _LOG = logging.getLogger("speaker.mcp")
 
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # backoff between connection attempts
 PING_S = 30.0
-CLOSE_TIMEOUT_S = 2.0  # how often an idle connection is checked
+CLOSE_TIMEOUT_S = 2.0
+BOOT_WAIT_S = 3.0  # longest the daemon's start waits for a server's first answer  # how often an idle connection is checked
 DESCRIPTION_MAX_CHARS = 1024
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -71,10 +72,14 @@ class McpBridge:
     # ----- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect in the background; wait for the first attempt at most ``connect_timeout_s``."""
+        """Connect in the background; wait for the first attempt at most ``BOOT_WAIT_S``.
+
+        A server that answers later still gets its tools registered (an open session then gets a
+        tools update), so a slow server never holds up the wake word.
+        """
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mcp {self.server.name}")
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._first.wait(), self.server.connect_timeout_s + 1.0)
+            await asyncio.wait_for(self._first.wait(), min(self.server.connect_timeout_s, BOOT_WAIT_S))
 
     async def stop(self) -> None:
         if self._task is not None:
