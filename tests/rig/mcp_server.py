@@ -116,10 +116,10 @@ class McpServerProcess:
         self.proc = None
 
 
-@pytest.fixture
-def mcp_server(tmp_path: Path) -> Iterator[McpServerProcess]:
-    """A running Home-Assistant-like MCP server; stopped after the test."""
-    srv = McpServerProcess(tmp_path)
+@pytest.fixture(scope="module")
+def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerProcess]:
+    """A running Home-Assistant-like MCP server, shared by a test module (it starts in seconds)."""
+    srv = McpServerProcess(tmp_path_factory.mktemp("mcp"))
     srv.start()
     try:
         yield srv
