@@ -54,5 +54,8 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Library chatter that would print request details at debug level.
-    for noisy in ("websockets", "aiohttp.access", "asyncio", "httpx2", "httpcore2", "mcp"):
+    for noisy in ("websockets", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # The MCP client logs every HTTP request (pings included) at info; the bridge says what matters.
+    for noisy in ("httpx2", "httpcore2", "mcp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

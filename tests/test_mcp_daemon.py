@@ -79,3 +79,4 @@ def test_the_model_calls_a_bridged_mcp_tool(tmp_path: Path, alsa_rig, speech, si
     assert d.stop() == 0
     assert mcp_server.token not in d.output
     assert "Traceback" not in d.output
+    assert "HTTP Request:" not in d.output  # the MCP client's per-request chatter stays out of the log
