@@ -61,6 +61,7 @@ from .replies import (
     committed,
     connection_lost,
     function_call,
+    mcp_approval,
     no_follow_up,
     no_speech,
     open_failed,
@@ -501,6 +502,7 @@ TABLE: tuple[Row, ...] = (
     row(OPEN, se.AudioDelta, audio_delta),
     row(OPEN, se.AssistantTranscript, assistant_transcript),
     row(OPEN, se.FunctionCallDone, function_call),
+    row(OPEN, se.McpApprovalRequest, mcp_approval),
     row(OPEN, se.ResponseDone, response_done),
 )
 
