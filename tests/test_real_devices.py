@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from device.realtime.session_setup import household_prompt
 from device.tools.device_registry import DeviceRegistry
 from device.tools.discovery import parse_message
 from device.tools.listing import device_lines
-from device.realtime.session_setup import household_prompt
 from tests.rig.broker import BrokerSpy, DeviceSimulator, HomeRig, Mosquitto
 from tests.rig.home_fixtures import big_home, real_home
 

@@ -21,9 +21,9 @@ import logging
 from dataclasses import dataclass
 
 from ..events import (
+    AnnouncementEvent,
     DndChanged,
     EnabledChanged,
-    AnnouncementEvent,
     MuteChanged,
     State,
     StateChanged,
@@ -36,8 +36,8 @@ from . import effects as fx
 from . import inputs as ip
 from .inputs import Announcement
 from .model import (
-    DISABLED,
     ANY,
+    DISABLED,
     ERROR,
     FOLLOW_UP,
     IDLE,
@@ -99,7 +99,6 @@ from .steps import (
     settle,
     stop_ring,
 )
-
 
 # ==== device inputs ==============================================================================
 

@@ -300,7 +300,25 @@ def parse(ev: dict[str, Any]) -> ServerEvent:
 
 
 __all__ = [
-    "AssistantTranscript", "AudioDelta", "FunctionCallDone", "InputCommitted", "InputTimeout", "ItemDeleted",
-    "ItemRetrieved", "McpActivity", "McpApprovalRequest", "Notice", "PARSERS", "ResponseCreated", "ResponseDone", "ServerError", "ServerEvent",
-    "SpeechStarted", "SpeechStopped", "TranscriptionCompleted", "TranscriptionFailed", "Unknown", "parse",
+    "PARSERS",
+    "AssistantTranscript",
+    "AudioDelta",
+    "FunctionCallDone",
+    "InputCommitted",
+    "InputTimeout",
+    "ItemDeleted",
+    "ItemRetrieved",
+    "McpActivity",
+    "McpApprovalRequest",
+    "Notice",
+    "ResponseCreated",
+    "ResponseDone",
+    "ServerError",
+    "ServerEvent",
+    "SpeechStarted",
+    "SpeechStopped",
+    "TranscriptionCompleted",
+    "TranscriptionFailed",
+    "Unknown",
+    "parse",
 ]
