@@ -130,6 +130,7 @@ class App:
         from .assistant import Assistant
         from .audio.capture import Capture
         from .audio.playback import Playback
+        from .realtime.session_setup import SessionSetup
         from .tools.local import register_local_tools
         from .wakeword import WakeWord
 
@@ -154,6 +155,7 @@ class App:
 
         mqtt = None
         devices_summary: Callable[[], str] = lambda: ""
+        vocabulary: Callable[[], list[str]] = lambda: []
         arbiter = None
         if mqtt_wanted(s):
             from .arbitration import Arbiter
@@ -164,11 +166,21 @@ class App:
             mqtt = MqttConnection(s.mqtt, loop, availability_topic=availability)
             home = HomeDevices(s, mqtt, self.tools)
             devices_summary = home.summary
+            vocabulary = home.vocabulary
             arbiter = Arbiter(s, mqtt)
             await home.start()
             await mqtt.start()
             self._on_cleanup(mqtt.stop)
             self._on_cleanup(home.stop)
+
+        # ---- MCP: local servers bridged by the device (the daemon runs on if one is down) ----
+        if any(server.local for server in s.mcp):
+            from .tools.mcp_bridge import McpBridges
+
+            bridges = McpBridges(s.mcp, self.tools, call_timeout_s=s.realtime.tool_timeout_s)
+            await bridges.start()
+            self._on_cleanup(bridges.stop)
+        # ---- end MCP ----
 
         def on_frame(frame: Any) -> None:
             if not self._first_frame.is_set():
@@ -204,6 +216,7 @@ class App:
             tools=self.tools,
             arbiter=arbiter,
             devices_summary=devices_summary,
+            session_setup=SessionSetup(s, self.tools, devices_summary=devices_summary, vocabulary=vocabulary),
         )
         self.assistant = assistant
         register_local_tools(self.tools, assistant)

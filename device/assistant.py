@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .arbitration import claim_score
@@ -25,7 +24,7 @@ from .conversation.inputs import Announcement
 from .conversation.machine import Conv, Model, Params
 from .conversation.runner import Hooks, Interruption, Runner
 from .events import EventBus, State, VolumeChanged
-from .realtime import protocol
+from .realtime.session_setup import SessionSetup
 from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
@@ -86,6 +85,7 @@ class Assistant:
         devices_summary: Callable[[], str] = lambda: "",
         lookback_s: float = LOOKBACK_S,
         ring_max_s: float | None = None,
+        session_setup: SessionSetup | None = None,
     ) -> None:
         self.settings = settings
         self.rt = settings.realtime
@@ -97,6 +97,7 @@ class Assistant:
         self.tools = tools
         self.arbiter = arbiter
         self.devices_summary = devices_summary
+        self.setup = session_setup or SessionSetup(settings, tools, devices_summary=devices_summary)
         self.lookback_s = lookback_s
         self.volume = settings.audio.volume
         self._preroll = PreRoll(PREROLL_S)
@@ -104,8 +105,8 @@ class Assistant:
         params = machine_params(settings, arbitration=arbiter is not None, ring_max_s=ring_max_s)
         self._runner = Runner(
             Model(params=params), rt=self.rt, bus=bus, playback=playback, tokens=tokens, tools=tools, arbiter=arbiter,
+            setup=self.setup,
             hooks=Hooks(
-                render_instructions=self.render_instructions,
                 set_capture_muted=self._set_capture_muted,
                 clear_preroll=self._preroll.clear,
                 reset_wake=self._reset_wake,
@@ -160,15 +161,8 @@ class Assistant:
         return self._runner.model.conv
 
     def render_instructions(self) -> str:
-        rt = self.rt
-        try:
-            devices = self.devices_summary()
-        except Exception:
-            _LOG.exception("devices summary failed")
-            devices = ""
-        return protocol.render_instructions(
-            rt.instructions, device=self.settings.mqtt.device_id, language=rt.language, devices=devices, now=datetime.now()
-        )
+        """``realtime.instructions`` with its placeholders filled for this moment."""
+        return self.setup.instructions()
 
     # ----- start / stop ------------------------------------------------------------------------------
 

@@ -120,6 +120,19 @@ async def _checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
 
         checks.append(("home devices", devices))
 
+    # ---- MCP: one line per local server (remote ones are reached by the cloud, not from here) ----
+    for server in settings.mcp:
+        if server.local:
+
+            async def mcp(server: Any = server) -> str:
+                from .tools.mcp_bridge import McpBridge
+                from .tools.registry import ToolRegistry
+
+                return await McpBridge(server, ToolRegistry(), call_timeout_s=settings.realtime.tool_timeout_s).probe()
+
+            checks.append((f"mcp {server.name}", mcp))
+    # ---- end MCP ----
+
     if gpio_wanted(settings):
 
         def gpio() -> str:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,55 @@ class WakeConfig:
     threads: int = _f(1, "inference threads", **_range(1, 8))
 
 
+def _check_max_tokens(value: Any) -> int | str:
+    if value == "inf" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 4096):
+        return value
+    raise ValueError(f'must be an integer 1-4096, "inf", or 0 for the server default, got {value!r}')
+
+
+def _table(value: Any, allowed: dict[str, tuple[type, ...]], what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be {what}, got {value!r}")
+    for key, item in value.items():
+        if key not in allowed:
+            raise ValueError(f"has unknown key {key!r} (known: {', '.join(allowed)})")
+        if not isinstance(item, allowed[key]) or isinstance(item, bool) and bool not in allowed[key]:
+            raise ValueError(f"key {key!r} has the wrong type: {item!r}")
+    return dict(value)
+
+
+def _check_truncation(value: Any) -> Any:
+    if value in ("auto", "disabled"):
+        return value
+    t = _table(value, {"retention_ratio": (int, float), "post_instructions_tokens": (int,)},
+               '"auto", "disabled" or a table {retention_ratio = 0.8, post_instructions_tokens = N}')
+    ratio = t.get("retention_ratio")
+    if ratio is None or not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"retention_ratio must be a number between 0 and 1, got {ratio!r}")
+    if t.get("post_instructions_tokens", 1) < 1:
+        raise ValueError(f"post_instructions_tokens must be at least 1, got {t['post_instructions_tokens']!r}")
+    return t
+
+
+def _check_tracing(value: Any) -> Any:
+    if value == "auto":
+        return value
+    t = _table(value, {"workflow_name": (str,), "group_id": (str,), "metadata": (dict,)},
+               '"auto" or a table {workflow_name, group_id, metadata}')
+    if any(not isinstance(v, str) for v in t.get("metadata", {}).values()):
+        raise ValueError("metadata values must be strings")
+    return t
+
+
+def _check_prompt(value: Any) -> Any:
+    t = _table(value, {"id": (str,), "version": (str,), "variables": (dict,)}, "a table {id, version, variables}")
+    if not t.get("id"):
+        raise ValueError("needs an id (the prompt's pmpt_... id)")
+    if any(not isinstance(v, str) for v in t.get("variables", {}).values()):
+        raise ValueError("variables values must be strings")
+    return t
+
+
 @dataclass(frozen=True)
 class RealtimeConfig:
     url: str = _f("wss://api.openai.com/v1/realtime", "realtime websocket URL")
@@ -98,7 +148,7 @@ class RealtimeConfig:
     voice: str = _f("marin", "output voice")
     instructions: str = _f(
         "You are a helpful voice assistant. Answer briefly, in a natural spoken style. Today is {{today}}.",
-        "system instructions; placeholders {{today}} {{time}} {{language}} {{device}} {{devices}}",
+        "system instructions; placeholders {{today}} {{time}} {{language}} {{device}} {{devices}} {{tools}} (any other is an error)",
     )
     language: str = _f("en", "the household's language (ISO 639-1), for {{language}} and transcription")
     barge_in: Literal["wake_word", "voice"] = _f("wake_word", "wake_word, or voice (needs echo cancellation: hardware or audio.echo_cancellation)")
@@ -111,12 +161,32 @@ class RealtimeConfig:
     eagerness: Literal["low", "medium", "high", "auto"] = _f("auto", "semantic_vad eagerness")
     transcription_model: str = _f("gpt-4o-mini-transcribe", "input transcription model; empty = off")
     noise_reduction: Literal["far_field", "near_field", "off"] = _f("far_field", "input noise reduction")
-    max_output_tokens: int = _f(0, "reply token cap; 0 = server default (inf)", **_range(0, 4096))
+    max_output_tokens: int | str = _f(0, "reply token cap 1-4096 or \"inf\"; 0 = server default (inf)", check=lambda v: _check_max_tokens(v), shape='an integer or "inf"')
     follow_up_s: float = _f(8.0, "window after a reply in which the person answers without the wake word", **_range(0.0, 120.0))
     connect_timeout_s: float = _f(5.0, "websocket connect timeout", **_range(0.5, 60.0))
     response_timeout_s: float = _f(15.0, "a server silent this long during a turn is an error", **_range(1.0, 120.0))
     tool_timeout_s: float = _f(5.0, "a tool call running longer fails", **_range(0.1, 60.0))
     max_session_s: float = _f(3300.0, "end sessions cleanly before the server's 60-minute limit", **_range(10.0, 3540.0))
+    # ---- passed through to session.update only when set (see device/realtime/session_setup.py) ----
+    transcription_prompt: str = _f(
+        "auto", "prompt for input transcription; \"auto\" = the wake word and the household's device and area names, \"\" = none"
+    )
+    tool_choice: str = _f(
+        "auto", "auto, none, required, or the name of one function the model must call", pattern=r"[A-Za-z0-9_-]{1,64}\Z"
+    )
+    truncation: Any = _f(
+        None, "unset = server default; \"auto\", \"disabled\" or {retention_ratio = 0.8, post_instructions_tokens = N}",
+        check=lambda v: _check_truncation(v),
+    )
+    tracing: Any = _f(
+        None, "unset = no tracing; \"auto\" or {workflow_name = \"...\", group_id = \"...\", metadata = {k = \"v\"}}",
+        check=lambda v: _check_tracing(v),
+    )
+    include: list[Literal["item.input_audio_transcription.logprobs"]] = _f([], "extra fields in server events")
+    prompt: Any = _f(
+        None, "reusable prompt reference {id = \"pmpt_...\", version = \"2\", variables = {name = \"value\"}}; unset = none",
+        check=lambda v: _check_prompt(v), shape="a table",
+    )
 
 
 @dataclass(frozen=True)
@@ -205,6 +275,24 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    """One MCP server ([[mcp]]): offered to the model by the cloud, or bridged by the device (local)."""
+
+    name: str = _f("", "short label of the server (the session's server_label; prefix of bridged tool names)",
+                   required=True, pattern=r"[A-Za-z0-9_-]{1,32}\Z")
+    server_url: str = _f("", "the server's streamable HTTP endpoint, e.g. http://homeassistant.local:8123/api/mcp", required=True)
+    local: bool = _f(False, "true: the device connects and offers the tools as its own functions (a server the cloud cannot reach)")
+    authorization_file: str = _f("", "file holding the access token (e.g. a Home Assistant long-lived token); empty = none")
+    allowed_tools: list[str] = _f([], "only these tools of the server; empty = all")
+    require_approval: Literal["never", "always"] = _f("never", "remote servers: whether each call needs approval (the device declines them)")
+    headers: dict[str, str] = _f({}, "extra HTTP headers for the server")
+    description: str = _f("", "what the server is for, shown to the model")
+    connect_timeout_s: float = _f(5.0, "local servers: connect and list timeout", **_range(0.5, 60.0))
+    # Filled by the loader, not by the file:
+    authorization: Secret | None = field(default=None, metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class GpioConfig:
     mute_pin: int = _f(-1, "BCM pin of the mute button; -1 = none", **_range(-1, 53))
     mute_mode: Literal["toggle", "latch"] = _f("toggle", "toggle: momentary button; latch: switch position is the state")
@@ -272,6 +360,7 @@ class Settings:
     device: HostConfig = field(default_factory=HostConfig)
     log: LogConfig = field(default_factory=LogConfig)
     devices: tuple[DeviceConfig, ...] = ()
+    mcp: tuple[McpConfig, ...] = ()
     # Which sections the file had, e.g. to know whether MQTT or GPIO was asked for.
     present: frozenset[str] = frozenset()
 
@@ -312,6 +401,10 @@ def describe(tp: Any) -> str:
         return f"a list of {describe(typing.get_args(tp)[0])}s".replace("a ", "", 1)
     if origin is dict:
         return f"a table of {describe(typing.get_args(tp)[1])}s".replace("a ", "", 1)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(tp))
+    if tp is Any:
+        return "a string or a table"
     return _TYPE_NAMES.get(tp, str(tp))
 
 
@@ -361,6 +454,13 @@ def build_section(cls: type, table: Any, where: str, file: str) -> Any:
                 raise ConfigError(f"{file}: missing key '{key}': expected {describe(hints[name])} ({f.metadata.get('doc', '')})")
             continue
         value = table[name]
+        check = f.metadata.get("check")
+        if check is not None:  # keys whose values are one of several shapes validate themselves
+            try:
+                values[name] = check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{file}: '{key}' {exc}") from None
+            continue
         ok, value = _check_value(hints[name], value)
         if not ok:
             raise ConfigError(f"{file}: '{key}' must be {describe(hints[name])}, got {table[name]!r}")
@@ -415,9 +515,9 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
     p = Path(path)
     data = parse_toml(p)
     file = str(p)
-    unknown = sorted(set(data) - set(_SECTIONS) - {"devices"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"devices", "mcp"})
     if unknown:
-        raise ConfigError(f"{file}: unknown section [{unknown[0]}] (known: {', '.join(sorted([*_SECTIONS, 'devices']))})")
+        raise ConfigError(f"{file}: unknown section [{unknown[0]}] (known: {', '.join(sorted([*_SECTIONS, 'devices', 'mcp']))})")
     sections = {name: build_section(cls, data.get(name, {}), name, file) for name, cls in _SECTIONS.items()}
 
     devices_raw = data.get("devices", [])
@@ -473,13 +573,58 @@ def load_settings(path: str | os.PathLike[str], env: typing.Mapping[str, str] | 
                 f"{file}: 'device.timezone' must be an IANA time zone such as 'Europe/Berlin' or 'UTC', got {host.timezone!r}"
             ) from None
 
-    return Settings(path=p, devices=tuple(devices), present=frozenset(data), **sections)
+    check_instructions(rt.instructions, "realtime.instructions", file)
+    mcp = load_mcp(data.get("mcp", []), file)
+
+    return Settings(path=p, devices=tuple(devices), mcp=mcp, present=frozenset(data), **sections)
+
+
+INSTRUCTION_PLACEHOLDERS = ("today", "time", "language", "device", "devices", "tools")
+"""What ``{{name}}`` in ``realtime.instructions`` may name (filled when a session opens)."""
+
+
+def check_instructions(template: str, key: str, file: str) -> None:
+    """An unknown ``{{placeholder}}`` is a config error naming it (a typo would reach the model verbatim)."""
+    import re
+
+    for m in re.finditer(r"\{\{\s*(\w+)\s*\}\}", template):
+        if m.group(1).lower() not in INSTRUCTION_PLACEHOLDERS:
+            known = " ".join("{{" + n + "}}" for n in INSTRUCTION_PLACEHOLDERS)
+            raise ConfigError(f"{file}: '{key}': unknown placeholder {m.group(0)} (known: {known})")
+
+
+def load_mcp(raw: Any, file: str) -> tuple[McpConfig, ...]:
+    """Validate the [[mcp]] tables; read each server's authorization secret."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{file}: 'mcp' must be an array of tables ([[mcp]]), got {type(raw).__name__}")
+    servers: list[McpConfig] = []
+    for i, table in enumerate(raw):
+        where = f"mcp[{i}]"
+        srv = build_section(McpConfig, table, where, file)
+        if any(s.name.casefold() == srv.name.casefold() for s in servers):
+            raise ConfigError(f"{file}: '{where}.name' {srv.name!r} is used by another MCP server")
+        if not srv.server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{file}: '{where}.server_url' must be an http:// or https:// URL, got {srv.server_url!r}")
+        if not srv.local and not srv.server_url.startswith("https://"):
+            raise ConfigError(f"{file}: '{where}.server_url': the cloud reaches remote MCP servers over https only; "
+                              f"set local = true for a server on the home network")
+        if srv.local and srv.require_approval != "never":
+            raise ConfigError(f"{file}: '{where}.require_approval': a local server's tools are called by the device, "
+                              f"which has no approval step; use \"never\" or a remote server")
+        if any(k.lower() == "authorization" for k in srv.headers):
+            raise ConfigError(f"{file}: '{where}.headers': put the token in authorization_file, not in headers")
+        if srv.authorization_file:
+            secret = read_secret(srv.authorization_file, f"{where}.authorization_file", file)
+            token = secret.reveal().removeprefix("Bearer ").strip()
+            srv = dataclasses.replace(srv, authorization=Secret(token, secret.source))
+        servers.append(srv)
+    return tuple(servers)
 
 
 def reference() -> str:
     """Markdown reference of every key with its default and meaning (for README)."""
     lines: list[str] = []
-    for name, cls in [*_SECTIONS.items(), ("[devices]", DeviceConfig)]:
+    for name, cls in [*_SECTIONS.items(), ("[devices]", DeviceConfig), ("[mcp]", McpConfig)]:
         lines.append(f"\n**[{name}]**\n\n| key | default | meaning |\n|---|---|---|")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -487,7 +632,8 @@ def reference() -> str:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             shown = json.dumps(default, ensure_ascii=False).replace("|", "\\|")
-            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')} ({describe(hints[f.name])}) |")
+            shape = f.metadata.get("shape") or describe(hints[f.name])
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('doc', '')} ({shape}) |")
     return "\n".join(lines)
 
 
@@ -500,6 +646,7 @@ __all__ = [
     "HostConfig",
     "LedsConfig",
     "LogConfig",
+    "McpConfig",
     "MqttConfig",
     "RealtimeConfig",
     "Secret",

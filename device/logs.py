@@ -70,6 +70,7 @@ class RedactSecrets(logging.Filter):
 def settings_secrets(settings: Settings) -> list[str]:
     """Every secret value the settings hold."""
     found = [settings.auth.device_secret, settings.auth.api_key, settings.mqtt.password]
+    found += [server.authorization for server in settings.mcp]
     return [s.reveal() for s in found if isinstance(s, Secret)]
 
 
@@ -86,3 +87,6 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     # Library chatter that would print request details at debug level.
     for noisy in ("websockets", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # The MCP client logs every HTTP request (pings included) at info; the bridge says what matters.
+    for noisy in ("httpx2", "httpcore2", "mcp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

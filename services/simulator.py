@@ -75,6 +75,11 @@ class Turn:
     transcript: str = ""
     fail: Literal["", "error", "drop", "silent"] = ""
     drop_after_ms: int = 300
+    # Remote MCP (a {"type": "mcp"} session tool): the "server" calls ``mcp`` ("label.tool", or a
+    # tool of the session's first MCP server) with ``arguments`` before saying ``say``;
+    # ``mcp_fail`` makes the call fail. The tools a label offers come from ``mcp_servers``.
+    mcp: str = ""
+    mcp_fail: bool = False
 
 
 # ---- reply audio --------------------------------------------------------------------------------
@@ -246,6 +251,7 @@ class SimSession:
         self._audio_out = False
         self._idle_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self._mcp_listed: set[str] = set()
 
     # -- records --
     @property
@@ -407,6 +413,9 @@ class SimSession:
             return
         self.config = _merge(self.config, session)
         await self.send({"type": "session.updated", "session": self.config})
+        for tool in session.get("tools") or []:
+            if tool.get("type") == "mcp" and tool.get("server_label") not in self._mcp_listed:
+                await self._list_mcp_tools(tool)
 
     async def _on_input_audio_buffer_append(self, event: dict[str, Any], event_id: str | None) -> None:
         try:
@@ -647,6 +656,8 @@ class SimSession:
             if turn.call:
                 await self._respond_call(resp)
             else:
+                if turn.mcp:
+                    await self._respond_mcp(resp)
                 await self._respond_audio(resp)
         except asyncio.CancelledError:
             pass
@@ -681,6 +692,48 @@ class SimSession:
         resp.status = "completed"
         _LOG.info("function call %s(%s) [%s]", turn.call, args, call_id)
         await self.send({"type": "response.done", "response": self._response_obj(resp, "completed", [done_item], self._usage(args, 0, 0))})
+
+    # -- remote MCP --
+    async def _list_mcp_tools(self, tool: dict[str, Any]) -> None:
+        label = tool["server_label"]
+        self._mcp_listed.add(label)
+        item_id = _new_id("mcplist")
+        item = {"id": item_id, "type": "mcp_list_tools", "server_label": label, "tools": []}
+        await self.send({"type": "mcp_list_tools.in_progress", "item_id": item_id})
+        await self.send({"type": "conversation.item.added", "previous_item_id": self._last_item, "item": item})
+        if label not in self.sim.mcp_servers:
+            _LOG.info("MCP server %s: not reachable from the simulated cloud", label)
+            await self.send({"type": "mcp_list_tools.failed", "item_id": item_id})
+            return
+        allowed = tool.get("allowed_tools")
+        tools = [t for t in self.sim.mcp_servers[label] if not isinstance(allowed, list) or t["name"] in allowed]
+        item = {**item, "tools": [{"name": t["name"], "description": t.get("description", ""),
+                                   "input_schema": t.get("input_schema", {"type": "object"})} for t in tools]}
+        await self.send({"type": "conversation.item.done", "previous_item_id": self._last_item, "item": item})
+        self._last_item = item_id
+        await self.send({"type": "mcp_list_tools.completed", "item_id": item_id})
+
+    async def _respond_mcp(self, resp: _Response) -> None:
+        turn = resp.turn
+        labels = [t["server_label"] for t in self.config.get("tools") or [] if t.get("type") == "mcp"]
+        label, _, name = turn.mcp.rpartition(".")
+        label = label or (labels[0] if labels else "")
+        args = turn.arguments if isinstance(turn.arguments, str) else json.dumps(turn.arguments)
+        item_id = _new_id("mcp")
+        item: dict[str, Any] = {"id": item_id, "type": "mcp_call", "server_label": label, "name": name, "arguments": ""}
+        base = {"response_id": resp.id, "item_id": item_id, "output_index": 0}
+        await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0, "item": item})
+        await self.send({"type": "response.mcp_call_arguments.delta", **base, "delta": args})
+        await self.send({"type": "response.mcp_call_arguments.done", **base, "arguments": args})
+        await self.send({"type": "response.mcp_call.in_progress", "item_id": item_id, "output_index": 0})
+        if turn.mcp_fail or label not in labels:
+            await self.send({"type": "response.mcp_call.failed", "item_id": item_id, "output_index": 0})
+            done = {**item, "arguments": args, "error": {"type": "tool_execution_error", "message": f"{name} failed (simulated)"}}
+        else:
+            await self.send({"type": "response.mcp_call.completed", "item_id": item_id, "output_index": 0})
+            done = {**item, "arguments": args, "output": json.dumps({"success": True})}
+        await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0, "item": done})
+        _LOG.info("MCP call %s.%s(%s)%s", label, name, args, " failed" if "error" in done else "")
 
     async def _respond_audio(self, resp: _Response) -> None:
         turn = resp.turn
@@ -797,8 +850,11 @@ class RealtimeSimulator:
         chunk_ms: int = 50,
         vad_rms: float | None = None,
         max_session_s: float = 3600.0,
+        mcp_servers: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.mcp_servers: dict[str, list[dict[str, Any]]] = dict(mcp_servers or {})
+        """Remote MCP servers the simulated cloud can reach: server_label -> tools; others fail to list."""
         self.host = host
         self.port = port
         self.pace = pace

@@ -272,6 +272,21 @@ def test_tool_results_then_one_response_create() -> None:
     assert m.sent(out) == ["response.create"]
 
 
+def test_a_remote_mcp_approval_request_is_declined_then_the_model_answers() -> None:
+    m = M()
+    m.open_listening()
+    m.server("input_audio_buffer.speech_stopped")
+    m.server("response.created", response={"id": "r1"})
+    item = {"id": "mcpr_1", "type": "mcp_approval_request", "server_label": "calendar", "name": "delete_event", "arguments": "{}"}
+    assert m.sent(m.server("conversation.item.done", item=item)) == []  # the same item as a conversation item: no second answer
+    out = m.server("response.output_item.done", response_id="r1", output_index=0, item=item)
+    decline = [e.event for e in m.of(fx.Send, out)]
+    assert len(decline) == 1 and decline[0]["item"]["approval_request_id"] == "mcpr_1" and decline[0]["item"]["approve"] is False
+    assert any("asks approval to call delete_event: declined" in e.message for e in m.of(fx.Log, out))
+    out = m.server("response.done", response={"id": "r1", "status": "completed"})
+    assert m.sent(out) == ["response.create"] and m.state is State.THINKING  # the model tells the person
+
+
 def test_end_conversation_tool_ends_after_the_goodbye() -> None:
     m = M()
     m.speaking()

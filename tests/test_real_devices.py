@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from device.realtime.session_setup import household_prompt
 from device.tools.device_registry import DeviceRegistry
 from device.tools.discovery import parse_message
 from device.tools.listing import device_lines
@@ -215,6 +216,14 @@ async def test_commands_reach_each_device_and_the_model_hears_its_state(mosquitt
         assert [line.split(" (")[0] for line in kitchen] == ["Coffee machine"]
         covers = (await rig.call("list_devices", {"type": "cover"}))["devices"]
         assert [line.split(" (")[0] for line in covers] == ["Living room blinds"]
+
+        # the "auto" transcription prompt: the names people say, each once (devices, what they control, areas)
+        prompt = household_prompt("Hey Jarvis", rig.home.vocabulary())
+        assert prompt.startswith("Names you may hear: Hey Jarvis, ")
+        words = prompt.removeprefix("Names you may hear: ").removesuffix(".").split(", ")
+        for name in ("Coffee machine", "Front door", "Living room blinds", "Studio Ceiling light", "Hall", "Kitchen", "Bedroom"):
+            assert words.count(name) == 1, (name, prompt)
+        assert "Coffee machine Power" not in words  # a reading is asked for by its device's name
 
         # offline: Zigbee2MQTT's availability says so -> the model is told at once, nothing is sent
         sent_before = len([m for m in mqtt_spy.snapshot() if m.topic == "zigbee2mqtt/Front door/set"])

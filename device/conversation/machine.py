@@ -21,9 +21,9 @@ import logging
 from dataclasses import dataclass
 
 from ..events import (
+    AnnouncementEvent,
     DndChanged,
     EnabledChanged,
-    AnnouncementEvent,
     MuteChanged,
     State,
     StateChanged,
@@ -36,8 +36,8 @@ from . import effects as fx
 from . import inputs as ip
 from .inputs import Announcement
 from .model import (
-    DISABLED,
     ANY,
+    DISABLED,
     ERROR,
     FOLLOW_UP,
     IDLE,
@@ -61,6 +61,7 @@ from .replies import (
     committed,
     connection_lost,
     function_call,
+    mcp_approval,
     no_follow_up,
     no_speech,
     open_failed,
@@ -98,7 +99,6 @@ from .steps import (
     settle,
     stop_ring,
 )
-
 
 # ==== device inputs ==============================================================================
 
@@ -501,6 +501,7 @@ TABLE: tuple[Row, ...] = (
     row(OPEN, se.AudioDelta, audio_delta),
     row(OPEN, se.AssistantTranscript, assistant_transcript),
     row(OPEN, se.FunctionCallDone, function_call),
+    row(OPEN, se.McpApprovalRequest, mcp_approval),
     row(OPEN, se.ResponseDone, response_done),
 )
 

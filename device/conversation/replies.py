@@ -270,6 +270,22 @@ def function_call(c: Ctx, ev: ip.Server) -> None:
     c.do(fx.CallTool(c.conv.cid, e.call_id, e.name, e.arguments, e.response_id))
 
 
+MCP_DECLINE_REASON = "This speaker cannot ask anyone to approve tool calls; set require_approval = \"never\" to allow them."
+
+
+def mcp_approval(c: Ctx, ev: ip.Server) -> None:
+    """A remote MCP server asks approval for a call: declined (nobody to ask); the model answers
+    the decline in a response of its own once this one is done, as after a function call."""
+    e: se.McpApprovalRequest = ev.event
+    c.log(logging.WARNING, f"MCP server {e.server_label} asks approval to call {e.name}: declined (the device has no approval step)")
+    c.send(protocol.mcp_approval_response(e.request_id, False, MCP_DECLINE_REASON))
+    if e.response_id:
+        c.conv.calls.setdefault(e.response_id, set())
+    else:
+        c.send(protocol.response_create())
+        expect(c)
+
+
 def response_done(c: Ctx, ev: ip.Server) -> None:
     conv = c.conv
     e: se.ResponseDone = ev.event

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..realtime import protocol
 from ..realtime import server_events as se
+from ..realtime.mcp_events import McpEvents
 from ..realtime.session import RealtimeSession, SessionClosed
 from . import effects as fx
 from . import inputs as ip
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..audio.playback import Playback
     from ..config import RealtimeConfig
     from ..events import EventBus
+    from ..realtime.session_setup import SessionSetup
     from ..realtime.tokens import TokenSource
     from ..tools.registry import ToolRegistry
 
@@ -62,7 +64,6 @@ class _Link:
 class Hooks:
     """What the runner needs from the device around it (the Assistant provides these)."""
 
-    render_instructions: Callable[[], str]
     set_capture_muted: Callable[[bool], None]
     clear_preroll: Callable[[], None]
     reset_wake: Callable[[], None]
@@ -82,10 +83,13 @@ class Runner:
         tokens: TokenSource | None,
         tools: ToolRegistry,
         arbiter: Arbiter | None,
+        setup: SessionSetup,
         hooks: Hooks,
     ) -> None:
         self.model = model
         self.rt = rt
+        self.setup = setup  # instructions, tools and the session.update payloads
+        self.mcp_events = McpEvents()
         self.bus = bus
         self.playback = playback
         self.tokens = tokens
@@ -154,16 +158,15 @@ class Runner:
         elif isinstance(e, fx.Truncate):
             self._truncate(e)
         elif isinstance(e, fx.Configure):
-            self._send(e.cid, lambda: protocol.session_update(
-                self.rt, instructions=self.hooks.render_instructions(), tools=self.tools.schemas()))
+            self._send(e.cid, self.setup.session_update)
             if e.manual_turns:
                 self._send(e.cid, protocol.manual_turns)
         elif isinstance(e, fx.Prompt):
             self._send(e.cid, lambda: protocol.response_create(
-                self.hooks.render_instructions()
+                self.setup.instructions()
                 + "\n\nYou start this conversation yourself; speak first, briefly. What to say or ask: " + e.text))
         elif isinstance(e, fx.UpdateTools):
-            self._send(e.cid, lambda: protocol.tools_update(self.tools.schemas()))
+            self._send(e.cid, self.setup.tools_update)
         elif isinstance(e, fx.Claim):
             self._spawn(e.cid, self._claim(e.cid, e.score))
         elif isinstance(e, fx.Open):
@@ -312,6 +315,7 @@ class Runner:
                 except Exception:
                     _LOG.exception("parsing server event %s failed", raw.get("type"))
                     continue
+                self.mcp_events.note(event)  # remote MCP servers' tools and calls: logged
                 self.feed(ip.Server(link.cid, event, culprit))
         except asyncio.CancelledError:
             raise

@@ -7,6 +7,7 @@ GA protocol declares (the server rejects a whole ``session.update`` holding an u
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ SAMPLE_RATE = 24_000
 """The session's PCM rate, in and out (S16LE mono)."""
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": SAMPLE_RATE}
+_LOG = logging.getLogger(__name__)
 
 _LANGUAGES = {
     "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English",
@@ -34,14 +36,18 @@ def language_name(code: str) -> str:
     return _LANGUAGES.get(code.lower().split("-")[0], code)
 
 
-def render_instructions(template: str, *, device: str, language: str, devices: str, now: datetime) -> str:
-    """Fill ``{{today}} {{time}} {{language}} {{device}} {{devices}}``; other ``{{x}}`` stay as written."""
+def render_instructions(template: str, *, device: str, language: str, devices: str, now: datetime, tools: str = "") -> str:
+    """Fill ``{{today}} {{time}} {{language}} {{device}} {{devices}} {{tools}}``; other ``{{x}}`` stay as written.
+
+    (The config loader already rejects unknown placeholders in ``realtime.instructions``.)
+    """
     values = {
         "today": f"{now:%A}, {now.day} {now:%B %Y}",
         "time": f"{now:%H:%M}",
         "language": language_name(language),
         "device": device,
         "devices": devices.strip() or "(no devices known)",
+        "tools": tools.strip() or "(no tools)",
     }
 
     def sub(m: re.Match[str]) -> str:
@@ -70,11 +76,81 @@ def turn_detection(rt: RealtimeConfig) -> dict[str, Any]:
     return td
 
 
-def session_config(rt: RealtimeConfig, *, instructions: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """The GA ``session`` object (also usable as the session of a client_secrets request)."""
+def tools_summary(tools: list[dict[str, Any]]) -> str:
+    """The ``{{tools}}`` text: one line per tool, name and the first sentence of its description."""
+    lines = []
+    for t in tools:
+        if t.get("type") == "mcp":
+            allowed = t.get("allowed_tools")
+            what = t.get("server_description") or "remote MCP server"
+            lines.append(f"- {t['server_label']} (MCP server: {what})" + (f": {', '.join(allowed)}" if isinstance(allowed, list) else ""))
+        else:
+            desc = str(t.get("description") or "").strip()
+            first = re.split(r"(?<=[.!?])\s", desc, maxsplit=1)[0] if desc else ""
+            lines.append(f"- {t.get('name')}" + (f": {first}" if first else ""))
+    return "\n".join(lines)
+
+
+# ---- session keys passed through from [realtime] only when configured ---------------------------
+
+_TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def tool_choice(rt: RealtimeConfig, tools: list[dict[str, Any]]) -> str | dict[str, Any]:
+    """``tool_choice``: a mode, or ``{"type": "function", "name": ...}`` when that function is offered."""
+    choice = rt.tool_choice
+    if choice in _TOOL_CHOICE_MODES:
+        return choice
+    if any(t.get("type") == "function" and t.get("name") == choice for t in tools):
+        return {"type": "function", "name": choice}
+    # The server would reject the whole session.update for a function it was not given.
+    _LOG.warning("realtime.tool_choice names %r, which is not among the session's tools; using \"auto\"", choice)
+    return "auto"
+
+
+def transcription_prompt(rt: RealtimeConfig, household: str) -> str:
+    """The transcription prompt: the configured text, or with ``"auto"`` the household's words."""
+    return household if rt.transcription_prompt == "auto" else rt.transcription_prompt
+
+
+def passthrough(rt: RealtimeConfig) -> dict[str, Any]:
+    """``truncation``, ``tracing``, ``include`` and ``prompt`` as the GA session spells them; unset keys left out."""
+    out: dict[str, Any] = {}
+    if rt.truncation is not None:
+        if isinstance(rt.truncation, str):
+            out["truncation"] = rt.truncation
+        else:
+            trunc: dict[str, Any] = {"type": "retention_ratio", "retention_ratio": float(rt.truncation["retention_ratio"])}
+            if "post_instructions_tokens" in rt.truncation:
+                trunc["token_limits"] = {"post_instructions": int(rt.truncation["post_instructions_tokens"])}
+            out["truncation"] = trunc
+    if rt.tracing is not None:
+        out["tracing"] = rt.tracing if isinstance(rt.tracing, str) else dict(rt.tracing)
+    if rt.include:
+        out["include"] = list(rt.include)
+    if rt.prompt is not None:
+        prompt: dict[str, Any] = {"id": rt.prompt["id"]}
+        if rt.prompt.get("version"):
+            prompt["version"] = rt.prompt["version"]
+        if rt.prompt.get("variables"):
+            prompt["variables"] = dict(rt.prompt["variables"])
+        out["prompt"] = prompt
+    return out
+
+
+def session_config(
+    rt: RealtimeConfig, *, instructions: str, tools: list[dict[str, Any]], household: str = ""
+) -> dict[str, Any]:
+    """The GA ``session`` object (also usable as the session of a client_secrets request).
+
+    ``household``: the words for the ``"auto"`` transcription prompt (wake word, device and area names).
+    """
     audio_in: dict[str, Any] = {"format": dict(PCM_FORMAT)}
     if rt.transcription_model:
         audio_in["transcription"] = {"model": rt.transcription_model, "language": rt.language}
+        prompt = transcription_prompt(rt, household)
+        if prompt:
+            audio_in["transcription"]["prompt"] = prompt
     if rt.noise_reduction != "off":
         audio_in["noise_reduction"] = {"type": rt.noise_reduction}
     audio_in["turn_detection"] = turn_detection(rt)
@@ -88,21 +164,24 @@ def session_config(rt: RealtimeConfig, *, instructions: str, tools: list[dict[st
             "output": {"format": dict(PCM_FORMAT), "voice": rt.voice, "speed": rt.speed},
         },
         "tools": list(tools),
-        "tool_choice": "auto",
+        "tool_choice": tool_choice(rt, tools),
     }
-    if rt.max_output_tokens > 0:
+    if rt.max_output_tokens == "inf" or (isinstance(rt.max_output_tokens, int) and rt.max_output_tokens > 0):
         session["max_output_tokens"] = rt.max_output_tokens
+    session.update(passthrough(rt))
     return session
 
 
-def session_update(rt: RealtimeConfig, *, instructions: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
+def session_update(
+    rt: RealtimeConfig, *, instructions: str, tools: list[dict[str, Any]], household: str = ""
+) -> dict[str, Any]:
     """``session.update`` built from the config, with GA keys only."""
-    return {"type": "session.update", "session": session_config(rt, instructions=instructions, tools=tools)}
+    return {"type": "session.update", "session": session_config(rt, instructions=instructions, tools=tools, household=household)}
 
 
-def tools_update(tools: list[dict[str, Any]]) -> dict[str, Any]:
+def tools_update(tools: list[dict[str, Any]], choice: str | dict[str, Any] = "auto") -> dict[str, Any]:
     """``session.update`` changing only the tools (safe mid-session: no voice, no model)."""
-    return {"type": "session.update", "session": {"type": "realtime", "tools": list(tools), "tool_choice": "auto"}}
+    return {"type": "session.update", "session": {"type": "realtime", "tools": list(tools), "tool_choice": choice}}
 
 
 def audio_append(pcm24k: bytes) -> dict[str, Any]:
@@ -173,6 +252,23 @@ def item_truncate(item_id: str, content_index: int, audio_end_ms: int) -> dict[s
 def function_call_output(call_id: str, output_json: str) -> dict[str, Any]:
     """The answer to a function call (send ``response.create`` after it)."""
     return {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": call_id, "output": output_json}}
+
+
+def mcp_approval_response(request_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
+    """``conversation.item.create`` answering a remote MCP server's ``mcp_approval_request``.
+
+    The item's id is derived from the request's (ids are at most 32 characters), so a builder
+    without a random source gives each answer its own id.
+    """
+    item: dict[str, Any] = {
+        "type": "mcp_approval_response",
+        "id": "mcpapr_" + request_id[-25:],
+        "approval_request_id": request_id,
+        "approve": approve,
+    }
+    if reason:
+        item["reason"] = reason
+    return {"type": "conversation.item.create", "item": item}
 
 
 def user_text(text: str) -> dict[str, Any]:
@@ -284,10 +380,10 @@ def pcm_ms(pcm24k_bytes: int) -> int:
 
 __all__ = [
     "BYTES_PER_MS",
-    "FunctionCall",
     "PCM_FORMAT",
-    "ResponseSummary",
     "SAMPLE_RATE",
+    "FunctionCall",
+    "ResponseSummary",
     "ServerError",
     "audio_append",
     "audio_clear",
@@ -296,16 +392,21 @@ __all__ = [
     "function_call_output",
     "item_truncate",
     "language_name",
+    "mcp_approval_response",
     "parse_error",
     "parse_function_call",
     "parse_response_done",
+    "passthrough",
     "pcm_ms",
     "render_instructions",
     "response_cancel",
     "response_create",
     "session_config",
     "session_update",
+    "tool_choice",
+    "tools_summary",
     "tools_update",
+    "transcription_prompt",
     "turn_detection",
     "user_text",
 ]

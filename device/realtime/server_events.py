@@ -122,6 +122,36 @@ class ItemDeleted(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class McpActivity(ServerEvent):
+    """What a remote MCP server (a ``{"type": "mcp"}`` session tool, called by the cloud) is doing:
+    ``mcp_list_tools.*``, ``response.mcp_call*`` and item events holding an MCP item. Only logged.
+
+    ``kind`` is the item's type (mcp_list_tools, mcp_call, mcp_approval_request) for item events,
+    empty for the progress events, which name the item by ``item_id`` only.
+    """
+
+    item_id: str = ""
+    kind: str = ""
+    server_label: str = ""
+    name: str = ""
+    arguments: str = ""
+    tools: tuple[str, ...] = ()  # mcp_list_tools: the tools the server offers
+    output: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class McpApprovalRequest(ServerEvent):
+    """``response.output_item.done`` with an ``mcp_approval_request``: a remote call waits for a yes or no."""
+
+    response_id: str = ""
+    request_id: str = ""
+    server_label: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Notice(ServerEvent):
     """A known event the conversation does not act on (logged at debug, kept for tracing)."""
 
@@ -182,6 +212,36 @@ def _notice(ev: dict[str, Any]) -> Notice:
     return Notice(ev["type"], _s(ev, "event_id"), _s(ev, "item_id") or _s(item, "id"), _s(ev, "response_id"))
 
 
+_MCP_ITEMS = ("mcp_list_tools", "mcp_call", "mcp_approval_request")
+_MCP_PROGRESS = (
+    "mcp_list_tools.in_progress", "mcp_list_tools.completed", "mcp_list_tools.failed", "response.mcp_call_arguments.delta",
+    "response.mcp_call_arguments.done", "response.mcp_call.in_progress", "response.mcp_call.completed",
+    "response.mcp_call.failed",
+)
+
+
+def _mcp_progress(ev: dict[str, Any]) -> McpActivity:
+    return McpActivity(ev["type"], _s(ev, "event_id"), _s(ev, "item_id"), arguments=_s(ev, "arguments"))
+
+
+def _item_event(ev: dict[str, Any]) -> ServerEvent:
+    """An item event: a Notice, unless its item is an MCP item."""
+    item = _d(ev, "item")
+    kind = _s(item, "type")
+    if kind not in _MCP_ITEMS:
+        return _notice(ev)
+    if kind == "mcp_approval_request" and ev["type"] == "response.output_item.done":
+        return McpApprovalRequest(ev["type"], _s(ev, "event_id"), _s(ev, "response_id"), _s(item, "id"),
+                                  _s(item, "server_label"), _s(item, "name"), _s(item, "arguments"))
+    tools = item.get("tools") if isinstance(item.get("tools"), list) else []
+    error = _d(item, "error")
+    return McpActivity(
+        ev["type"], _s(ev, "event_id"), _s(item, "id"), kind, _s(item, "server_label"), _s(item, "name"),
+        _s(item, "arguments"), tuple(_s(t, "name") for t in tools if isinstance(t, dict)), _s(item, "output"),
+        str(error.get("message") or error.get("type") or "") if error else "",
+    )
+
+
 _Parser = Callable[[dict[str, Any]], ServerEvent]
 
 PARSERS: dict[str, _Parser] = {
@@ -205,20 +265,19 @@ PARSERS: dict[str, _Parser] = {
     "response.done": _response_done,
     "conversation.item.retrieved": lambda e: ItemRetrieved(e["type"], _s(e, "event_id"), _d(e, "item")),
     "conversation.item.deleted": lambda e: ItemDeleted(e["type"], _s(e, "event_id"), _s(e, "item_id")),
+    **{t: _item_event for t in ("conversation.item.added", "conversation.item.done", "response.output_item.added",
+                                "response.output_item.done")},
+    **{t: _mcp_progress for t in _MCP_PROGRESS},
 }
 # Known events the conversation does not act on.
 NOTICES = (
     "session.created", "session.updated", "conversation.created", "conversation.item.created",
-    "conversation.item.added", "conversation.item.done", "conversation.item.truncated",
+    "conversation.item.truncated",
     "conversation.item.input_audio_transcription.delta", "conversation.item.input_audio_transcription.segment",
     "input_audio_buffer.cleared", "input_audio_buffer.dtmf_event_received", "rate_limits.updated",
     "response.output_audio.done", "response.output_audio_transcript.delta", "response.content_part.added",
-    "response.content_part.done", "response.function_call_arguments.delta", "response.output_item.added",
-    "response.output_item.done", "response.output_text.delta", "output_audio_buffer.started",
-    "output_audio_buffer.stopped", "output_audio_buffer.cleared", "mcp_list_tools.in_progress",
-    "mcp_list_tools.completed", "mcp_list_tools.failed", "response.mcp_call_arguments.delta",
-    "response.mcp_call_arguments.done", "response.mcp_call.in_progress", "response.mcp_call.completed",
-    "response.mcp_call.failed",
+    "response.content_part.done", "response.function_call_arguments.delta", "response.output_text.delta",
+    "output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared",
 )
 for _t in NOTICES:
     PARSERS.setdefault(_t, _notice)
@@ -241,7 +300,25 @@ def parse(ev: dict[str, Any]) -> ServerEvent:
 
 
 __all__ = [
-    "AssistantTranscript", "AudioDelta", "FunctionCallDone", "InputCommitted", "InputTimeout", "ItemDeleted",
-    "ItemRetrieved", "Notice", "PARSERS", "ResponseCreated", "ResponseDone", "ServerError", "ServerEvent",
-    "SpeechStarted", "SpeechStopped", "TranscriptionCompleted", "TranscriptionFailed", "Unknown", "parse",
+    "PARSERS",
+    "AssistantTranscript",
+    "AudioDelta",
+    "FunctionCallDone",
+    "InputCommitted",
+    "InputTimeout",
+    "ItemDeleted",
+    "ItemRetrieved",
+    "McpActivity",
+    "McpApprovalRequest",
+    "Notice",
+    "ResponseCreated",
+    "ResponseDone",
+    "ServerError",
+    "ServerEvent",
+    "SpeechStarted",
+    "SpeechStopped",
+    "TranscriptionCompleted",
+    "TranscriptionFailed",
+    "Unknown",
+    "parse",
 ]

@@ -325,6 +325,15 @@ class HomeDevices:
         lines = device_lines(self.registry)
         return "\n".join(lines) if lines else "none"
 
+    def vocabulary(self) -> list[str]:
+        """The names people say, for the transcription prompt: devices and the parts they control, then areas."""
+        words: list[str] = []
+        areas: list[str] = []
+        for info, ents in self.registry.devices():
+            words += [info.name, *(e.name for e in ents if e.spec.controllable)]
+            areas += [info.area, *(e.spec.area for e in ents)]
+        return [w for w in words + areas if w]  # household_prompt drops repeats
+
     def _describe(self, dev: Device) -> dict[str, Any]:
         out: dict[str, Any] = {"name": dev.name, "type": dev.spec.type}
         if dev.spec.area:
