@@ -21,7 +21,7 @@ from .audio.ringbuffer import PreRoll
 from .config import Settings
 from .conversation import inputs as ip
 from .conversation.inputs import Announcement
-from .conversation.machine import Conv, Model, Params
+from .conversation.machine import Conv, Model, Params, wants_audio
 from .conversation.runner import Hooks, Interruption, Runner
 from .events import EventBus, State, VolumeChanged
 from .realtime.session_setup import SessionSetup
@@ -227,7 +227,7 @@ class Assistant:
         if self.muted or not self.enabled:
             return  # capture discards at the source; this guards a frame already on its way
         self._preroll.append(frame)
-        if self._runner.model.conv is not None:
+        if wants_audio(self._runner.model):
             self._runner.feed(ip.Frame(frame.pcm24k))
         if frame.wake is not None:
             self.on_wake(frame.wake, frame.t)

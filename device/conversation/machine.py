@@ -124,17 +124,25 @@ def shutdown(c: Ctx, ev: ip.Shutdown) -> None:
         end(c, "shutdown")
 
 
+def wants_audio(model: Model) -> bool:
+    """Whether a microphone frame would go anywhere now (the facade skips the step otherwise)."""
+    conv = model.conv
+    if conv is None or not conv.mic_open or (conv.manual and not conv.holding):
+        return False
+    return conv.pending is not None or conv.phase in (LISTENING, THINKING, FOLLOW_UP) or (
+        conv.phase is SPEAKING and model.params.barge_in == "voice")
+
+
 def frame(c: Ctx, ev: ip.Frame) -> None:
     conv = c.m.conv
-    if conv is None or not conv.mic_open or not ev.pcm24k:
+    if not ev.pcm24k or not wants_audio(c.m):
         return
+    assert conv is not None
     if conv.manual:
-        if not conv.holding:
-            return
         conv.turn_ms += protocol.pcm_ms(len(ev.pcm24k))
     if conv.pending is not None:
-        conv.pending.append(ev.pcm24k)
-    elif conv.phase in (LISTENING, THINKING, FOLLOW_UP) or (conv.phase is SPEAKING and c.p.barge_in == "voice"):
+        conv.pending += (ev.pcm24k,)
+    else:
         c.send(protocol.audio_append(ev.pcm24k))
 
 
@@ -216,7 +224,7 @@ def hold_turn(c: Ctx, ev: ip.TalkDown) -> None:
     if conv.phase is SPEAKING:
         interrupt(c, "talk button")
     elif conv.active_response is not None:
-        conv.cancelled.add(conv.active_response)
+        conv.cancelled |= {conv.active_response}
         c.send(protocol.response_cancel())
     conv.turn += 1
     conv.holding = conv.mic_open = True
@@ -375,7 +383,7 @@ def ask_in_conversation(c: Ctx, ev: ip.Ask) -> None:
     if conv.phase is SPEAKING:
         interrupt(c, ev.source)
     elif conv.active_response is not None:
-        conv.cancelled.add(conv.active_response)
+        conv.cancelled |= {conv.active_response}
         c.send(protocol.response_cancel())
     conv.turn += 1
     c.send(protocol.user_text(ev.text))
@@ -510,6 +518,9 @@ for _row in TABLE:
     _INDEX[_row.on] = _INDEX.get(_row.on, ()) + (_row,)
 
 
+DUE_SLACK_S = 0.25
+
+
 def step(model: Model, event: ip.Input, now: float) -> tuple[Model, list[fx.Effect]]:
     """Apply ``event`` at monotonic time ``now``: the new model and what to do. Pure."""
     c = Ctx(model.copy(), now)
@@ -518,8 +529,8 @@ def step(model: Model, event: ip.Input, now: float) -> tuple[Model, list[fx.Effe
         if conv is None or conv.cid != event.cid:
             stale(c, event)
             return c.m, c.effects
-        if isinstance(event, ip.Server) and conv.expecting:
-            expect(c)  # anything from the server pushes the reply deadline on
+        if isinstance(event, ip.Server) and conv.expecting and c.now + c.p.response_timeout_s - conv.due_at > DUE_SLACK_S:
+            expect(c)  # anything from the server pushes the reply deadline on (re-armed in steps, not per event)
     r = match(c.m, event)
     if r is not None:
         r.do(c, event)
@@ -546,4 +557,4 @@ def stale(c: Ctx, event: ip.ConvInput) -> None:
         publish_tool(c, event)
 
 
-__all__ = ["TABLE", "Conv", "Model", "Params", "Row", "match", "step"]
+__all__ = ["TABLE", "Conv", "Model", "Params", "Row", "match", "step", "wants_audio"]

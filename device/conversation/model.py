@@ -5,8 +5,9 @@ the effects asked for so far).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import (
@@ -62,16 +63,17 @@ class Conv:
     announcement: Announcement | None = None
     ring: bool = False  # speaks the text of a ringing timer
     mic_open: bool = False  # the person's turn: microphone audio goes to the server
-    pending: list[bytes] | None = field(default_factory=list)  # audio held until the socket is open
+    pending: tuple[bytes, ...] | None = ()  # audio held until the socket is open
     active_response: str | None = None
-    cancelled: set[str] = field(default_factory=set)  # responses whose remaining audio is dropped
+    cancelled: frozenset[str] = frozenset()  # responses whose remaining audio is dropped
     item: str | None = None  # reply item going to the speaker
     item_response: str | None = None
-    calls: dict[str, set[str]] = field(default_factory=dict)  # response -> its running tool calls
+    calls: dict[str, frozenset[str]] = field(default_factory=dict)  # response -> its running tool calls
     awaiting: dict[str, int] = field(default_factory=dict)  # response done, tools still running -> turn
     end_reason: str | None = None  # end after the current reply (tool, session age)
     turn: int = 0  # bumped by new speech or an interruption; stale drain waits see it
     expecting: bool = False  # a reply is due from the server
+    due_at: float = 0.0  # ... by then (the "due" deadline)
     listen_at: float | None = None
     follow_at: float | None = None
     opened_at: float | None = None
@@ -85,16 +87,16 @@ class Conv:
     holding: bool = False  # push-to-talk: the button is down, the person's turn goes on
     turn_ms: int = 0  # audio sent (or held) in this push-to-talk turn
     commit_on_open: bool = False  # released before the socket was open
-    out_of_band: set[str] = field(default_factory=set)  # responses outside the conversation (not truncatable)
+    out_of_band: frozenset[str] = frozenset()  # responses outside the conversation (not truncatable)
     oob_pending: bool = False  # an out-of-band response.create was sent; its response.created is next
     usage: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Conv:
-        return replace(
-            self, pending=None if self.pending is None else list(self.pending), cancelled=set(self.cancelled),
-            calls={k: set(v) for k, v in self.calls.items()}, awaiting=dict(self.awaiting), usage=_deep(self.usage),
-            out_of_band=set(self.out_of_band),
-        )
+        """A shallow copy, one per step: the fields are immutable values (tuples, frozensets) or
+        dicts that handlers replace rather than change, so nothing is shared that changes."""
+        new = object.__new__(Conv)
+        new.__dict__.update(self.__dict__)
+        return new
 
 
 @dataclass
@@ -122,14 +124,24 @@ class Model:
     due_rings: tuple[ip.Ring, ...] = ()  # rang during a conversation: ring once it is over
 
     def copy(self) -> Model:
-        return replace(
-            self, conv=None if self.conv is None else self.conv.copy(),
-            ring=None if self.ring is None else replace(self.ring),
-        )
+        new = object.__new__(Model)
+        new.__dict__.update(self.__dict__)
+        if self.conv is not None:
+            new.conv = self.conv.copy()
+        if self.ring is not None:
+            new.ring = copy.copy(self.ring)
+        return new
 
 
 def _deep(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def summed_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``total`` plus one response.done's usage (``total`` is left as it is)."""
+    out = _deep(total)
+    add_usage(out, usage)
+    return out
 
 
 def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:

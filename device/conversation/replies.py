@@ -22,7 +22,7 @@ from .model import (
     SPEAKING,
     THINKING,
     Ctx,
-    add_usage,
+    summed_usage,
 )
 from .steps import (
     clear_turn_deadlines,
@@ -42,7 +42,7 @@ def opened(c: Ctx, ev: ip.Opened) -> None:
     conv.stage = "open"
     conv.opened_at = c.now
     c.do(fx.Configure(conv.cid, manual_turns=conv.manual))
-    pending, conv.pending = conv.pending or [], None
+    pending, conv.pending = conv.pending or (), None
     for pcm in pending if conv.mic_open or conv.commit_on_open else ():
         c.send(protocol.audio_append(pcm))
     if conv.commit_on_open:
@@ -119,11 +119,12 @@ def tool_done(c: Ctx, ev: ip.ToolDone) -> None:
     c.send(protocol.function_call_output(ev.call_id, ev.output_json))
     running = conv.calls.get(ev.response_id)
     if running is not None:
-        running.discard(ev.call_id)
+        running = running - {ev.call_id}
+        conv.calls = {**conv.calls, ev.response_id: running}
     turn = conv.awaiting.get(ev.response_id)
     if turn is not None and not running:
-        del conv.awaiting[ev.response_id]
-        conv.calls.pop(ev.response_id, None)
+        conv.awaiting = {k: v for k, v in conv.awaiting.items() if k != ev.response_id}
+        conv.calls = {k: v for k, v in conv.calls.items() if k != ev.response_id}
         if turn == conv.turn:
             # Also after end_conversation: the model says its goodbye, then the conversation ends.
             c.send(protocol.response_create())
@@ -202,7 +203,7 @@ def speech_started(c: Ctx, ev: ip.Server) -> None:
         # "voice" the server cancels it itself (interrupt_response is on; a response.cancel would
         # only race it); with "wake_word" nothing has played yet, so cancelling cannot be the
         # speaker hearing itself.
-        conv.cancelled.add(conv.active_response)
+        conv.cancelled |= {conv.active_response}
         if c.p.barge_in != "voice":
             c.send(protocol.response_cancel())
     if conv.phase is SPEAKING or conv.item is not None:
@@ -237,7 +238,7 @@ def response_created(c: Ctx, ev: ip.Server) -> None:
     conv.active_response = ev.event.response_id or None
     if conv.oob_pending:
         conv.oob_pending = False
-        conv.out_of_band.add(ev.event.response_id)
+        conv.out_of_band |= {ev.event.response_id}
     c.publish(ResponseEvent(response_id=ev.event.response_id, status="created", t=c.now))
     expect(c)
     if conv.phase in (LISTENING, FOLLOW_UP):
@@ -266,7 +267,8 @@ def assistant_transcript(c: Ctx, ev: ip.Server) -> None:
 
 def function_call(c: Ctx, ev: ip.Server) -> None:
     e: se.FunctionCallDone = ev.event
-    c.conv.calls.setdefault(e.response_id, set()).add(e.call_id)
+    conv = c.conv
+    conv.calls = {**conv.calls, e.response_id: conv.calls.get(e.response_id, frozenset()) | {e.call_id}}
     c.do(fx.CallTool(c.conv.cid, e.call_id, e.name, e.arguments, e.response_id))
 
 
@@ -290,7 +292,7 @@ def response_done(c: Ctx, ev: ip.Server) -> None:
     conv = c.conv
     e: se.ResponseDone = ev.event
     if e.usage:
-        add_usage(conv.usage, e.usage)
+        conv.usage = summed_usage(conv.usage, e.usage)
         c.log(logging.INFO, f"response {e.response_id}: {e.status}; usage {e.usage}")
     c.publish(ResponseEvent(response_id=e.response_id, status=e.status, usage=e.usage, t=c.now))
     if e.response_id == conv.active_response:
@@ -299,7 +301,7 @@ def response_done(c: Ctx, ev: ip.Server) -> None:
     running = conv.calls.get(e.response_id)
     if e.response_id in conv.cancelled or e.status == "cancelled":
         # Interrupted (by us or by the server's VAD): the person's new turn decides what follows.
-        conv.calls.pop(e.response_id, None)
+        conv.calls = {k: v for k, v in conv.calls.items() if k != e.response_id}
         return
     if e.status == "failed":
         message = e.error or "no details"
@@ -312,9 +314,9 @@ def response_done(c: Ctx, ev: ip.Server) -> None:
             c.do(fx.Cue("error"))
     if running is not None:
         if running:
-            conv.awaiting[e.response_id] = conv.turn
+            conv.awaiting = {**conv.awaiting, e.response_id: conv.turn}
         else:
-            conv.calls.pop(e.response_id, None)
+            conv.calls = {k: v for k, v in conv.calls.items() if k != e.response_id}
             c.send(protocol.response_create())
             expect(c)
     elif conv.spoke:

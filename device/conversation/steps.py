@@ -40,7 +40,7 @@ def begin(
     conv = Conv(cid=m.next_cid, trigger=trigger, prompt=prompt, announcement=announcement, ring=ring, manual=manual)
     m.next_cid += 1
     conv.mic_open = frames is not None
-    conv.pending = [f for f in frames or () if f]
+    conv.pending = tuple(f for f in frames or () if f)
     conv.question = question
     m.conv = conv
     if trigger == "wake" and c.p.arbitration:
@@ -79,7 +79,8 @@ def expect(c: Ctx, on: bool = True) -> None:
     """A reply is due (or no longer): the server must send something within response_timeout_s."""
     c.conv.expecting = on
     if on:
-        c.arm("due", c.now + c.p.response_timeout_s, ip.ReplyOverdue(c.conv.cid))
+        c.conv.due_at = c.now + c.p.response_timeout_s
+        c.arm("due", c.conv.due_at, ip.ReplyOverdue(c.conv.cid))
     else:
         c.do(fx.Disarm("due"))
 
@@ -103,7 +104,7 @@ def interrupt(c: Ctx, why: str, *, cancel: bool = True) -> None:
     conv = c.conv
     for rid in (conv.active_response, conv.item_response):
         if rid:
-            conv.cancelled.add(rid)
+            conv.cancelled |= {rid}
     if conv.active_response is not None and cancel:
         c.send(protocol.response_cancel())
     # An out-of-band reply is no item of the conversation: nothing to truncate at the server.

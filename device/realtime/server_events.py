@@ -190,7 +190,7 @@ def _error(ev: dict[str, Any]) -> ServerError:
 
 def _audio(ev: dict[str, Any]) -> AudioDelta:
     try:
-        pcm = base64.b64decode(_s(ev, "delta"), validate=True)
+        pcm = base64.b64decode(_s(ev, "delta"))
     except (binascii.Error, ValueError):
         _LOG.warning("response.output_audio.delta with undecodable audio ignored")
         pcm = b""
@@ -296,7 +296,7 @@ def parse(ev: dict[str, Any]) -> ServerEvent:
             _unknown_seen.add(kind)
             _LOG.debug("server event type %r is not known here; ignored", kind)
         return Unknown(kind, _s(ev, "event_id"))
-    return parser({**ev, "type": kind})
+    return parser(ev)
 
 
 __all__ = [
