@@ -282,7 +282,8 @@ def mcp_approval(c: Ctx, ev: ip.Server) -> None:
     c.log(logging.WARNING, f"MCP server {e.server_label} asks approval to call {e.name}: declined (the device has no approval step)")
     c.send(protocol.mcp_approval_response(e.request_id, False, MCP_DECLINE_REASON))
     if e.response_id:
-        c.conv.calls.setdefault(e.response_id, set())
+        conv = c.conv
+        conv.calls = {**conv.calls, e.response_id: conv.calls.get(e.response_id, frozenset())}
     else:
         c.send(protocol.response_create())
         expect(c)
