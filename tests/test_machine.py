@@ -392,6 +392,25 @@ def test_server_errors() -> None:
     assert "rejected the session configuration" in m.published(ErrorEvent, out)[0].message and m.state is State.ERROR
 
 
+def test_a_flood_of_server_errors_is_told_three_times_then_kept_quiet() -> None:
+    m = M()
+    m.open_listening()
+    told = [m.published(ErrorEvent, m.server("error", error={"type": "server_error", "message": f"boom {i}"})) for i in range(50)]
+    assert sum(len(t) for t in told) == 3 and m.model.conv is not None  # the journal and MQTT stay readable
+    m.server("response.created", response={"id": "r9"})
+    out = m.feed(ip.Server(m.cid, se.parse({"type": "response.done", "response": {"id": "r9", "status": "failed"}})), dt=2.0)
+    assert not m.published(ErrorEvent, out) and not m.of(fx.Cue, out)  # no error cue per fuzzed event either
+
+
+def test_session_expired_is_one_failure_when_the_server_closes() -> None:
+    m = M()
+    m.speaking()
+    out = m.server("error", error={"type": "invalid_request_error", "code": "session_expired", "message": "max duration"})
+    assert not m.published(ErrorEvent, out) and m.state is State.SPEAKING
+    out = m.feed(ip.ConnectionLost(m.cid, "server closed the connection (code 1000: session expired)"))
+    assert len(m.published(ErrorEvent, out)) == 1 and m.state is State.ERROR
+
+
 def test_failed_response_plays_the_error_cue_and_the_session_goes_on() -> None:
     m = M()
     m.open_listening()
