@@ -167,19 +167,23 @@ class Assistant:
     # ----- start / stop ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore mute and volume, publish the initial state."""
-        muted, volume = False, self.settings.audio.volume
+        """Restore mute, volume, on/off and do-not-disturb; publish the initial state."""
+        muted, volume, enabled, dnd = False, self.settings.audio.volume, True, False
         self._store = self._open_store()
         if self._store is not None:
             try:
                 saved = self._store.load()
-                muted, volume = bool(saved.muted), int(saved.volume)
+                muted, volume, enabled, dnd = bool(saved.muted), int(saved.volume), bool(saved.enabled), bool(saved.dnd)
             except Exception as exc:
                 _LOG.warning("could not read the saved mute/volume state: %s: %s", type(exc).__name__, exc)
         self.volume = max(0, min(100, volume))
         self.playback.volume = self.volume
         self.bus.publish(VolumeChanged(volume=self.volume, source="startup"))
         self._runner.feed(ip.Start(muted=muted))
+        if not enabled:
+            self._runner.feed(ip.Enable(False, "saved state"))
+        if dnd:
+            self._runner.feed(ip.Dnd(True, "saved state"))
 
     async def stop(self) -> None:
         """End any conversation or ringing (closing its socket) and drop queued announcements."""
@@ -201,7 +205,7 @@ class Assistant:
         if self._store is None:
             return
         try:
-            self._store.update(muted=self.muted, volume=self.volume)
+            self._store.update(muted=self.muted, volume=self.volume, enabled=self.enabled, dnd=self.dnd)
         except Exception as exc:
             _LOG.warning("could not save the mute/volume state: %s: %s", type(exc).__name__, exc)
 

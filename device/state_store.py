@@ -31,6 +31,8 @@ class SavedState:
 
     muted: bool = False
     volume: int = 70  # 0-100
+    enabled: bool = True  # the assistant switched on (off: no wake word)
+    dnd: bool = False  # do not disturb
 
 
 class StateStore:
@@ -85,6 +87,12 @@ class StateStore:
             state = dataclasses.replace(state, muted=muted)
         else:
             _LOG.warning("saved state %s: 'muted' must be true or false, got %r; using %s", self.path, muted, state.muted)
+        for key in ("enabled", "dnd"):
+            flag = data.get(key, getattr(state, key))
+            if isinstance(flag, bool):
+                state = dataclasses.replace(state, **{key: flag})
+            else:
+                _LOG.warning("saved state %s: %r must be true or false, got %r; using %s", self.path, key, flag, getattr(state, key))
         volume = data.get("volume", state.volume)
         if isinstance(volume, int) and not isinstance(volume, bool) and 0 <= volume <= 100:
             state = dataclasses.replace(state, volume=volume)
@@ -94,7 +102,8 @@ class StateStore:
 
     def save(self, state: SavedState) -> bool:
         """Write ``state`` atomically; returns False (and logs why) if it could not be written."""
-        payload = json.dumps({"muted": bool(state.muted), "volume": int(state.volume)}, indent=None) + "\n"
+        payload = json.dumps({"muted": bool(state.muted), "volume": int(state.volume), "enabled": bool(state.enabled),
+                              "dnd": bool(state.dnd)}, indent=None) + "\n"
         try:
             write_atomic(self.path, payload)
         except OSError as exc:
@@ -103,11 +112,16 @@ class StateStore:
         self._current = state
         return True
 
-    def update(self, *, muted: bool | None = None, volume: int | None = None) -> SavedState:
+    def update(self, *, muted: bool | None = None, volume: int | None = None, enabled: bool | None = None,
+               dnd: bool | None = None) -> SavedState:
         """Change some fields of the current state and save; returns the new state."""
         state = self.current
         if muted is not None:
             state = dataclasses.replace(state, muted=bool(muted))
+        if enabled is not None:
+            state = dataclasses.replace(state, enabled=bool(enabled))
+        if dnd is not None:
+            state = dataclasses.replace(state, dnd=bool(dnd))
         if volume is not None:
             state = dataclasses.replace(state, volume=max(0, min(100, int(volume))))
         if state != self._current or not self.path.exists():

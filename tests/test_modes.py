@@ -5,6 +5,8 @@ is spoken), the assistant switched off, and do-not-disturb."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +53,8 @@ async def test_switched_off_the_microphone_is_closed_and_do_not_disturb_holds_an
     await d.until(lambda: capture.frames_delivered > 3, 5, "frames")
     await a.set_enabled(False, "test")
     assert a.state is State.DISABLED and capture.muted and not a.muted
+    saved = json.loads((Path(d.settings.state_dir) / "state.json").read_text())
+    assert saved["enabled"] is False  # still off after a restart
     await asyncio.sleep(0.1)
     count = capture.frames_delivered
     await a.talk_pressed()

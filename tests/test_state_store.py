@@ -20,7 +20,16 @@ def test_round_trip_survives_a_restart(tmp_path: Path) -> None:
 
     restarted = StateStore(tmp_path / "state", default_volume=70)
     assert restarted.load() == SavedState(muted=True, volume=33)
-    assert json.loads((tmp_path / "state" / FILENAME).read_text()) == {"muted": True, "volume": 33}
+    assert json.loads((tmp_path / "state" / FILENAME).read_text()) == {"muted": True, "volume": 33, "enabled": True, "dnd": False}
+
+
+def test_switched_off_and_do_not_disturb_survive_a_restart(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.load()
+    store.update(enabled=False, dnd=True)
+    assert StateStore(tmp_path).load() == SavedState(muted=False, volume=70, enabled=False, dnd=True)
+    (tmp_path / FILENAME).write_text('{"muted": false, "volume": 50, "enabled": "no", "dnd": 1}')
+    assert StateStore(tmp_path).load() == SavedState(muted=False, volume=50, enabled=True, dnd=False)  # bad flags: defaults
 
 
 def test_update_changes_one_field_and_persists(tmp_path: Path) -> None:

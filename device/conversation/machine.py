@@ -353,6 +353,7 @@ def enable(c: Ctx, ev: ip.Enable) -> None:
     else:
         c.do(fx.ClearPreroll(), fx.ResetWake(), fx.SetCaptureMuted(m.muted))
     c.publish(EnabledChanged(enabled=ev.enabled, source=ev.source, t=c.now))
+    c.do(fx.Persist())
     if m.ring is None and m.conv is None:
         c.set_state(c.rest_state(), ev.source)
 
@@ -362,6 +363,7 @@ def dnd(c: Ctx, ev: ip.Dnd) -> None:
         return
     c.m.dnd = ev.on
     c.publish(DndChanged(on=ev.on, source=ev.source, t=c.now))
+    c.do(fx.Persist())
     if not ev.on:
         next_announcement(c)  # what waited for the quiet to end
 
