@@ -4,9 +4,15 @@ The playback writer taps every period it hands to the device (:meth:`PlaybackRef
 with the frames the device still held before it: that period starts sounding
 ``delay / rate`` seconds after the write. The tap resamples it with soxr to 16 kHz and lays it
 on a timeline of ``time.monotonic()``; the capture thread reads back the 80 ms that ended when a
-microphone frame was read (:meth:`PlaybackReference.read`). Both sides keep a contiguous cursor
-and re-anchor only when it strays from the clock (the writer: when the speaker went idle), so
-scheduling jitter does not tear the signal; AEC3 finds and follows the acoustic delay left over.
+microphone frame was read (:meth:`PlaybackReference.read`).
+
+AEC3 leaks echo for up to a second whenever the far end's delay jumps, so neither side ever
+jumps while audio plays. A device's delay figure is noisy (+-20 ms from period to period), so a
+stream is laid where the average of its writes' figures puts it: re-laid whole on every write
+until the reader reaches it (before it sounds), then followed by stretching each period by a
+few samples at most toward the smoothed figure (a real clock's drift). The reader keeps a
+contiguous cursor and nudges it toward its (jittery) frame times the same way; only a gap in
+the audio (the speaker went idle) or a far stray re-anchors a cursor.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ import soxr
 
 RATE = 16000
 SECONDS = 4.0  # timeline kept (the capture thread reads within ~100 ms of real time)
-SLACK_S = 0.04  # a cursor this far from the clock re-anchors
+SLACK_S = 0.04  # an idle reader this far from the clock re-anchors
+GAP_S = 0.1  # a writer this far behind the clock starts a new stream (the device ran dry)
+STRAY_S = 0.25  # a playing reader this far from the clock re-anchors (the capture thread stalled)
+FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
+TRACK = 0.05  # share of the smoothed error corrected per write / read
+STEP_MAX = 4  # samples a period is stretched or shrunk by at most (0.25 ms; AEC3 follows that)
+READ_STEP_MAX = 16  # samples the reader's cursor moves by at most per frame
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
 # so it stays contiguous unless it is further ahead than any device buffer.
@@ -43,6 +55,14 @@ class PlaybackReference:
         self._r = -1  # next index the reader returns
         self._rs: soxr.ResampleStream | None = None
         self._rs_rate = 0
+        self._origin = -1  # where the current stream is laid
+        self._pending: list[np.ndarray] = []  # the current stream while it is re-laid
+        self._fresh = False  # the reader has not reached the current stream yet
+        self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
+        self._pos_n = 0
+        self._cum = 0  # samples in the current stream
+        self._werr = 0.0  # the writer's smoothed error (reported start - cursor), samples
+        self._rerr = 0.0  # the reader's smoothed error
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
         self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
@@ -62,15 +82,35 @@ class PlaybackReference:
         x = np.asarray(samples, dtype=np.float32)
         y = x if self._rs is None else self._rs.resample_chunk(x)
         start = self._index(t + queued_before / rate - LEAD_S)
+        if not len(y):
+            return
         with self._lock:
             self.written_s += len(x) / rate
-            if self._w < 0 or start > self._w + SLACK_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
+            if self._w < 0 or start > self._w + GAP_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)
-                self._w = start
+                self._w = self._origin = start
+                self._pending, self._fresh = [], True
+                self._pos_sum, self._pos_n, self._cum, self._werr = 0.0, 0, 0, 0.0
                 self.write_anchors += 1
+            if self._fresh and self._r > self._origin:
+                self._fresh, self._pending = False, []
+            if self._fresh and self._cum < FRESH_MAX_S * RATE:
+                # Not heard yet: lay the whole stream where its writes say on average.
+                self._pos_sum += start - self._cum
+                self._pos_n += 1
+                origin = max(int(round(self._pos_sum / self._pos_n)), self._r)
+                self._pending.append(y)
+                self._zero(min(origin, self._origin), self._w)
+                self._origin = origin
+                self._put(origin, np.concatenate(self._pending))
+                self._cum += len(y)
+                self._w = origin + self._cum
+                return
+            self._fresh, self._pending = False, []
             self._put(self._w, y)
             self._w += len(y)
+            self._cum += len(y)
 
     def dropped(self, t: float | None = None) -> None:
         """The device's queue was dropped (stop): what would have played after ``t`` never does."""
@@ -78,8 +118,9 @@ class PlaybackReference:
         now = self._index(t - LEAD_S)
         with self._lock:
             if self._w > now:
-                self._zero(now, self._w)
-                self._w = now
+                self._zero(max(now, self._r), self._w)
+                self._w = max(now, self._r)
+            self._fresh, self._pending = False, []
             self._rs = None  # a fresh resampler: no tail of the cut audio
 
     # -- capture thread -----------------------------------------------------------------------
@@ -89,14 +130,16 @@ class PlaybackReference:
         start = self._index(t_end) - n
         with self._lock:
             err = start - self._r
-            if self._r < 0 or abs(err) > SLACK_S * RATE:
-                if 0 <= self._r < self._w:
+            playing = 0 <= self._r < self._w
+            if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE:
+                if playing:
                     self.read_snaps += 1
-                self._r = start
-            elif self._r >= self._w:
+                self._r, self._rerr = start, 0.0
+            elif not playing:
                 # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
                 # so every reply starts with the same delay and AEC3 need not search again.
                 self._r += int(round(err * 0.25))
+                self._rerr = 0.0
             a = self._r
             self._r += n
             out = np.zeros(n, dtype=np.float32)
