@@ -243,3 +243,34 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
     print(f"voice barge-in: reply stopped {latency_ms:.0f} ms after the talker's onset (echo at {echo_dbfs['dbfs']} dBFS)")
     assert latency_ms < 600  # a functional bound; bench figures are taken unloaded
     d.wait_for(r"assistant said: Sure\.", 10, start=mark)
+
+
+SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.simulator(pace=1, script=[Turn(say=SHORT_REPLY, transcript="what is the weather like")] * 4)
+def test_replies_on_a_delay_reporting_speaker_do_not_interrupt_themselves(alsa_rig, speech, simulator, daemon_factory,
+                                                                           tmp_path) -> None:
+    """Reply after reply on a speaker whose delay figure jitters (PulseAudio), with nobody
+    talking: each reply's echo is cancelled from its first word, so none stops itself."""
+    alsa_rig.start_pulse()
+    room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room", speaker="test_pulse")
+    cfg = write_device_config(tmp_path / "device", simulator, sections={
+        "audio": {"input": "test_mic", "output": "test_pulse", "volume": 100, "cues": False, "echo_cancellation": True},
+        "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 600},
+        "state": {"dir": str(tmp_path / "state")}})
+    d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
+    d.wait_for(r"ready: listening", 20)
+    time.sleep(1.0)
+    request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
+    start = d.mark()
+    for i in range(4):
+        mark = d.mark()
+        room.talk(request, 0.5)
+        d.wait_for(r"state \w+ -> speaking", 20, start=mark)
+        m = d.wait_for(r"state speaking -> (\w+)", 20, start=mark)
+        assert m.group(1) != "listening", f"reply {i + 1} interrupted itself:\n" + "\n".join(d.lines[start:])
+        d.wait_for(r"-> idle", 10, start=mark)
+        time.sleep(0.3)
+    assert not [line for line in d.lines[start:] if "interrupted by" in line]

@@ -8,11 +8,11 @@ microphone frame was read (:meth:`PlaybackReference.read`).
 
 AEC3 leaks echo for up to a second whenever the far end's delay jumps, so neither side ever
 jumps while audio plays. A device's delay figure is noisy (+-20 ms from period to period), so a
-stream is laid where the average of its writes' figures puts it: re-laid whole on every write
-until the reader reaches it (before it sounds), then followed by stretching each period by a
-few samples at most toward the smoothed figure (a real clock's drift). The reader keeps a
-contiguous cursor and nudges it toward its (jittery) frame times the same way; only a gap in
-the audio (the speaker went idle) or a far stray re-anchors a cursor.
+stream is laid where the average of its writes' figures puts it, re-laid whole on every write
+until the reader reaches it (before it sounds), and contiguous from then on (a device plays a
+stream at its clock's pace). The reader keeps a contiguous cursor while audio plays (capture
+delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
+speaker went idle) or a far stray (lost audio) re-anchors a cursor.
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ SLACK_S = 0.04  # an idle reader this far from the clock re-anchors
 GAP_S = 0.1  # a writer this far behind the clock starts a new stream (the device ran dry)
 STRAY_S = 0.25  # a playing reader this far from the clock re-anchors (the capture thread stalled)
 FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
-TRACK = 0.05  # share of the smoothed error corrected per write / read
-STEP_MAX = 4  # samples a period is stretched or shrunk by at most (0.25 ms; AEC3 follows that)
-READ_STEP_MAX = 16  # samples the reader's cursor moves by at most per frame
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
 # so it stays contiguous unless it is further ahead than any device buffer.
@@ -60,9 +57,8 @@ class PlaybackReference:
         self._fresh = False  # the reader has not reached the current stream yet
         self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
         self._pos_n = 0
+        self._first_unreported = False
         self._cum = 0  # samples in the current stream
-        self._werr = 0.0  # the writer's smoothed error (reported start - cursor), samples
-        self._rerr = 0.0  # the reader's smoothed error
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
         self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
@@ -91,14 +87,20 @@ class PlaybackReference:
                     self._zero(self._w, start)
                 self._w = self._origin = start
                 self._pending, self._fresh = [], True
-                self._pos_sum, self._pos_n, self._cum, self._werr = 0.0, 0, 0, 0.0
+                self._pos_sum, self._pos_n, self._cum = 0.0, 0, 0
                 self.write_anchors += 1
             if self._fresh and self._r > self._origin:
                 self._fresh, self._pending = False, []
             if self._fresh and self._cum < FRESH_MAX_S * RATE:
                 # Not heard yet: lay the whole stream where its writes say on average.
-                self._pos_sum += start - self._cum
-                self._pos_n += 1
+                if queued_before > 0 or self._pos_n == 0:
+                    # A device with nothing queued may just not report its queue (a FIFO): that
+                    # figure is a lower bound, so only the first write's counts then.
+                    if self._pos_n == 1 and self._first_unreported:
+                        self._pos_sum, self._pos_n = 0.0, 0
+                    self._first_unreported = queued_before <= 0 and self._pos_n == 0
+                    self._pos_sum += start - self._cum
+                    self._pos_n += 1
                 origin = max(int(round(self._pos_sum / self._pos_n)), self._r)
                 self._pending.append(y)
                 self._zero(min(origin, self._origin), self._w)
@@ -134,12 +136,11 @@ class PlaybackReference:
             if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE:
                 if playing:
                     self.read_snaps += 1
-                self._r, self._rerr = start, 0.0
+                self._r = start
             elif not playing:
                 # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
                 # so every reply starts with the same delay and AEC3 need not search again.
                 self._r += int(round(err * 0.25))
-                self._rerr = 0.0
             a = self._r
             self._r += n
             out = np.zeros(n, dtype=np.float32)
