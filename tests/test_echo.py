@@ -249,7 +249,7 @@ SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a hi
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.simulator(pace=1, script=[Turn(say=SHORT_REPLY, transcript="what is the weather like")] * 4)
+@pytest.mark.simulator(pace=1, script=[Turn(say=SHORT_REPLY, transcript="what is the weather like")] * 3)
 def test_replies_on_a_delay_reporting_speaker_do_not_interrupt_themselves(alsa_rig, speech, simulator, daemon_factory,
                                                                            tmp_path) -> None:
     """Reply after reply on a speaker whose delay figure jitters (PulseAudio), with nobody
@@ -258,14 +258,14 @@ def test_replies_on_a_delay_reporting_speaker_do_not_interrupt_themselves(alsa_r
     room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room", speaker="test_pulse")
     cfg = write_device_config(tmp_path / "device", simulator, sections={
         "audio": {"input": "test_mic", "output": "test_pulse", "volume": 100, "cues": False, "echo_cancellation": True},
-        "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 600},
+        "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 800},
         "state": {"dir": str(tmp_path / "state")}})
     d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
     d.wait_for(r"ready: listening", 20)
     time.sleep(1.0)
     request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
     start = d.mark()
-    for i in range(4):
+    for i in range(3):
         mark = d.mark()
         room.talk(request, 0.5)
         d.wait_for(r"state \w+ -> speaking", 20, start=mark)
