@@ -12,7 +12,7 @@ stream is laid where the average of its writes' figures puts it, re-laid whole o
 until the reader reaches it (before it sounds), and contiguous from then on (a device plays a
 stream at its clock's pace). The reader keeps a contiguous cursor while audio plays (capture
 delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
-speaker went idle) or a far stray (lost audio) re-anchors a cursor.
+speaker went idle) or a lasting or far stray (lost audio) re-anchors a cursor.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ RATE = 16000
 SECONDS = 4.0  # timeline kept (the capture thread reads within ~100 ms of real time)
 SLACK_S = 0.04  # an idle reader this far from the clock re-anchors
 GAP_S = 0.1  # a writer this far behind the clock starts a new stream (the device ran dry)
-STRAY_S = 0.25  # a playing reader this far from the clock re-anchors (the capture thread stalled)
+STRAY_S = 0.25  # a playing reader this far from the clock re-anchors at once
+STRAY_FRAMES = 2  # ... or more than SLACK_S away for this many reads in a row
 FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
@@ -58,6 +59,7 @@ class PlaybackReference:
         self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
         self._pos_n = 0
         self._first_unreported = False
+        self._strays = 0  # reads in a row the playing reader was more than SLACK_S off the clock
         self._cum = 0  # samples in the current stream
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
@@ -133,10 +135,13 @@ class PlaybackReference:
         with self._lock:
             err = start - self._r
             playing = 0 <= self._r < self._w
-            if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE:
+            # While audio plays, a stray must last (lost microphone audio), not be one late
+            # read (a stalled capture thread, whose backlog then comes in at once).
+            self._strays = self._strays + 1 if playing and abs(err) > SLACK_S * RATE else 0
+            if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE or self._strays >= STRAY_FRAMES:
                 if playing:
                     self.read_snaps += 1
-                self._r = start
+                self._r, self._strays = start, 0
             elif not playing:
                 # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
                 # so every reply starts with the same delay and AEC3 need not search again.
