@@ -103,7 +103,7 @@ class PlaybackReference:
                     self._first_unreported = queued_before <= 0 and self._pos_n == 0
                     self._pos_sum += start - self._cum
                     self._pos_n += 1
-                origin = max(round(self._pos_sum / self._pos_n), self._r)
+                origin = round(self._pos_sum / self._pos_n)
                 self._pending.append(y)
                 self._zero(min(origin, self._origin), self._w)
                 self._origin = origin
