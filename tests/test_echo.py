@@ -139,11 +139,33 @@ def test_reference_lines_up_played_audio_with_the_capture_clock() -> None:
     ref.written(tone, 24000, queued_before=2400, t=t)
     before = ref.read(t + 0.08, 1280)  # nothing played yet
     assert np.abs(before).max() == 0
-    during = ref.read(t + 0.26, 1280)
+    ref.read(t + 0.16, 1280)
+    during = ref.read(t + 0.24, 1280)
     assert np.abs(during).max() > 9000
-    ref.dropped(t + 0.27)  # stopped: the rest never plays
-    after = ref.read(t + 0.35, 1280)
+    ref.dropped(t + 0.25)  # stopped: the rest never plays
+    after = ref.read(t + 0.32, 1280)
     assert np.abs(after[400:]).max() == 0
+
+
+def test_reference_keeps_one_delay_through_a_jittery_stream() -> None:
+    """The device's delay figure jitters by +-20 ms from period to period: the reference lays the
+    stream where the figures put it on average and never jumps while it plays (each jump would
+    leak echo until the canceller found the delay again)."""
+    ref = PlaybackReference()
+    t = time.monotonic()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(480 * 125).astype(np.float32) * 3000  # 2.5 s at 24 kHz, 20 ms periods
+    for i in range(125):  # the device holds 200 ms; its figure is off by up to +-20 ms
+        ref.written(x[i * 480 : (i + 1) * 480], 24000, queued_before=4800 + int(rng.integers(-480, 481)), t=t + i * 0.02)
+    y = np.concatenate([ref.read(t + 0.08 * k + float(rng.uniform(0, 0.05)), 1280) for k in range(1, 34)]).astype(np.float64)
+    ref16 = soxr.resample(x, 24000, 16000).astype(np.float64)
+    lags = []
+    for k in range(6, 30, 4):  # where each stretch of the read signal sits in what was played
+        seg = y[k * 1280 : k * 1280 + 2560]
+        c = np.correlate(ref16[k * 1280 - 4000 : k * 1280 + 2560], seg, "valid")
+        lags.append(4000 - int(np.argmax(c)))
+    assert ref.read_snaps == 0 and ref.write_anchors == 1
+    assert max(lags) - min(lags) <= 2, f"the reference's delay moved during the stream: {lags}"
 
 
 def test_config_keys_are_validated(tmp_path) -> None:
@@ -221,3 +243,34 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
     print(f"voice barge-in: reply stopped {latency_ms:.0f} ms after the talker's onset (echo at {echo_dbfs['dbfs']} dBFS)")
     assert latency_ms < 600  # a functional bound; bench figures are taken unloaded
     d.wait_for(r"assistant said: Sure\.", 10, start=mark)
+
+
+SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.simulator(pace=1, script=[Turn(say=SHORT_REPLY, transcript="what is the weather like")] * 3)
+def test_replies_on_a_delay_reporting_speaker_do_not_interrupt_themselves(alsa_rig, speech, simulator, daemon_factory,
+                                                                           tmp_path) -> None:
+    """Reply after reply on a speaker whose delay figure jitters (PulseAudio), with nobody
+    talking: each reply's echo is cancelled from its first word, so none stops itself."""
+    alsa_rig.start_pulse()
+    room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room", speaker="test_pulse")
+    cfg = write_device_config(tmp_path / "device", simulator, sections={
+        "audio": {"input": "test_mic", "output": "test_pulse", "volume": 100, "cues": False, "echo_cancellation": True},
+        "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 800},
+        "state": {"dir": str(tmp_path / "state")}})
+    d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
+    d.wait_for(r"ready: listening", 20)
+    time.sleep(1.0)
+    request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
+    start = d.mark()
+    for i in range(3):
+        mark = d.mark()
+        room.talk(request, 0.5)
+        d.wait_for(r"state \w+ -> speaking", 20, start=mark)
+        m = d.wait_for(r"state speaking -> (\w+)", 20, start=mark)
+        assert m.group(1) != "listening", f"reply {i + 1} interrupted itself:\n" + "\n".join(d.lines[start:])
+        d.wait_for(r"-> idle", 10, start=mark)
+        time.sleep(0.3)
+    assert not [line for line in d.lines[start:] if "interrupted by" in line]

@@ -4,9 +4,15 @@ The playback writer taps every period it hands to the device (:meth:`PlaybackRef
 with the frames the device still held before it: that period starts sounding
 ``delay / rate`` seconds after the write. The tap resamples it with soxr to 16 kHz and lays it
 on a timeline of ``time.monotonic()``; the capture thread reads back the 80 ms that ended when a
-microphone frame was read (:meth:`PlaybackReference.read`). Both sides keep a contiguous cursor
-and re-anchor only when it strays from the clock (the writer: when the speaker went idle), so
-scheduling jitter does not tear the signal; AEC3 finds and follows the acoustic delay left over.
+microphone frame was read (:meth:`PlaybackReference.read`).
+
+AEC3 leaks echo for up to a second whenever the far end's delay jumps, so neither side ever
+jumps while audio plays. A device's delay figure is noisy (+-20 ms from period to period), so a
+stream is laid where the average of its writes' figures puts it, re-laid whole on every write
+until the reader reaches it (before it sounds), and contiguous from then on (a device plays a
+stream at its clock's pace). The reader keeps a contiguous cursor while audio plays (capture
+delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
+speaker went idle) or a lasting or far stray (lost audio) re-anchors a cursor.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ import soxr
 
 RATE = 16000
 SECONDS = 4.0  # timeline kept (the capture thread reads within ~100 ms of real time)
-SLACK_S = 0.04  # a cursor this far from the clock re-anchors
+SLACK_S = 0.04  # an idle reader this far from the clock re-anchors
+GAP_S = 0.1  # a writer this far behind the clock starts a new stream (the device ran dry)
+STRAY_S = 0.25  # a playing reader this far from the clock re-anchors at once
+STRAY_FRAMES = 2  # ... or more than SLACK_S away for this many reads in a row
+FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
 # so it stays contiguous unless it is further ahead than any device buffer.
@@ -43,6 +53,14 @@ class PlaybackReference:
         self._r = -1  # next index the reader returns
         self._rs: soxr.ResampleStream | None = None
         self._rs_rate = 0
+        self._origin = -1  # where the current stream is laid
+        self._pending: list[np.ndarray] = []  # the current stream while it is re-laid
+        self._fresh = False  # the reader has not reached the current stream yet
+        self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
+        self._pos_n = 0
+        self._first_unreported = False
+        self._strays = 0  # reads in a row the playing reader was more than SLACK_S off the clock
+        self._cum = 0  # samples in the current stream
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
         self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
@@ -62,15 +80,41 @@ class PlaybackReference:
         x = np.asarray(samples, dtype=np.float32)
         y = x if self._rs is None else self._rs.resample_chunk(x)
         start = self._index(t + queued_before / rate - LEAD_S)
+        if not len(y):
+            return
         with self._lock:
             self.written_s += len(x) / rate
-            if self._w < 0 or start > self._w + SLACK_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
+            if self._w < 0 or start > self._w + GAP_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)
-                self._w = start
+                self._w = self._origin = start
+                self._pending, self._fresh = [], True
+                self._pos_sum, self._pos_n, self._cum = 0.0, 0, 0
                 self.write_anchors += 1
+            if self._fresh and self._r > self._origin:
+                self._fresh, self._pending = False, []
+            if self._fresh and self._cum < FRESH_MAX_S * RATE:
+                # Not heard yet: lay the whole stream where its writes say on average.
+                if queued_before > 0 or self._pos_n == 0:
+                    # A device with nothing queued may just not report its queue (a FIFO): that
+                    # figure is a lower bound, so only the first write's counts then.
+                    if self._pos_n == 1 and self._first_unreported:
+                        self._pos_sum, self._pos_n = 0.0, 0
+                    self._first_unreported = queued_before <= 0 and self._pos_n == 0
+                    self._pos_sum += start - self._cum
+                    self._pos_n += 1
+                origin = round(self._pos_sum / self._pos_n)
+                self._pending.append(y)
+                self._zero(min(origin, self._origin), self._w)
+                self._origin = origin
+                self._put(origin, np.concatenate(self._pending))
+                self._cum += len(y)
+                self._w = origin + self._cum
+                return
+            self._fresh, self._pending = False, []
             self._put(self._w, y)
             self._w += len(y)
+            self._cum += len(y)
 
     def dropped(self, t: float | None = None) -> None:
         """The device's queue was dropped (stop): what would have played after ``t`` never does."""
@@ -78,8 +122,9 @@ class PlaybackReference:
         now = self._index(t - LEAD_S)
         with self._lock:
             if self._w > now:
-                self._zero(now, self._w)
-                self._w = now
+                self._zero(max(now, self._r), self._w)
+                self._w = max(now, self._r)
+            self._fresh, self._pending = False, []
             self._rs = None  # a fresh resampler: no tail of the cut audio
 
     # -- capture thread -----------------------------------------------------------------------
@@ -89,11 +134,15 @@ class PlaybackReference:
         start = self._index(t_end) - n
         with self._lock:
             err = start - self._r
-            if self._r < 0 or abs(err) > SLACK_S * RATE:
-                if 0 <= self._r < self._w:
+            playing = 0 <= self._r < self._w
+            # While audio plays, a stray must last (lost microphone audio), not be one late
+            # read (a stalled capture thread, whose backlog then comes in at once).
+            self._strays = self._strays + 1 if playing and abs(err) > SLACK_S * RATE else 0
+            if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE or self._strays >= STRAY_FRAMES:
+                if playing:
                     self.read_snaps += 1
-                self._r = start
-            elif self._r >= self._w:
+                self._r, self._strays = start, 0
+            elif not playing:
                 # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
                 # so every reply starts with the same delay and AEC3 need not search again.
                 self._r += int(round(err * 0.25))
