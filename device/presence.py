@@ -279,6 +279,17 @@ def device_info(settings: Settings) -> dict[str, Any]:
     }
 
 
+def entity_common(settings: Settings, availability_topic: str) -> dict[str, Any]:
+    """What every discovery payload of the speaker's own entities shares."""
+    return {
+        "availability_topic": availability_topic,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device_info(settings),
+        "origin": origin_info(),
+    }
+
+
 def origin_info() -> dict[str, Any]:
     """The ``origin`` block: which software announced these entities."""
     origin: dict[str, Any] = {"name": MODEL, "sw_version": __version__}
@@ -292,13 +303,7 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
     m = settings.mqtt
     t = Topics.of(settings)
     node = f"speaker_{m.device_id}"
-    common = {
-        "availability_topic": t.availability,
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device_info(settings),
-        "origin": origin_info(),
-    }
+    common = entity_common(settings, t.availability)
     entities: list[tuple[str, str, dict[str, Any]]] = [
         ("switch", "mute", {
             "name": "Mute", "icon": "mdi:microphone-off",

@@ -395,6 +395,7 @@ async def test_volume_commands(speaker: Speaker, observer: Observer) -> None:
 
 async def test_announce_and_conversation_start(speaker: Speaker, observer: Observer) -> None:
     t, a = speaker.topics, speaker.assistant
+    await observer.wait(lambda: observer.of(t.state), what="the first state (published after the subscriptions)")
     observer.publish(t.announce, "The washing machine has finished.")
     observer.publish(t.announce, json.dumps({"text": "Dinner is ready", "chime": False, "then_listen": True}))
     observer.publish(t.announce, json.dumps({"text": "Gute Nacht, schlaf schön"}))
@@ -428,6 +429,7 @@ async def test_enabled_and_do_not_disturb_switches(speaker: Speaker, observer: O
 
 async def test_ask_and_stop(speaker: Speaker, observer: Observer) -> None:
     t, a = speaker.topics, speaker.assistant
+    await observer.wait(lambda: observer.of(t.state), what="the first state (published after the subscriptions)")
     observer.publish(t.ask, "What is the time?")
     observer.publish(t.ask, json.dumps({"text": "Is the garage  door closed?"}))
     observer.publish(t.conversation_stop, "")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from device.config import Settings
 from device.events import Event, EventBus
-from device.presence import device_info, origin_info
+from device.presence import entity_common
 
 from .model import Ringer, TimerError, TimerEvent
 from .parse import parse_duration
@@ -71,13 +71,7 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
     m = settings.mqtt
     t = TimerTopics(settings)
     node = f"speaker_{m.device_id}"
-    common = {
-        "availability_topic": t.availability,
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device_info(settings),
-        "origin": origin_info(),
-    }
+    common = entity_common(settings, t.availability)
     entities: list[tuple[str, str, dict[str, Any]]] = [
         ("sensor", "active_timers", {
             "name": "Active timers", "icon": "mdi:timer-outline", "state_topic": t.timers,

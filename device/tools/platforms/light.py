@@ -9,6 +9,7 @@ from typing import Any
 
 from device.tools.colors import color_from_json, hex_to_rgb, rgb_to_hex, rgb_to_xy
 from device.tools.platforms.base import CommandError, DiscoveryError, Expect, Fields, Plan, Request, expect_state, number, value
+from device.tools.platforms.switch import on_off
 
 KINDS = ("light",)
 COMPONENTS = ("light",)
@@ -47,17 +48,7 @@ def parse(spec: Any, role: str, text: str) -> dict[str, Any] | None:
     if role == "state":
         if spec.schema == "json":
             return _parse_json(spec, text)
-        raw = value(spec.value_template, text)
-        if raw is None:
-            return None
-        raw = raw.strip()
-        if raw == spec.on_state:
-            return {"state": "on"}
-        if raw == spec.off_state:
-            return {"state": "off"}
-        if raw in ("", "None"):
-            return None
-        raise ValueError(f"expected {spec.on_state!r} or {spec.off_state!r}")
+        return on_off(spec, text)
     if role == "brightness":
         v = number(value(spec.brightness_value_template, text))
         if v is None:
