@@ -96,6 +96,26 @@ class BadCommand(ValueError):
     """A command payload that is ignored; the message says why."""
 
 
+def command_callback(handler: Callable[[str, bytes], None], *, active: Callable[[], bool], log: logging.Logger,
+                     rejected: tuple[type[Exception], ...] = (BadCommand,)) -> Callable[[str, bytes, bool], None]:
+    """An MQTT callback for a command topic: retained commands and ``rejected`` payloads are
+    logged with their topic and ignored; nothing a payload does escapes to the MQTT thread's caller."""
+    def callback(topic: str, payload: bytes, retained: bool) -> None:
+        if not active():
+            return
+        if retained:
+            log.warning("ignored a retained command on %s (commands must not be retained)", topic)
+            return
+        try:
+            handler(topic, payload)
+        except rejected as exc:
+            log.warning("ignored command on %s: %s", topic, exc)
+        except Exception:
+            log.exception("command on %s failed", topic)
+
+    return callback
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of one speaker."""
@@ -625,20 +645,7 @@ class Presence:
         self.announce_discovery()
 
     def _guard(self, handler: Callable[[str, bytes], None]) -> Callable[[str, bytes, bool], None]:
-        def callback(topic: str, payload: bytes, retained: bool) -> None:
-            if not self._started:
-                return
-            if retained:
-                _LOG.warning("ignored a retained command on %s (commands must not be retained)", topic)
-                return
-            try:
-                handler(topic, payload)
-            except BadCommand as exc:
-                _LOG.warning("ignored command on %s: %s", topic, exc)
-            except Exception:
-                _LOG.exception("command on %s failed", topic)
-
-        return callback
+        return command_callback(handler, active=lambda: self._started, log=_LOG)
 
     def _on_mute(self, topic: str, payload: bytes) -> None:
         word = _text(payload).strip().lower()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from device.config import Settings
 from device.events import Event, EventBus
-from device.presence import entity_common
+from device.presence import BadCommand, command_callback, entity_common
 
 from .model import Ringer, TimerError, TimerEvent
 from .parse import parse_duration
@@ -95,10 +95,6 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
             **fields, "unique_id": f"{node}_{object_id}", **common,
         }
     return out
-
-
-class BadCommand(ValueError):
-    """A timer command that is ignored; the message says why."""
 
 
 def _json_or_text(payload: bytes) -> Any:
@@ -272,20 +268,7 @@ class TimersMqtt:
     # -- incoming
 
     def _guard(self, handler: Callable[[str, bytes], None]) -> Callable[[str, bytes, bool], None]:
-        def callback(topic: str, payload: bytes, retained: bool) -> None:
-            if not self._started:
-                return
-            if retained:
-                _LOG.warning("ignored a retained command on %s (commands must not be retained)", topic)
-                return
-            try:
-                handler(topic, payload)
-            except (BadCommand, TimerError) as exc:
-                _LOG.warning("ignored command on %s: %s", topic, exc)
-            except Exception:
-                _LOG.exception("command on %s failed", topic)
-
-        return callback
+        return command_callback(handler, active=lambda: self._started, log=_LOG, rejected=(BadCommand, TimerError))
 
     def _on_set(self, topic: str, payload: bytes) -> None:
         seconds, label = parse_set(payload)
