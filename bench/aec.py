@@ -5,7 +5,8 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
     candidate WebRTC binding on the same simulated room;
   - the product's front-end (device/audio/echo.py) per RT60: ERLE, convergence, double talk at
     +5/0/-5 dB SER (near-end envelope correlation), CPU beside the wake engine's;
-  - "hey jarvis" over the reply at 0 dB SER, detected with and without echo cancellation;
+  - "hey jarvis" over the reply at 0 dB SER, detected on the wake engine's stream (the linear
+    stage), on AEC3 alone and without echo cancellation;
   - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
     false wakes on non-wake speech.
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
@@ -79,21 +80,40 @@ def run_pywebrtc_audio(mic: np.ndarray, far: np.ndarray) -> np.ndarray:
 
 
 def run_frontend(mic: np.ndarray, far: np.ndarray, ns: int = 0, agc: int = 0, aec: bool = True) -> np.ndarray:
+    """The product's front-end: what the session hears."""
+    return run_frontend_both(mic, far, ns, agc, aec)[0]
+
+
+def run_frontend_both(mic: np.ndarray, far: np.ndarray | None, ns: int = 0, agc: int = 0,
+                      aec: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The product's front-end: (what the session hears, what the wake engine hears)."""
     from device.audio.echo import EchoFrontEnd
 
     fe = EchoFrontEnd(echo_cancellation=aec, noise_suppression=ns, auto_gain=agc)
-    out = np.zeros_like(mic)
+    out, wake = np.zeros_like(mic), np.zeros_like(mic)
     for i in range(0, len(mic) - 1279, 1280):
         out[i : i + 1280] = fe.process16k(mic[i : i + 1280], far[i : i + 1280] if far is not None else None)
+        wake[i : i + 1280] = fe.wake_audio if fe.wake_audio is not None else out[i : i + 1280]
+    return out, wake
+
+
+def run_linear(mic: np.ndarray, far: np.ndarray) -> np.ndarray:
+    from device.audio.linear_echo import LinearEchoCanceller
+
+    c = LinearEchoCanceller(RATE)
+    out = np.zeros_like(mic)
+    for i in range(0, len(mic) - 1279, 1280):
+        out[i : i + 1280] = c.process(mic[i : i + 1280], far[i : i + 1280])
     return out
 
 
-CANDIDATES = {"livekit": run_livekit, "pywebrtc-audio": run_pywebrtc_audio}
+CANDIDATES = {"livekit": run_livekit, "pywebrtc-audio": run_pywebrtc_audio, "linear (ours)": run_linear}
 # Facts gathered with pip (download --only-binary for manylinux aarch64/x86-64, cp311/cp313) and
 # the release dates on PyPI, November 2026.
 FACTS = {
     "livekit": ("1.2.1", "2026-10", "yes (py3-none manylinux_2_28)", "AEC3+NS+HPF+AGC, on/off only; FFI runtime with 5 threads"),
     "pywebrtc-audio": ("0.2.0", "2026-09", "yes (cp311/cp313 manylinux_2_28)", "AEC3, NS level 0-3, AGC2, HPF; numpy in/out, any frame length"),
+    "linear (ours)": ("-", "-", "numpy only", "the product's first stage: linear only, leaves a talker intact"),
     "webrtc-noise-gain": ("1.3.0", "2026-05", "yes (abi3 manylinux_2_28)", "NS 0-4 + AGC1 only: no echo cancellation"),
     "webrtc-apm": ("0.1.6", "2025-10", "no Linux wheel for 3.11/3.13 (pip: no matching distribution)", "not installable here"),
     "speexdsp": ("0.1.1", "2018-07", "sdist only, build fails here", "Speex AEC (not WebRTC); unmaintained"),
@@ -153,33 +173,57 @@ def bench_libraries(speech, quick: bool) -> None:
             print(f"{name:18} {ver:8} {date:9} {'-':>8} {'-':>7} {'-':>14}  {wheels}; {notes}")
             continue
         c0 = cpu_s()
-        out = fn(mic, far)
+        try:
+            out = fn(mic, far)
+        except ImportError as exc:
+            print(f"{name:18} {ver:8} {date:9} {'-':>8} {'-':>7} {'-':>14}  not installed here ({exc.name}); {notes}")
+            continue
         c = (cpu_s() - c0) / secs
         erle, conv = erle_and_convergence(mic, out)
         print(f"{name:18} {ver:8} {date:9} {erle:8.1f} {conv:7.2f} {c:14.4f}  {wheels}; {notes}")
 
 
 def bench_frontend(speech, quick: bool) -> None:
-    print("\n== the product's front-end (pywebrtc-audio AEC3 + HPF), per RT60 and delay ==")
-    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7}")
+    print("\n== the product's front-end (linear stage, then pywebrtc-audio AEC3 + HPF), per RT60 and delay ==")
+    print("(ERLE over one reply from a cold start; the wake engine's stream is the linear stage alone)")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7} {'wake ERLE dB':>14}")
     for rt60 in (0.3, 0.45, 0.6):
         for delay in ((30,) if quick else (10, 60)):
             mic, far, *_ = scene(speech, rt60, delay, None, seed=int(rt60 * 100))
-            out = run_frontend(mic, far)
+            out, wake = run_frontend_both(mic, far)
             erle, conv = erle_and_convergence(mic, out)
-            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f}")
-    print("\n== double talk: near-end envelope correlation (RT60 0.45 s, 30 ms) ==")
-    print(f"{'SER dB':>6} {'corr AEC':>9} {'corr raw mic':>13}")
-    for ser in (5, 0, -5):
-        mic, far, echo, near, (a, b) = scene(speech, 0.45, 30, ser, seed=7)
-        out = run_frontend(mic, far)
-        corr = rm.envelope_correlation(out[a:b].astype(np.float64), near[a:b])
-        raw = rm.envelope_correlation(mic[a:b].astype(np.float64), near[a:b])
-        print(f"{ser:6d} {corr:9.3f} {raw:13.3f}")
+            werle, _ = erle_and_convergence(mic, wake)
+            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f} {werle:14.1f}")
+    print("\n== double talk: near-end envelope correlation, talker 4 s into a second reply ==")
+    print("(session: the product's stream, AEC3 with the linear stage let through where it finds double talk;")
+    print(" wake: the linear stage; ERLE: the session's over the second reply with nobody talking)")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'SER dB':>6} {'session':>8} {'wake':>6} {'AEC3 alone':>11} {'raw mic':>8} {'ERLE dB':>8}")
+    reply = reply_audio(speech)
+    reply = reply[: len(reply) // 1280 * 1280]
+    far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
+    off = len(far) - len(reply)
+    near0 = speech.say(NEAR, voice="en-gb", speed=160)
+    for rt60, delay, seed in ((0.45, 30, 7), (0.3, 60, 1), (0.6, 10, 2)):
+        room = rm.Room(rt60_s=rt60, delay_ms=delay, seed=seed)
+        echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
+        alone, _ = run_frontend_both(rm.to_int16(echo), far)
+        erle = rm.erle_db(rm.to_int16(echo)[off:].astype(np.float64), alone[off:].astype(np.float64))
+        for ser in (5, 0, -5):
+            a = off + 4 * RATE
+            b = a + len(near0)
+            near = _place(np.zeros_like(echo), near0, a, 0.0, level=rm.active_rms(echo[off:]) * 10 ** (ser / 20))
+            mic = rm.to_int16(echo + near)
+            out, wake = run_frontend_both(mic, far)
+            corr = [rm.envelope_correlation(x[a:b].astype(np.float64), near[a:b])
+                    for x in (out, wake, run_pywebrtc_audio(mic, far), mic)]
+            print(f"{rt60:6.2f} {delay:8d} {ser:6d} {corr[0]:8.3f} {corr[1]:6.3f} {corr[2]:11.3f} {corr[3]:8.3f} {erle:8.1f}")
     print("\n== CPU-s per audio-s (flat out, one core) ==")
     mic, far, *_ = scene(speech, 0.45, 30, None)
     secs = len(mic) / RATE
-    for label, kw in (("AEC", dict(aec=True)), ("AEC+NS(2)", dict(aec=True, ns=2)), ("AEC+NS+AGC", dict(aec=True, ns=2, agc=3)),
+    c0 = cpu_s()
+    run_linear(mic, far)
+    print(f"{'linear stage':18} {(cpu_s() - c0) / secs:.4f}")
+    for label, kw in (("AEC (both stages)", dict(aec=True)), ("AEC+NS(2)", dict(aec=True, ns=2)), ("AEC+NS+AGC", dict(aec=True, ns=2, agc=3)),
                       ("NS+AGC (no AEC)", dict(aec=False, ns=2, agc=3))):
         c0 = cpu_s()
         run_frontend(mic, far if kw["aec"] else None, **{k: v for k, v in kw.items()})
@@ -218,7 +262,7 @@ def bench_wake_over_reply(speech, quick: bool) -> None:
     n = 10 if quick else 40
     print(f"\n== 'hey jarvis' over the reply at 0 dB SER ({n} trials, RT60 0.3-0.6 s, delay 10-60 ms) ==")
     print("(the echo canceller has heard one earlier reply in the same room, as on a device in use)")
-    hits_aec = hits_raw = hits_clean = 0
+    hits_aec = hits_raw = hits_clean = hits_aec3 = 0
     rng = np.random.default_rng(3)
     voices = ["en-us", "en-gb", "en-us+m3", "en-gb+m2", "en-us+f2"]
     reply = reply_audio(speech)
@@ -235,12 +279,14 @@ def bench_wake_over_reply(speech, quick: bool) -> None:
         level = rm.active_rms(echo[off:])
         mic = rm.to_int16(_place(echo, wake, at, 0.0, level=level))
         clean = rm.to_int16(_place(np.zeros_like(echo), wake, at, 0.0, level=level))
-        out = run_frontend(mic, far)
+        _, heard = run_frontend_both(mic, far)
         seg = slice(at - RATE * 2, at + len(wake) + RATE)
-        hits_aec += detected(out[seg])
+        hits_aec += detected(heard[seg])
+        hits_aec3 += detected(run_pywebrtc_audio(mic, far)[seg])
         hits_raw += detected(mic[seg])
         hits_clean += detected(clean[seg])
-    print(f"detected with AEC {100 * hits_aec / n:.0f} %   without {100 * hits_raw / n:.0f} %   "
+    print(f"detected with the front-end {100 * hits_aec / n:.0f} %   with AEC3 alone {100 * hits_aec3 / n:.0f} %   "
+          f"without AEC {100 * hits_raw / n:.0f} %   "
           f"(the same words alone, no reply: {100 * hits_clean / n:.0f} %)")
 
 

@@ -219,7 +219,7 @@ class Assistant:
         """In the capture thread: score the frame (fed continuously so the model's feature window
         never has gaps; acted on only when it matters)."""
         with self._wake_lock:
-            detection = self.wake.process(frame.pcm16k)
+            detection = self.wake.process(frame.for_wake)
         return frame if detection is None else dataclasses.replace(frame, wake=detection)
 
     def _reset_wake(self) -> None:

@@ -185,6 +185,9 @@ class Speaker:
         await self.mqtt.start()
         assert await self.mqtt.wait_connected(5), "speaker did not connect to the test broker"
         await self.presence.start()
+        # The broker handles one client's packets in order: once this publish is acknowledged, the
+        # SUBSCRIBEs sent before it are live, so a test's first command cannot be lost.
+        await self.mqtt.publish(f"test/{uuid.uuid4().hex[:8]}/sync", b"", qos=1, wait_ack=True)
 
     async def stop(self) -> None:
         await self.presence.stop()

@@ -52,6 +52,8 @@ class Speaker:
         await self.timers_mqtt.start()
         await self.mqtt.start()
         assert await self.mqtt.wait_connected(5)
+        # Acknowledged in order after the SUBSCRIBEs: the command topics are live from here on.
+        await self.mqtt.publish("test/timers/sync", b"", qos=1, wait_ack=True)
 
     async def stop(self) -> None:
         await self.timers_mqtt.stop()

@@ -1,9 +1,19 @@
-"""The microphone front-end: WebRTC echo cancellation (AEC3), noise suppression and gain control.
+"""The microphone front-end: echo cancellation, noise suppression and gain control.
 
-Runs in the capture thread on every 80 ms frame, before the wake word and the session see it
-(pywebrtc-audio: WebRTC's audio processing module, numpy in and out). The echo canceller's
-far end is what the speaker played, from :class:`device.audio.reference.PlaybackReference`,
-already aligned to the capture clock; AEC3 finds and follows the remaining acoustic delay.
+Runs in the capture thread on every 80 ms frame, before the wake word and the session see it.
+The echo canceller's far end is what the speaker played, from
+:class:`device.audio.reference.PlaybackReference`, already aligned to the capture clock.
+
+Echo cancellation runs two cancellers side by side on the microphone. WebRTC's AEC3
+(pywebrtc-audio: WebRTC's audio processing module, with its high-pass filter, noise suppression
+and gain control) cleans what the session hears: it removes the echo almost entirely, so the
+server's voice detection does not fire on the speaker's own reply. Its nonlinear suppressor
+also carves into a person who talks over the reply. A linear canceller
+(:mod:`device.audio.linear_echo`) subtracts the estimated echo and leaves a voice as it was:
+the wake engine always hears its output, and the session does wherever the linear stage finds
+a person talking over the echo (its double-talk test); elsewhere the session hears AEC3's.
+(Chaining the two, linear first, gave the session less echo reduction, not more: AEC3 then
+chases a moving residual.)
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from device.audio.linear_echo import LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
 
 if TYPE_CHECKING:
@@ -22,13 +33,16 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
+AEC3_KEEPS = 10 ** (-24 / 10)  # AEC3 must keep this share of a block for it to be a voice
+CROSSFADE = 48  # samples (3 ms) between AEC3's output and the linear stage's
 NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 dB)
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
 
 class EchoFrontEnd:
-    """AEC3 + NS + AGC2 on 16 kHz mono int16, one 80 ms frame at a time (not thread-safe).
+    """AEC3 + NS + AGC2 (the session's audio) and a linear canceller (the wake engine's) on 16 kHz
+    mono int16, one 80 ms frame at a time (not thread-safe).
 
     ``noise_suppression``: 0 off, 1..4 gentle to aggressive. ``auto_gain``: 0 off, else the level
     in dB below full scale that speech is brought up to (at most 30 dB of gain).
@@ -53,6 +67,9 @@ class EchoFrontEnd:
             high_pass_filter=echo_cancellation or noise_suppression > 0,
             ns_level=max(0, noise_suppression - 1),
         )
+        self._linear = LinearEchoCanceller(WAKE_RATE) if echo_cancellation else None
+        self.wake_audio: np.ndarray | None = None  # the linear stage's output of the last frame
+        self._mask_end = 0.0  # whether the last frame ended letting the linear stage through
         self._agc = None
         if auto_gain:
             self._agc = pywebrtc_audio.GainController(WAKE_RATE, headroom_db=float(auto_gain), max_gain_db=30.0,
@@ -67,16 +84,35 @@ class EchoFrontEnd:
         return ", ".join(parts)
 
     def process16k(self, near: np.ndarray, far: np.ndarray | None = None) -> np.ndarray:
-        """Clean ``near`` (int16 at 16 kHz, a multiple of 10 ms) given what the speaker played meanwhile."""
-        if self.echo_cancellation:
+        """Clean ``near`` (int16 at 16 kHz, a multiple of 16 ms) given what the speaker played meanwhile."""
+        if self._linear is not None:
             if far is None or len(far) != len(near):
                 far = np.zeros(len(near), dtype=np.int16)
+            self.wake_audio = linear = self._linear.process(near, far)
             out = self._apm.process(near, far)
+            if self._linear.talk.any() or self._mask_end > 0:
+                out = self._let_through(out, linear, self._linear.talk)
         else:
             out = self._apm.process(near)
         if self._agc is not None:
             out = self._agc.process(out)
         return out
+
+    def _let_through(self, out: np.ndarray, linear: np.ndarray, talk: np.ndarray) -> np.ndarray:
+        """Where a person talks over the echo, the linear stage's output instead of AEC3's
+        (whose suppressor would carve into the voice), crossfaded over a few milliseconds."""
+        block = len(out) // len(talk)
+        # AEC3 keeps part of a voice even where it carves into it; where it finds nothing but
+        # echo, the linear stage's "voice" is a filter that lost the path (a jump in the delay).
+        a3 = out[: len(talk) * block].astype(np.float64).reshape(len(talk), block)
+        lin = linear[: len(talk) * block].astype(np.float64).reshape(len(talk), block)
+        talk = talk & (np.sum(a3 * a3, axis=1) > AEC3_KEEPS * np.sum(lin * lin, axis=1))
+        mask = np.repeat(talk.astype(np.float64), block)
+        ramp = np.ones(CROSSFADE) / CROSSFADE
+        mask = np.convolve(np.concatenate([np.full(CROSSFADE - 1, self._mask_end), mask]), ramp, mode="valid")
+        self._mask_end = float(talk[-1])
+        mixed = out * (1.0 - mask) + linear * mask
+        return np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""
@@ -95,11 +131,15 @@ class EchoFrontEnd:
             return frame
         frames = self._to24.feed(clean.tobytes())
         pcm16, pcm24 = frames[0] if frames else (clean.tobytes(), b"")
-        return AudioFrame(frame.seq, pcm16, pcm24, frame.t)
+        wake16 = self.wake_audio.tobytes() if self._linear is not None and self.wake_audio is not None else None
+        return AudioFrame(frame.seq, pcm16, pcm24, frame.t, wake16k=wake16)
 
     def reset(self) -> None:
         """After a gap in the audio (mute): forget adaptation state and resampler history."""
         self._apm.reset()
+        if self._linear is not None:
+            self._linear.forget_audio()  # the room did not change: keep its echo path
+        self._mask_end = 0.0
         if self._agc is not None:
             self._agc.reset()
         self._to24.reset()

@@ -25,6 +25,12 @@ class AudioFrame:
     pcm24k: bytes  # the same 80 ms at 24 kHz S16LE mono (~1920 samples), for the session
     t: float  # time.monotonic() when the frame was read
     wake: Any = None  # a wake-word Detection, when the capture thread's analyzer found one
+    wake16k: bytes | None = None  # the wake engine's audio when it differs from pcm16k (see device.audio.echo)
+
+    @property
+    def for_wake(self) -> bytes:
+        """The 16 kHz audio the wake engine should hear."""
+        return self.wake16k if self.wake16k is not None else self.pcm16k
 
 
 __all__ = ["FRAME_16K", "FRAME_24K", "FRAME_MS", "SESSION_RATE", "WAKE_RATE", "AudioFrame"]

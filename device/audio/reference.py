@@ -34,6 +34,10 @@ FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this lo
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
 # so it stays contiguous unless it is further ahead than any device buffer.
 AHEAD_MAX_S = 2.5
+# A device that reports no queue and whose reader overtook the stream holds more than it says:
+# its streams are laid this much later each time, up to a limit.
+UNREPORTED_STEP_S = 0.04
+UNREPORTED_MAX_S = 1.0
 # The reference is laid this much early: a far end that leads the echo costs AEC3 nothing (it
 # searches for the delay), one that lags cannot be cancelled.
 LEAD_S = 0.02
@@ -61,9 +65,16 @@ class PlaybackReference:
         self._first_unreported = False
         self._strays = 0  # reads in a row the playing reader was more than SLACK_S off the clock
         self._cum = 0  # samples in the current stream
+        self._reports = False  # the device has reported audio queued in it
+        self._unreported = 0  # delay learnt on a device that does not report its queue (samples)
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
         self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
+
+    @property
+    def unreported_s(self) -> float:
+        """Delay learnt on a device that holds more audio than it reports (0 on one that reports)."""
+        return self._unreported / RATE
 
     def _index(self, t: float) -> int:
         return int(round((t - self._t0) * RATE))
@@ -79,11 +90,22 @@ class PlaybackReference:
             self._rs_rate = rate
         x = np.asarray(samples, dtype=np.float32)
         y = x if self._rs is None else self._rs.resample_chunk(x)
-        start = self._index(t + queued_before / rate - LEAD_S)
         if not len(y):
             return
         with self._lock:
+            self._reports = self._reports or queued_before > 0
+            start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
             self.written_s += len(x) / rate
+            if not self._reports and 0 <= self._w < self._r and start <= self._w + GAP_S * RATE and not self._fresh:
+                # The reader passed the end of what was written while the stream went on, on a
+                # device that reports no queue: it holds more than it says (a FIFO, a driver
+                # without a delay figure), and this audio would never be read. Learn that much
+                # more delay, and start the stream again after the reader. (A device that reports
+                # its queue keeps the stream contiguous: a jump would cost AEC3 more.)
+                self._unreported = min(self._unreported + self._r - self._w + int(UNREPORTED_STEP_S * RATE),
+                                       int(UNREPORTED_MAX_S * RATE))
+                start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
+                self._w = -1
             if self._w < 0 or start > self._w + GAP_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)

@@ -1,0 +1,238 @@
+"""A linear echo canceller for the wake word: the reply's echo subtracted, the person left intact.
+
+WebRTC's AEC3 (:mod:`device.audio.echo`) removes the echo almost entirely, but its nonlinear
+suppressor also carves into a person who talks over the reply; the wake engine, trained on
+clean speech, then misses "hey jarvis" said over the reply. A linear filter alone subtracts
+the estimated echo and leaves everything else as it was: 20 dB less echo is enough for the
+wake engine. No maintained Python package exposes a linear-only canceller, so this is the
+textbook one: a partitioned-block frequency-domain adaptive filter (overlap-save, constrained
+gradient, per-bin normalised step) with a foreground/background pair, as Speex's MDF and
+AEC3's refined/coarse filters do, so that double talk cannot spoil the filter in use.
+
+The filter spans 256 ms; a device that reports less delay than it has (a FIFO, some USB
+cards) would push the echo out of that span, so a delay estimator (GCC-PHAT between the far end
+and the microphone, every half second while the speaker plays) finds the bulk delay and the far end
+is delayed by it before the filter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LinearEchoCanceller"]
+
+EXPLAINED = 10 ** (-8 / 10)  # the echo estimate holds at least this share of the microphone's power
+UNEXPLAINED = 10 ** (-6 / 10)  # ... and what it leaves is at most this much below the estimate
+UNRELATED = 0.3  # ... and that remainder does not follow the estimate (|correlation| below this)
+MIN_ERLE_DB = 18.0  # ... and the filter, alone with the echo, cancels at least this much
+LAG_MARGIN = 64  # samples (4 ms) of the filter's span kept before the direct sound
+MOVE = 48  # samples (3 ms): a delay estimate this far from the last one realigns the filter
+HOLD_BLOCKS = 12  # ~200 ms: a voice's short pauses do not flip the decision
+
+
+class DelayEstimator:
+    """How many samples the echo lags the far end: GCC-PHAT over the last ``window_s`` of both.
+
+    Feed every block of both; :attr:`delay` is the last estimate found twice in a row (None until
+    then). Quiet far ends are skipped: there is nothing to line up.
+    """
+
+    def __init__(self, rate: int = 16000, window_s: float = 1.0, every_s: float = 0.5, max_delay_s: float = 0.5) -> None:
+        self.size = int(window_s * rate)
+        self.every = int(every_s * rate)
+        self.max_lag = int(max_delay_s * rate)
+        self._far = np.zeros(self.size + self.max_lag)
+        self._near = np.zeros(self.size)
+        self._since = 0
+        self._candidate: int | None = None
+        self.delay: int | None = None
+        self.estimates = 0
+        self._floor = (10 ** (-55 / 20) * 32768.0) ** 2
+
+    def feed(self, near: np.ndarray, far: np.ndarray) -> bool:
+        """Add a block; True when :attr:`delay` changed."""
+        n = len(near)
+        self._far = np.concatenate([self._far[n:], far])
+        self._near = np.concatenate([self._near[n:], near])
+        self._since += n
+        if self._since < self.every:
+            return False
+        self._since = 0
+        f = self._far[-self.size :]
+        if float(np.mean(f * f)) < self._floor or float(np.mean(self._near**2)) < self._floor:
+            return False
+        lag = self._estimate()
+        if lag is None:
+            return False
+        same = self._candidate is not None and abs(lag - self._candidate) <= 16
+        self._candidate = lag
+        # A move of a few samples is the filter's to follow; a jump is a new delay.
+        if same and (self.delay is None or abs(lag - self.delay) > MOVE):
+            self.delay = lag
+            self.estimates += 1
+            return True
+        return False
+
+    def recent_far(self, n: int) -> np.ndarray:
+        """The far end's last ``n`` samples (at most the window and the longest delay)."""
+        return self._far[len(self._far) - n :].copy() if n > 0 else np.zeros(0)
+
+    def _estimate(self) -> int | None:
+        # near[t] = far[t - L]: correlate the near window with the far window reaching back max_lag.
+        m = self.size + self.max_lag
+        nfft = 1 << int(np.ceil(np.log2(m + self.size)))
+        F = np.fft.rfft(self._far, nfft)
+        N = np.fft.rfft(np.concatenate([np.zeros(self.max_lag), self._near]), nfft)
+        G = N * np.conj(F)
+        r = np.fft.irfft(G / np.maximum(np.abs(G), 1e-9), nfft)[: self.max_lag + 1]
+        k = int(np.argmax(r))
+        if r[k] < 6.0 * float(np.std(r)) + 1e-12:
+            return None  # no clear peak: the far end is not in the microphone (or too little of it)
+        return k
+
+
+class LinearEchoCanceller:
+    """Cancels the echo of ``far`` in ``near`` (16 kHz int16, any multiple of ``block``).
+
+    ``taps_ms`` is the echo path the filter can model (device delay left over after the
+    playback reference's alignment, plus the room's reverberation). Not thread-safe.
+    """
+
+    def __init__(self, rate: int = 16000, block: int = 256, taps_ms: float = 256.0, step: float = 0.6) -> None:
+        self.rate = rate
+        self.block = block
+        self.parts = max(1, int(np.ceil(taps_ms * rate / 1000 / block)))
+        self.step = step
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the echo path and its delay (a new output device)."""
+        self._forget_path()
+        self.delays = DelayEstimator(self.rate)
+        self._shift = 0  # samples the far end is delayed by before the filter
+        self._line = np.zeros(0)  # the far end's last _shift samples
+
+    def _forget_path(self) -> None:
+        block = self.block
+        bins = block + 1
+        self._X = np.zeros((self.parts, bins), dtype=np.complex128)  # far-end spectra, newest first
+        self._Wb = np.zeros((self.parts, bins), dtype=np.complex128)  # background: adapts always
+        self._Wf = np.zeros((self.parts, bins), dtype=np.complex128)  # foreground: what is subtracted
+        self._prev_far = np.zeros(block)
+        self._power = np.full(bins, 1e-6)  # smoothed far-end power per bin
+        self._eb = self._ef = 0.0  # smoothed error energies of the two filters
+        self._hold = 0
+        self.erle_db = 0.0  # the filter's echo reduction, measured while the echo is alone
+        self.talk = np.zeros(0, dtype=bool)  # per block of the last process(): double talk
+        self._far_floor = (10 ** (-70 / 20) * 32768.0) ** 2 * block  # below this the far end is silent
+        self._talk_floor = (10 ** (-42 / 20) * 32768.0) ** 2 * block  # quieter than this: no voice to save
+
+    def forget_audio(self) -> None:
+        """After a gap in the audio: drop the far-end history, keep the learnt echo path."""
+        self._X[:] = 0.0
+        self._line = np.zeros(self._shift)
+        self._prev_far = np.zeros(self.block)
+        self._power = np.full(self.block + 1, 1e-6)
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """``near`` with the echo of ``far`` removed; same length and dtype (int16)."""
+        n = self.block
+        if len(near) % n or len(far) != len(near):
+            raise ValueError(f"near and far must be the same multiple of {n} samples")
+        out = np.empty(len(near))
+        nf = near.astype(np.float64)
+        ff = far.astype(np.float64)
+        talk = np.zeros(len(near) // n, dtype=bool)
+        changed = self.delays.feed(nf, ff)
+        if self._shift:
+            line = np.concatenate([self._line, ff])
+            ff, self._line = line[: len(ff)], line[len(ff) :]
+        for k, i in enumerate(range(0, len(near), n)):
+            d = nf[i : i + n]
+            e = out[i : i + n] = self._block(d, ff[i : i + n])
+            talk[k] = self._double_talk(d, e)
+        self.talk = talk
+        if changed:
+            self._realign(self.delays.delay or 0)
+        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+    def _realign(self, lag: int) -> None:
+        """The echo lags the far end by ``lag`` samples: from the next block on, delay the far end
+        so the filter's span starts just before the direct sound. What the filter learnt moves
+        with it, so nothing is learnt again."""
+        shift = max(0, lag - LAG_MARGIN)
+        delta = shift - self._shift
+        if not delta:
+            return
+        n, parts = self.block, self.parts
+        for W in (self._Wf, self._Wb):
+            w = np.fft.irfft(W, axis=1)[:, :n].reshape(-1)
+            d = min(abs(delta), len(w))
+            w = np.concatenate([w[d:], np.zeros(d)]) if delta > 0 else np.concatenate([np.zeros(d), w[: len(w) - d]])
+            padded = np.concatenate([w.reshape(parts, n), np.zeros((parts, n))], axis=1)
+            W[:] = np.fft.rfft(padded, axis=1)
+        # The far end's history as the filter will now see it: the last parts + 1 blocks, delayed.
+        past = self.delays.recent_far(shift + (parts + 1) * n)[: (parts + 1) * n]
+        blocks = past.reshape(parts + 1, n)
+        self._X = np.fft.rfft(np.concatenate([blocks[:-1], blocks[1:]], axis=1), axis=1)[::-1].copy()
+        self._prev_far = blocks[-1].copy()
+        self._shift, self._line = shift, self.delays.recent_far(shift)
+
+    def _double_talk(self, d: np.ndarray, e: np.ndarray) -> bool:
+        """Whether a person talks over the echo in this block (held for HOLD_BLOCKS after).
+
+        The filter explains a good part of the microphone (the echo path is known: a leaking,
+        unconverged filter explains little) and yet leaves much of it unexplained: someone
+        else is there. With the far end silent there is no echo to protect against.
+        """
+        de, ee = float(np.dot(d, d)), float(np.dot(e, e))
+        y = d - e
+        ye = float(np.dot(y, y))
+        loud = de > self._talk_floor
+        # A voice is unrelated to the echo; a filter that mispredicts leaves an error that is.
+        unrelated = abs(float(np.dot(y, e))) < UNRELATED * np.sqrt(ye * ee) if ye > 0 and ee > 0 else False
+        now = (loud and ye > EXPLAINED * de and ee > UNEXPLAINED * ye and unrelated
+               and self.erle_db >= MIN_ERLE_DB)
+        if loud and ye > EXPLAINED * de and not now:
+            # Echo alone, as far as one can tell: how well the filter cancels it. A sudden drop is
+            # more likely a voice the test above missed than a worse filter: it only wears the
+            # estimate down slowly.
+            block_erle = 10 * np.log10(de / max(ee, 1e-9))
+            if block_erle > self.erle_db - 6.0:
+                self.erle_db += 0.1 * (block_erle - self.erle_db)
+            else:
+                self.erle_db -= 0.02
+        self._hold = HOLD_BLOCKS if now else max(0, self._hold - 1)
+        return self._hold > 0
+
+    def _block(self, d: np.ndarray, x: np.ndarray) -> np.ndarray:
+        n = self.block
+        X = np.fft.rfft(np.concatenate([self._prev_far, x]))
+        self._prev_far = x
+        self._X = np.roll(self._X, 1, axis=0)
+        self._X[0] = X
+        far_energy = float(np.dot(x, x))
+        yf = np.fft.irfft(np.sum(self._Wf * self._X, axis=0))[n:]
+        yb = np.fft.irfft(np.sum(self._Wb * self._X, axis=0))[n:]
+        ef, eb = d - yf, d - yb
+        if far_energy < self._far_floor:
+            return ef  # nothing to learn from: keep the filters as they are
+        # Normalised by the far end's power over the whole span the filter covers (per bin).
+        self._power = 0.5 * self._power + 0.5 * np.sum(np.abs(self._X) ** 2, axis=0)
+        Eb = np.fft.rfft(np.concatenate([np.zeros(n), eb]))
+        G = np.conj(self._X) * (Eb / (self._power + 1e-3 * n * n))[None, :]
+        g = np.fft.irfft(G, axis=1)
+        g[:, n:] = 0.0  # the gradient's constraint: a linear, not circular, convolution
+        self._Wb += self.step * np.fft.rfft(g, axis=1)
+        # The background replaces the foreground once it cancels clearly better; during double
+        # talk its error grows with the person's voice, so the foreground keeps the last good path.
+        ebe, efe = float(np.dot(eb, eb)), float(np.dot(ef, ef))
+        self._eb = 0.6 * self._eb + 0.4 * ebe
+        self._ef = 0.6 * self._ef + 0.4 * efe
+        if self._eb < 0.7 * self._ef and ebe < efe:
+            self._Wf[:] = self._Wb
+            return eb
+        if self._ef < 0.5 * self._eb and efe < 0.5 * ebe:
+            # The background went astray (double talk): start it again from the good filter.
+            self._Wb[:] = self._Wf
+        return ef
