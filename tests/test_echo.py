@@ -179,30 +179,38 @@ def test_reference_keeps_one_delay_through_a_jittery_stream() -> None:
     assert max(lags) - min(lags) <= 2, f"the reference's delay moved during the stream: {lags}"
 
 
-def test_reference_loses_no_audio_on_a_device_that_does_not_report_its_queue() -> None:
-    """A FIFO speaker reports nothing queued while it holds audio. Replies arrive from the
-    network in 100 ms pieces with jitter: when the capture side overtakes the writes, the
-    reference learns the delay the device does not report instead of losing what was written."""
+def test_reference_follows_the_gaps_a_device_does_not_report() -> None:
+    """A FIFO speaker reports nothing queued while it holds audio, and runs dry when a network
+    piece is late. The reference AEC3 reads keeps each reply in one piece (it never jumps while a
+    reply plays); the view the linear canceller reads loses nothing: it starts the stream again
+    where the capture side overtook the writes and lays the next reply by the delay so learnt."""
     ref = PlaybackReference()
+    assert ref.played is not None
     t = time.monotonic()
     rng = np.random.default_rng(4)
     tone = (np.sin(np.arange(2400) * 2 * np.pi * 300 / 24000) * 8000).astype(np.float32)
-    writes = [(t + 0.1 * k + float(rng.uniform(0.0, 0.09)), k) for k in range(60)]  # 6 s, up to 90 ms late
-    reads = [t + 0.08 * m for m in range(1, 90)]
-    events = sorted([(w, "w", k) for w, k in writes] + [(r, "r", 0) for r in reads])
-    got = []
-    for when, kind, _ in events:
-        if kind == "w":
-            ref.written(tone, 24000, queued_before=0, t=when)
-        else:
-            got.append(ref.read(when, 1280))
-    y = np.concatenate(got).astype(np.float64)
-    blocks = np.abs(y[: len(y) // 1280 * 1280].reshape(-1, 1280)).max(axis=1)
-    start = int(np.argmax(blocks > 1000))
-    end = len(blocks) - int(np.argmax(blocks[::-1] > 1000))
-    holes = int(np.sum(blocks[start:end] < 1000))
-    assert ref.unreported_s > 0, "the reference did not learn the delay the device keeps to itself"
-    assert holes <= 2, f"{holes} of {end - start} frames of played audio were lost from the reference"
+
+    def reply(t0: float) -> tuple[int, ...]:
+        writes = [(t0 + 0.1 * k + float(rng.uniform(0.0, 0.09)), "w") for k in range(40)]  # 4 s, up to 90 ms late
+        reads = [(t0 + 0.08 * m, "r") for m in range(1, 60)]
+        got: dict[str, list[np.ndarray]] = {"steady": [], "played": []}
+        for when, kind in sorted(writes + reads):
+            if kind == "w":
+                ref.written(tone, 24000, queued_before=0, t=when)
+            else:
+                got["steady"].append(ref.read(when, 1280))
+                got["played"].append(ref.played.read(when, 1280))
+        # Written: 40 x 100 ms = 400 pieces of 10 ms. How many of them each view gave back:
+        return tuple(int(np.sum(np.abs(np.concatenate(got[v]).reshape(-1, 160)).max(axis=1) > 1000))
+                     for v in ("steady", "played"))
+
+    steady1, played1 = reply(t)
+    steady2, played2 = reply(t + 8.0)
+    assert steady1 + steady2 < 798, "the capture side never overtook the writes: nothing was tested"
+    assert ref.write_anchors == 2, "the reference AEC3 reads jumped while a reply played"
+    assert ref.played.unreported_s > 0, "the linear canceller's view did not learn the delay the device keeps to itself"
+    # (the first reply may lose its first few pieces before anything about the device is known)
+    assert played1 >= 395 and played2 >= 399, f"the linear canceller's view gave back {played1} and {played2} of 400 pieces"
 
 
 def test_config_keys_are_validated(tmp_path) -> None:
@@ -278,7 +286,9 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
     assert started is not None and started["id"] == uid
     latency_ms = (stopped - started["t"]) * 1000
     print(f"voice barge-in: reply stopped {latency_ms:.0f} ms after the talker's onset (echo at {echo_dbfs['dbfs']} dBFS)")
-    assert latency_ms < 600  # a functional bound; bench figures are taken unloaded
+    # How fast is a figure for bench/aec_rig.py (median over replies, unloaded); here the reply
+    # must stop while the person talks, not play on.
+    assert latency_ms < 2000
     d.wait_for(r"assistant said: Sure\.", 10, start=mark)
 
 

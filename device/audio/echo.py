@@ -77,18 +77,29 @@ class EchoFrontEnd:
         self.failures = 0
         self._to24 = FrameAssembler(WAKE_RATE, 1)
 
+    @property
+    def echo_lag_ms(self) -> float | None:
+        """How long after the reference the echo arrives, as the linear stage found it (None: not yet)."""
+        if self._linear is None or self._linear.delays.delay is None:
+            return None
+        return self._linear.delays.delay * 1000.0 / WAKE_RATE
+
     def describe(self) -> str:
         parts = ["echo cancellation" if self.echo_cancellation else "no echo cancellation"]
         parts.append(f"noise suppression {self.noise_suppression}" if self.noise_suppression else "no noise suppression")
         parts.append(f"auto gain -{self.auto_gain} dBFS" if self.auto_gain else "no auto gain")
         return ", ".join(parts)
 
-    def process16k(self, near: np.ndarray, far: np.ndarray | None = None) -> np.ndarray:
-        """Clean ``near`` (int16 at 16 kHz, a multiple of 16 ms) given what the speaker played meanwhile."""
+    def process16k(self, near: np.ndarray, far: np.ndarray | None = None, played: np.ndarray | None = None) -> np.ndarray:
+        """Clean ``near`` (int16 at 16 kHz, a multiple of 16 ms) given what the speaker played
+        meanwhile: ``far`` as AEC3 wants it (never jumping), ``played`` as the linear stage wants
+        it (with the device's unreported gaps; ``far`` when not given)."""
         if self._linear is not None:
             if far is None or len(far) != len(near):
                 far = np.zeros(len(near), dtype=np.int16)
-            self.wake_audio = linear = self._linear.process(near, far)
+            if played is None or len(played) != len(near):
+                played = far
+            self.wake_audio = linear = self._linear.process(near, played)
             out = self._apm.process(near, far)
             if self._linear.talk.any() or self._mask_end > 0:
                 out = self._let_through(out, linear, self._linear.talk)
@@ -119,11 +130,13 @@ class EchoFrontEnd:
         from device.audio.frames import AudioFrame
 
         near = np.frombuffer(frame.pcm16k, dtype=np.int16)
-        far = None
+        far = played = None
         if self.echo_cancellation and self.reference is not None:
             far = self.reference.read(frame.t, len(near))
+            if self.reference.played is not None:
+                played = self.reference.played.read(frame.t, len(near))
         try:
-            clean = self.process16k(near, far)
+            clean = self.process16k(near, far, played)
         except Exception as exc:  # the microphone must keep working: pass the frame on as it is
             self.failures += 1
             if self.failures in (1, 100) or self.failures % 10000 == 0:

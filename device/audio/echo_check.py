@@ -31,12 +31,13 @@ def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
 
 class _Tap:
     def __init__(self, fe: EchoFrontEnd) -> None:
-        self.fe, self.raw, self.clean = fe, [], []
+        self.fe, self.raw, self.clean, self.wake = fe, [], [], []
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         out = self.fe.process(frame)
         self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
         self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
+        self.wake.append(np.frombuffer(out.for_wake, dtype=np.int16))
         return out
 
     def reset(self) -> None:
@@ -74,6 +75,7 @@ async def check_echo(cfg: AudioConfig) -> str:
     floor = np.concatenate(tap.raw[:quiet]).astype(np.float64)
     raw = np.concatenate(tap.raw[quiet:end]).astype(np.float64)
     clean = np.concatenate(tap.clean[quiet:end]).astype(np.float64)
+    wake = np.concatenate(tap.wake[quiet:end]).astype(np.float64)
     tail = slice(16000, None)  # after the first second: converged
     mic_db = 10 * np.log10(np.mean(raw[tail] ** 2) / 32768.0**2 + 1e-12)
     floor_db = 10 * np.log10(np.mean(floor**2) / 32768.0**2 + 1e-12) if len(floor) else -120.0
@@ -83,4 +85,11 @@ async def check_echo(cfg: AudioConfig) -> str:
     if erle < CONVERGED_DB:
         raise RuntimeError(f"echo cancellation did not converge: echo reduced by {erle:.1f} dB only "
                            f"(probe heard at {mic_db:.0f} dBFS); check that '{cfg.output}' reports its delay")
-    return f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS)"
+    # The linear stage (what the wake engine hears) converges more slowly: its figure over the
+    # probe's last second, and the delay it found between what was played and what was heard.
+    last = slice(max(0, len(raw) - 16000), None)
+    wake_erle = 10 * np.log10((np.mean(raw[last] ** 2) + 1e-9) / (np.mean(wake[last] ** 2) + 1e-9))
+    lag = tap.fe.echo_lag_ms
+    heard = f", {lag:.0f} ms after it was played" if lag is not None else ""
+    return (f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS{heard}); "
+            f"for the wake word by {wake_erle:.1f} dB after {PROBE_S:.0f} s")

@@ -13,6 +13,14 @@ until the reader reaches it (before it sounds), and contiguous from then on (a d
 stream at its clock's pace). The reader keeps a contiguous cursor while audio plays (capture
 delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
 speaker went idle) or a lasting or far stray (lost audio) re-anchors a cursor.
+
+A device that reports no queue (a FIFO, a driver without a delay figure) may hold more than it
+says, and may run dry between network pieces without telling: that audio then plays later than
+its stream says. AEC3 copes better with a far end that keeps its place (it searches the delay)
+than with one that jumps, so :meth:`PlaybackReference.read` never jumps; the linear canceller,
+which cannot bear lost pieces, reads :attr:`PlaybackReference.played`, a second view that starts
+a stream again wherever the capture side overtook the writes, and lays later streams by the
+delay so learnt.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ __all__ = ["PlaybackReference"]
 class PlaybackReference:
     """A thread-safe timeline of played audio: the playback thread writes, the capture thread reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, follow_gaps: bool = False) -> None:
+        self.follow_gaps = follow_gaps
+        self.played: PlaybackReference | None = None if follow_gaps else PlaybackReference(follow_gaps=True)
         self._lock = threading.Lock()
         self._size = int(RATE * SECONDS)
         self._buf = np.zeros(self._size, dtype=np.float32)
@@ -90,18 +100,23 @@ class PlaybackReference:
             self._rs_rate = rate
         x = np.asarray(samples, dtype=np.float32)
         y = x if self._rs is None else self._rs.resample_chunk(x)
+        self.written_s += len(x) / rate
         if not len(y):
             return
+        self._lay(y, rate, queued_before, t)
+        if self.played is not None:
+            self.played._lay(y, rate, queued_before, t)
+
+    def _lay(self, y: np.ndarray, rate: int, queued_before: int, t: float) -> None:
         with self._lock:
             self._reports = self._reports or queued_before > 0
             start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
-            self.written_s += len(x) / rate
-            if not self._reports and 0 <= self._w < self._r and start <= self._w + GAP_S * RATE and not self._fresh:
+            if (self.follow_gaps and not self._reports and 0 <= self._w < self._r
+                    and start <= self._w + GAP_S * RATE and not self._fresh):
                 # The reader passed the end of what was written while the stream went on, on a
-                # device that reports no queue: it holds more than it says (a FIFO, a driver
-                # without a delay figure), and this audio would never be read. Learn that much
-                # more delay, and start the stream again after the reader. (A device that reports
-                # its queue keeps the stream contiguous: a jump would cost AEC3 more.)
+                # device that reports no queue: it ran dry or holds more than it says, and this
+                # audio would never be read. Learn that much more delay, and start the stream
+                # again after the reader.
                 self._unreported = min(self._unreported + self._r - self._w + int(UNREPORTED_STEP_S * RATE),
                                        int(UNREPORTED_MAX_S * RATE))
                 start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
@@ -148,6 +163,8 @@ class PlaybackReference:
                 self._w = max(now, self._r)
             self._fresh, self._pending = False, []
             self._rs = None  # a fresh resampler: no tail of the cut audio
+        if self.played is not None:
+            self.played.dropped(t)
 
     # -- capture thread -----------------------------------------------------------------------
 
