@@ -78,7 +78,7 @@ class AudioConfig:
     cue_volume: int = _f(60, "volume of the cues relative to speech, 0-100", **_range(0, 100))
     dnd_announcements: Literal["queue", "drop"] = _f(
         "queue", "announcements during do-not-disturb: queue (spoken when it ends) or drop")
-    echo_cancellation: bool = _f(False, "cancel the speaker's own sound in the microphone (software AEC, WebRTC AEC3)")
+    echo_cancellation: bool = _f(False, "cancel the speaker's own sound in the microphone (software AEC: WebRTC AEC3, and a linear canceller for the wake word)")
     noise_suppression: int = _f(0, "noise suppression before the wake word and the session: 0 off, 1-4 gentle to strong", **_range(0, 4))
     auto_gain: int = _f(0, "automatic gain: 0 off, 1-31 = bring speech up to this many dB below full scale", **_range(0, 31))
 

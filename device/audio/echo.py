@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
-AEC3_KEEPS = 10 ** (-24 / 10)  # AEC3 must keep this share of a block for it to be a voice
+AEC3_KEEPS = 10 ** (-18 / 10)  # AEC3 must keep this share of a block for it to be a voice
 CROSSFADE = 48  # samples (3 ms) between AEC3's output and the linear stage's
 NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 dB)
 
