@@ -8,10 +8,9 @@ Echo cancellation runs two cancellers side by side on the microphone. WebRTC's A
 (pywebrtc-audio: WebRTC's audio processing module, with its high-pass filter, noise suppression
 and gain control) cleans what the session hears: it removes the echo almost entirely, so the
 server's voice detection does not fire on the speaker's own reply. Its nonlinear suppressor
-also carves into a person who talks over the reply. A linear canceller
-(:mod:`device.audio.linear_echo`) subtracts the estimated echo and leaves a voice as it was:
-the wake engine always hears its output, and the session does wherever the linear stage finds
-a person talking over the echo (its double-talk test); elsewhere the session hears AEC3's.
+also carves into a person who talks over the reply, which the wake engine cannot bear: the
+wake engine hears a linear canceller's output instead (:mod:`device.audio.linear_echo`), which
+subtracts the estimated echo and leaves a voice as it was.
 (Chaining the two, linear first, gave the session less echo reduction, not more: AEC3 then
 chases a moving residual.)
 """
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger(__name__)
 
-AEC3_KEEPS = 10 ** (-18 / 10)  # AEC3 must keep this share of a block for it to be a voice
-CROSSFADE = 48  # samples (3 ms) between AEC3's output and the linear stage's
 NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 dB)
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
@@ -69,7 +66,6 @@ class EchoFrontEnd:
         )
         self._linear = LinearEchoCanceller(WAKE_RATE) if echo_cancellation else None
         self.wake_audio: np.ndarray | None = None  # the linear stage's output of the last frame
-        self._mask_end = 0.0  # whether the last frame ended letting the linear stage through
         self._agc = None
         if auto_gain:
             self._agc = pywebrtc_audio.GainController(WAKE_RATE, headroom_db=float(auto_gain), max_gain_db=30.0,
@@ -99,31 +95,13 @@ class EchoFrontEnd:
                 far = np.zeros(len(near), dtype=np.int16)
             if played is None or len(played) != len(near):
                 played = far
-            self.wake_audio = linear = self._linear.process(near, played)
+            self.wake_audio = self._linear.process(near, played)
             out = self._apm.process(near, far)
-            if self._linear.talk.any() or self._mask_end > 0:
-                out = self._let_through(out, linear, self._linear.talk)
         else:
             out = self._apm.process(near)
         if self._agc is not None:
             out = self._agc.process(out)
         return out
-
-    def _let_through(self, out: np.ndarray, linear: np.ndarray, talk: np.ndarray) -> np.ndarray:
-        """Where a person talks over the echo, the linear stage's output instead of AEC3's
-        (whose suppressor would carve into the voice), crossfaded over a few milliseconds."""
-        block = len(out) // len(talk)
-        # AEC3 keeps part of a voice even where it carves into it; where it finds nothing but
-        # echo, the linear stage's "voice" is a filter that lost the path (a jump in the delay).
-        a3 = out[: len(talk) * block].astype(np.float64).reshape(len(talk), block)
-        lin = linear[: len(talk) * block].astype(np.float64).reshape(len(talk), block)
-        talk = talk & (np.sum(a3 * a3, axis=1) > AEC3_KEEPS * np.sum(lin * lin, axis=1))
-        mask = np.repeat(talk.astype(np.float64), block)
-        ramp = np.ones(CROSSFADE) / CROSSFADE
-        mask = np.convolve(np.concatenate([np.full(CROSSFADE - 1, self._mask_end), mask]), ramp, mode="valid")
-        self._mask_end = float(talk[-1])
-        mixed = out * (1.0 - mask) + linear * mask
-        return np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""
@@ -152,7 +130,6 @@ class EchoFrontEnd:
         self._apm.reset()
         if self._linear is not None:
             self._linear.forget_audio()  # the room did not change: keep its echo path
-        self._mask_end = 0.0
         if self._agc is not None:
             self._agc.reset()
         self._to24.reset()

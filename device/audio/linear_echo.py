@@ -21,13 +21,8 @@ import numpy as np
 
 __all__ = ["LinearEchoCanceller"]
 
-EXPLAINED = 10 ** (-8 / 10)  # the echo estimate holds at least this share of the microphone's power
-UNEXPLAINED = 10 ** (-6 / 10)  # ... and what it leaves is at most this much below the estimate
-UNRELATED = 0.3  # ... and that remainder does not follow the estimate (|correlation| below this)
-MIN_ERLE_DB = 18.0  # ... and the filter, alone with the echo, cancels at least this much
 LAG_MARGIN = 64  # samples (4 ms) of the filter's span kept before the direct sound
 MOVE = 48  # samples (3 ms): a delay estimate this far from the last one realigns the filter
-HOLD_BLOCKS = 12  # ~200 ms: a voice's short pauses do not flip the decision
 
 
 class DelayEstimator:
@@ -121,11 +116,7 @@ class LinearEchoCanceller:
         self._prev_far = np.zeros(block)
         self._power = np.full(bins, 1e-6)  # smoothed far-end power per bin
         self._eb = self._ef = 0.0  # smoothed error energies of the two filters
-        self._hold = 0
-        self.erle_db = 0.0  # the filter's echo reduction, measured while the echo is alone
-        self.talk = np.zeros(0, dtype=bool)  # per block of the last process(): double talk
         self._far_floor = (10 ** (-70 / 20) * 32768.0) ** 2 * block  # below this the far end is silent
-        self._talk_floor = (10 ** (-42 / 20) * 32768.0) ** 2 * block  # quieter than this: no voice to save
 
     def forget_audio(self) -> None:
         """After a gap in the audio: drop the far-end history, keep the learnt echo path."""
@@ -142,16 +133,12 @@ class LinearEchoCanceller:
         out = np.empty(len(near))
         nf = near.astype(np.float64)
         ff = far.astype(np.float64)
-        talk = np.zeros(len(near) // n, dtype=bool)
         changed = self.delays.feed(nf, ff)
         if self._shift:
             line = np.concatenate([self._line, ff])
             ff, self._line = line[: len(ff)], line[len(ff) :]
-        for k, i in enumerate(range(0, len(near), n)):
-            d = nf[i : i + n]
-            e = out[i : i + n] = self._block(d, ff[i : i + n])
-            talk[k] = self._double_talk(d, e)
-        self.talk = talk
+        for i in range(0, len(near), n):
+            out[i : i + n] = self._block(nf[i : i + n], ff[i : i + n])
         if changed:
             self._realign(self.delays.delay or 0)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
@@ -177,33 +164,6 @@ class LinearEchoCanceller:
         self._X = np.fft.rfft(np.concatenate([blocks[:-1], blocks[1:]], axis=1), axis=1)[::-1].copy()
         self._prev_far = blocks[-1].copy()
         self._shift, self._line = shift, self.delays.recent_far(shift)
-
-    def _double_talk(self, d: np.ndarray, e: np.ndarray) -> bool:
-        """Whether a person talks over the echo in this block (held for HOLD_BLOCKS after).
-
-        The filter explains a good part of the microphone (the echo path is known: a leaking,
-        unconverged filter explains little) and yet leaves much of it unexplained: someone
-        else is there. With the far end silent there is no echo to protect against.
-        """
-        de, ee = float(np.dot(d, d)), float(np.dot(e, e))
-        y = d - e
-        ye = float(np.dot(y, y))
-        loud = de > self._talk_floor
-        # A voice is unrelated to the echo; a filter that mispredicts leaves an error that is.
-        unrelated = abs(float(np.dot(y, e))) < UNRELATED * np.sqrt(ye * ee) if ye > 0 and ee > 0 else False
-        now = (loud and ye > EXPLAINED * de and ee > UNEXPLAINED * ye and unrelated
-               and self.erle_db >= MIN_ERLE_DB)
-        if loud and ye > EXPLAINED * de and not now:
-            # Echo alone, as far as one can tell: how well the filter cancels it. A sudden drop is
-            # more likely a voice the test above missed than a worse filter: it only wears the
-            # estimate down slowly.
-            block_erle = 10 * np.log10(de / max(ee, 1e-9))
-            if block_erle > self.erle_db - 6.0:
-                self.erle_db += 0.1 * (block_erle - self.erle_db)
-            else:
-                self.erle_db -= 0.02
-        self._hold = HOLD_BLOCKS if now else max(0, self._hold - 1)
-        return self._hold > 0
 
     def _block(self, d: np.ndarray, x: np.ndarray) -> np.ndarray:
         n = self.block
