@@ -598,7 +598,7 @@ async def test_availability_across_broker_restart_and_clean_stop(mosquitto: Mosq
         try:
             await obs.wait(lambda: obs.last(t.availability) == b"online", what="online after reconnect")
             await obs.wait(lambda: len(discovery_configs(obs)) == 14, what="configs after reconnect")
-            assert obs.last(t.state) == b"idle"
+            await obs.wait(lambda: obs.last(t.state) == b"idle", what="the state after reconnect")  # published after the configs
             # Commands work again after the reconnect (subscriptions renewed).
             obs.publish(t.mute_set, "ON")
             await obs.wait(lambda: obs.last(t.mute) == b"ON", what="mute after reconnect")
