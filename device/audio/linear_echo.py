@@ -25,6 +25,19 @@ LAG_MARGIN = 64  # samples (4 ms) of the filter's span kept before the direct so
 MOVE = 48  # samples (3 ms): a delay estimate this far from the last one realigns the filter
 
 
+def _put(ring: np.ndarray, at: int, x: np.ndarray) -> int:
+    """Write ``x`` into ``ring`` from index ``at`` (wrapping); the next index."""
+    first = min(len(x), len(ring) - at)
+    ring[at : at + first] = x[:first]
+    ring[: len(x) - first] = x[first:]
+    return (at + len(x)) % len(ring)
+
+
+def _ordered(ring: np.ndarray, at: int) -> np.ndarray:
+    """The ring's contents, oldest first (a copy)."""
+    return np.concatenate([ring[at:], ring[:at]])
+
+
 class DelayEstimator:
     """How many samples the echo lags the far end: GCC-PHAT over the last ``window_s`` of both.
 
@@ -36,8 +49,10 @@ class DelayEstimator:
         self.size = int(window_s * rate)
         self.every = int(every_s * rate)
         self.max_lag = int(max_delay_s * rate)
+        # Rings (the audio path runs 12.5 times a second): in time order only when an estimate is due.
         self._far = np.zeros(self.size + self.max_lag)
         self._near = np.zeros(self.size)
+        self._far_at = self._near_at = 0  # next index written in each ring
         self._since = 0
         self._candidate: int | None = None
         self.delay: int | None = None
@@ -47,16 +62,17 @@ class DelayEstimator:
     def feed(self, near: np.ndarray, far: np.ndarray) -> bool:
         """Add a block; True when :attr:`delay` changed."""
         n = len(near)
-        self._far = np.concatenate([self._far[n:], far])
-        self._near = np.concatenate([self._near[n:], near])
+        self._far_at = _put(self._far, self._far_at, far)
+        self._near_at = _put(self._near, self._near_at, near)
         self._since += n
         if self._since < self.every:
             return False
         self._since = 0
-        f = self._far[-self.size :]
-        if float(np.mean(f * f)) < self._floor or float(np.mean(self._near**2)) < self._floor:
+        far_all, near_all = _ordered(self._far, self._far_at), _ordered(self._near, self._near_at)
+        f = far_all[-self.size :]
+        if float(np.mean(f * f)) < self._floor or float(np.mean(near_all**2)) < self._floor:
             return False
-        lag = self._estimate()
+        lag = self._estimate(far_all, near_all)
         if lag is None:
             return False
         same = self._candidate is not None and abs(lag - self._candidate) <= 16
@@ -70,14 +86,14 @@ class DelayEstimator:
 
     def recent_far(self, n: int) -> np.ndarray:
         """The far end's last ``n`` samples (at most the window and the longest delay)."""
-        return self._far[len(self._far) - n :].copy() if n > 0 else np.zeros(0)
+        return _ordered(self._far, self._far_at)[len(self._far) - n :] if n > 0 else np.zeros(0)
 
-    def _estimate(self) -> int | None:
+    def _estimate(self, far: np.ndarray, near: np.ndarray) -> int | None:
         # near[t] = far[t - L]: correlate the near window with the far window reaching back max_lag.
         m = self.size + self.max_lag
         nfft = 1 << int(np.ceil(np.log2(m + self.size)))
-        F = np.fft.rfft(self._far, nfft)
-        N = np.fft.rfft(np.concatenate([np.zeros(self.max_lag), self._near]), nfft)
+        F = np.fft.rfft(far, nfft)
+        N = np.fft.rfft(np.concatenate([np.zeros(self.max_lag), near]), nfft)
         G = N * np.conj(F)
         r = np.fft.irfft(G / np.maximum(np.abs(G), 1e-9), nfft)[: self.max_lag + 1]
         k = int(np.argmax(r))
