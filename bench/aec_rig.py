@@ -6,7 +6,7 @@ soft clipping, mic noise) and the realtime simulator answering every request wit
   - N replies with nobody talking: how many did the speaker interrupt itself?
   - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
 
-    python bench/aec_rig.py [--replies 50] [--barge 10]
+    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--log daemon.log]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--barge", type=int, default=10, help="replies talked over")
     ap.add_argument("--speaker", default="test_spk_fifo", choices=["test_spk_fifo", "test_pulse"],
                     help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
+    ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     args = ap.parse_args()
 
     from services.simulator import SimulatorThread
@@ -57,7 +58,7 @@ def main() -> int:
             "audio": {"input": "test_mic", "output": args.speaker, "volume": 100, "cues": False, "echo_cancellation": True},
             "realtime": {"barge_in": "voice", "follow_up_s": 0.5, "silence_duration_ms": 800},
             "state": {"dir": str(work / "state")}})
-        daemon = Daemon(["run", "--config", str(cfg)], env=rig.env)
+        daemon = Daemon(["run", "--config", str(cfg), *(["--log-level", "debug"] if args.log else [])], env=rig.env)
         daemon.wait_for(r"ready: listening", 30)
         time.sleep(1.0)
         request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like tomorrow")])
@@ -112,6 +113,8 @@ def main() -> int:
     finally:
         if daemon is not None:
             daemon.stop()
+            if args.log:
+                Path(args.log).write_text(daemon.output + "\n")
         runner.stop()
         rig.close()
     return 0

@@ -72,7 +72,7 @@ class AudioConfig:
     input_channel: int = _f(-1, "which channel to use (0-based); -1 = mix all channels", **_range(-1, 7))
     output_rate: int = _f(0, "playback rate in Hz; 0 = 24000 if accepted, else 48000", **_range(0, 192000))
     output_channels: int = _f(0, "playback channels; 0 = mono if accepted, else stereo", **_range(0, 8))
-    output_buffer_ms: int = _f(200, "speaker buffer size in ms (latency vs. underrun safety)", **_range(40, 2000))
+    output_buffer_ms: int = _f(200, "speaker buffer size in ms (latency vs. underrun safety; at most 100 with echo cancellation on)", **_range(40, 2000))
     volume: int = _f(70, "initial volume 0-100 (a saved volume overrides it)", **_range(0, 100))
     cues: bool = _f(True, "play sound cues (wake, done, error, mute on/off)")
     cue_volume: int = _f(60, "volume of the cues relative to speech, 0-100", **_range(0, 100))

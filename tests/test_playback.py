@@ -205,3 +205,81 @@ async def test_reply_arriving_at_real_time_plays_without_gaps(alsa_rig) -> None:
         assert pb.played_ms("reply") == pb.received_ms("reply") == 2000
     finally:
         await pb.close()
+
+
+@pytest.mark.timeout(30)
+async def test_with_echo_cancellation_the_speaker_runs_without_a_break(alsa_rig) -> None:
+    """With a reference attached (echo cancellation on), silence fills every moment no reply
+    does, so the echo keeps one delay from reply to reply: the speaker's output is one unbroken
+    stream through a reply, a late piece, a pause, a second reply and a stop; the silences do
+    not count as the replies' audio; a stop lets only the short device buffer play out."""
+    from device.audio.playback import CONTINUOUS_BUFFER_MS
+    from device.audio.reference import PlaybackReference
+
+    reader = alsa_rig.start_speaker("test_spk_fifo")
+    pb = Playback(AudioConfig(output="test_spk_fifo", volume=100), asyncio.get_running_loop())
+    pb.reference = ref = PlaybackReference()
+    pb.start()
+    try:
+        await asyncio.sleep(0.5)
+        t_start = time.monotonic()
+        pb.begin("one")
+        for _ in range(5):
+            pb.write(tone24k(330, 0.1))
+        await asyncio.sleep(0.9)  # the next piece comes 0.4 s after the first ran out
+        for _ in range(5):
+            pb.write(tone24k(330, 0.1))
+        await asyncio.wait_for(pb.drained(), 3)
+        one = pb.played_ms("one")
+        await asyncio.sleep(0.5)
+        pb.begin("two")  # as the realtime API streams it: 50 ms pieces at real-time pace
+        t0 = time.monotonic()
+        for n in range(1, 21):
+            pb.write(tone24k(440, 0.05))
+            await asyncio.sleep(max(0.0, t0 + n * 0.05 - time.monotonic()))
+        received_two = pb.received_ms("two")
+        await asyncio.sleep(0.15)
+        pb.stop()
+        await asyncio.wait_for(pb.drained(), 2)
+        await asyncio.sleep(0.5)
+        two = pb.played_ms("two")
+        t_end = time.monotonic()
+    finally:
+        await pb.close()
+    heard = np.frombuffer(reader.data(), dtype=np.int16)
+    wall_s = t_end - t_start
+    print(f"heard {len(heard) / 24000:.2f} s of output; {wall_s:.2f} s between the first reply and the end; "
+          f"played one {one} ms, two {two} ms; filler {pb.filler_s:.2f} s; "
+          f"reference streams {ref.write_anchors}")
+    assert ref.write_anchors == 1  # one stream from start to end: the echo keeps one delay
+    assert len(heard) / 24000 > wall_s  # the speaker never went quiet (silence came before, between, after)
+    assert one == 1000  # the 0.4 s pause inside it is not its audio
+    # Stopped while its last piece played: nothing of it was lost, and only what the device's
+    # short buffer held played after stop().
+    assert received_two == 1000 and 1000 - CONTINUOUS_BUFFER_MS - 200 <= two <= 1000, two
+    assert np.count_nonzero(heard) >= 24000 * (one + two) // 1000 * 0.98
+    assert pb.underruns == 0
+
+
+@pytest.mark.timeout(20)
+async def test_a_speaker_that_never_blocks_gets_its_silence_at_real_time_pace(alsa_rig) -> None:
+    """A PCM that takes every write at once (a file) is kept running at the pace of the clock, not
+    flooded with silence."""
+    from device.audio.reference import PlaybackReference
+
+    pb = Playback(AudioConfig(output="test_spk", volume=100), asyncio.get_running_loop())
+    pb.reference = PlaybackReference()
+    t0 = time.monotonic()
+    pb.start()
+    try:
+        await asyncio.sleep(0.5)
+        pb.begin("reply")
+        pb.write(tone24k(330, 0.5))
+        await asyncio.wait_for(pb.drained(), 3)
+        await asyncio.sleep(1.0)
+        out_s = len(alsa_rig.speaker_output("test_spk")) / 48000
+        wall_s = time.monotonic() - t0
+    finally:
+        await pb.close()
+    print(f"{out_s:.2f} s written to the file in {wall_s:.2f} s")
+    assert wall_s - 0.3 < out_s < wall_s + 0.3, (out_s, wall_s)

@@ -5,6 +5,15 @@ The writer thread is the only user of the playback PCM. It writes one period at 
 dropped. "Played" is frames written minus frames still in the device
 (``buffer_size - avail()``), sampled by the writer after every period and while draining, and
 extrapolated at the device rate in between.
+
+With echo cancellation on (a :class:`~device.audio.reference.PlaybackReference` attached), the
+speaker runs without a break: the writer fills every period that no reply fills with silence,
+which the reference taps like any audio. A device that starts, runs dry or is dropped begins its
+next stream at a delay that differs by up to a period or two (a driver that reports no delay
+says nothing of it), and the echo canceller, which locks onto one delay, then leaks the echo of
+the next reply's first seconds until it finds the new one. A stream that never stops keeps one
+delay. :meth:`Playback.stop` then discards the queued reply but lets the device's short buffer
+play out (at most ``CONTINUOUS_BUFFER_MS``) instead of dropping it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import alsaaudio
@@ -37,6 +46,9 @@ PERIOD_MS = 20
 # A reply that starts on an idle speaker waits for this much audio (or this long) before the first
 # write, so deltas arriving at exactly real time with network jitter do not underrun the device.
 PREBUFFER_MS = 100
+# The device buffer while the speaker runs without a break: what still plays after stop().
+CONTINUOUS_BUFFER_MS = 100
+FILL_LOW_MS = 30  # silence is added when less than this is queued, up to the buffer
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 8.0
 _KEEP_ITEMS = 32
@@ -55,6 +67,7 @@ class _Item:
     received: int = 0  # input samples at 24 kHz
     first: int = -1  # device frame index of its first written frame
     last: int = -1  # device frame index after its last written frame
+    gaps: list[list[int]] = field(default_factory=list)  # [frame index, frames] of silence between its pieces
 
 
 class Playback:
@@ -90,7 +103,14 @@ class Playback:
         self._ok_frames = 0  # frames written since the device was last (re)opened
         self._backoff = BACKOFF_MIN_S  # before reopening a failed device; doubles up to BACKOFF_MAX_S
         # Echo cancellation's far end: every period written is tapped here (set before start()).
+        # With it, the speaker runs without a break (see the module docstring).
         self.reference: PlaybackReference | None = None
+        self._real_end = 0  # device frame index after the last frame of real audio (not filler)
+        self._last_item = ""  # the item that audio came from last
+        self._reports = False  # the device reports what it still holds (a FIFO or a file does not)
+        self._clock_t0 = 0.0  # when the device's stream started, by the clock ...
+        self._clock_frames = 0  # ... and the frames written to it since
+        self.filler_s = 0.0  # silence written to keep the speaker running (for tests and benchmarks)
 
     # -- public API (event loop) --------------------------------------------------------------
 
@@ -102,6 +122,11 @@ class Playback:
     @volume.setter
     def volume(self, value: int) -> None:
         self._volume = max(0, min(100, int(value)))
+
+    @property
+    def continuous(self) -> bool:
+        """The speaker runs without a break (echo cancellation is on)."""
+        return self.reference is not None
 
     @property
     def busy(self) -> bool:
@@ -138,7 +163,8 @@ class Playback:
         self._enqueue(self._current, pcm24k, volume_gain(self._volume))
 
     def stop(self) -> None:
-        """Silence now: discard the queue and drop what the device still holds."""
+        """Silence now: discard the queue and drop what the device still holds (with echo
+        cancellation on, the device's short buffer plays out instead: see the module docstring)."""
         with self._cond:
             self._queue.clear()
             self._stop_gen += 1
@@ -150,8 +176,8 @@ class Playback:
             item = self._items.get(item_id)
             if item is None or item.first < 0 or not self._rate:
                 return 0
-            pos = self._position()
-            frames = min(max(pos, item.first), item.last) - item.first
+            pos = min(max(self._position(), item.first), item.last)
+            frames = pos - item.first - sum(max(0, min(n, pos - at)) for at, n in item.gaps)
             played = frames * 1000 // self._rate
             return int(min(played, item.received * 1000 // IN_RATE))
 
@@ -232,9 +258,10 @@ class Playback:
                 if self._closing:
                     return
             try:
+                buffer_ms = min(self.cfg.output_buffer_ms, CONTINUOUS_BUFFER_MS) if self.continuous else self.cfg.output_buffer_ms
                 pcm, fmt = open_pcm(self.cfg.output, capture=False, rate=self.cfg.output_rate or IN_RATE,
                                     channels=self.cfg.output_channels or 1, period_ms=PERIOD_MS,
-                                    periods=max(2, self.cfg.output_buffer_ms // PERIOD_MS))
+                                    periods=max(2, buffer_ms // PERIOD_MS))
             except OSError as exc:
                 self._problem(f"{exc}; retrying in {self._backoff:.1f} s (audio meanwhile is discarded)")
                 if self._discard_for(self._backoff):
@@ -309,6 +336,15 @@ class Playback:
             action = "write"
             with self._cond:
                 while not self._queue and not self._closing and self._stop_gen == seen_gen:
+                    if self.continuous:  # nothing to play: keep the speaker running on silence
+                        if self._drained_upto < self._enqueued and self._position() >= self._real_end:
+                            self._signal_drained(self._enqueued)
+                        spare = self._queued() - FILL_LOW_MS * rate // 1000
+                        if spare > 0:  # enough queued: wait (a reply that comes wakes us at once)
+                            self._cond.wait(spare / rate)
+                            continue
+                        action = "fill"
+                        break
                     if tail_item is not None and self._delay <= 2 * fmt.period:
                         action = "flush"
                         break
@@ -327,13 +363,33 @@ class Playback:
                     action = "stop"
                 elif action == "write":
                     wait_s = self._prebuffer_wait(tail_item)
-                    if wait_s > 0:
+                    if wait_s > 0 and self.continuous:
+                        action = "fill"  # held back: the speaker plays silence meanwhile
+                        spare = self._queued() - FILL_LOW_MS * rate // 1000
+                        if spare > 0:
+                            self._cond.wait(min(wait_s, spare / rate))
+                            continue
+                    elif wait_s > 0:
                         self._cond.wait(wait_s)
                         continue
-                    if self._queue:
+                    elif self._queue:
                         entry = self._queue.popleft()
                     else:
                         action = "poll"
+            if action == "stop" and self.continuous:
+                # stop(): the loop side discarded the queue; what the device holds plays out, and
+                # silence follows on the same stream.
+                tail_item = None
+                continue
+            if action == "fill":
+                # Up to the device's buffer, whole periods: a few writes a second, none blocking long.
+                with self._cond:
+                    periods = max(1, (fmt.buffer - self._queued()) // fmt.period)
+                x = np.zeros(periods * fmt.period * IN_RATE // rate, dtype=np.float32)
+                if resampler is not None:
+                    x = resampler.resample_chunk(x)
+                self._write_all(pcm, fmt, None, self._to_device(x, fmt), seen_gen)
+                continue
             if action == "stop":
                 # stop(): drop the device buffer; the loop side already discarded the queue.
                 self._drop(pcm, fmt)
@@ -365,7 +421,13 @@ class Playback:
 
     def _prebuffer_wait(self, tail_item: str | None) -> float:
         """Seconds to hold back the start of a reply on an idle device (caller holds the lock)."""
-        if self._delay > 0 or tail_item is not None or not self._queue or self._queue[0][0].startswith("cue:"):
+        if not self._queue or self._queue[0][0].startswith("cue:"):
+            return 0.0
+        if self.continuous:
+            item = self._items.get(self._queue[0][0])
+            if item is not None and item.first >= 0:  # the reply already plays: no holding back
+                return 0.0
+        elif self._delay > 0 or tail_item is not None:
             return 0.0
         if sum(len(e[1]) for e in self._queue) >= PREBUFFER_MS * IN_RATE * 2 // 1000:
             return 0.0
@@ -385,10 +447,19 @@ class Playback:
         with self._cond:
             self._delay = delay
             self._delay_t = time.monotonic()
+            self._reports = self._reports or delay > 0
 
-    def _write_all(self, pcm: alsaaudio.PCM, fmt: PcmFormat, item_id: str, data: bytes, gen: int) -> None:
-        """Write ``data`` a period at a time, stopping early if stop() is called."""
-        step = fmt.period * fmt.frame_bytes
+    def _queued(self) -> int:
+        """Frames still in the device: its own figure if it gives one, else what the clock says is
+        left of what was written since its stream began (caller holds the lock)."""
+        if self._reports:
+            return max(0, self._delay - int((time.monotonic() - self._delay_t) * self._rate))
+        return max(0, self._ahead())
+
+    def _write_all(self, pcm: alsaaudio.PCM, fmt: PcmFormat, item_id: str | None, data: bytes, gen: int) -> None:
+        """Write ``data`` a period at a time, stopping early if stop() is called (``item_id``
+        None: silence that keeps the speaker running)."""
+        step = fmt.period * fmt.frame_bytes if item_id is not None else max(1, len(data))  # silence: in one write
         view = memoryview(data)
         for off in range(0, len(data), step):
             if self._stop_gen != gen or self._closing:
@@ -425,13 +496,33 @@ class Playback:
             x = x[:: fmt.channels]
         self.reference.written(x, fmt.rate, max(0, self._delay - len(x)))
 
-    def _account(self, item_id: str, frames: int) -> None:
+    def _ahead(self) -> int:
+        """Frames written beyond what the clock says the device played since its stream began
+        (caller holds the lock)."""
+        return self._clock_frames - int((time.monotonic() - self._clock_t0) * self._rate)
+
+    def _account(self, item_id: str | None, frames: int) -> None:
         with self._cond:
-            item = self._items.get(item_id)
-            if item is not None:
-                if item.first < 0:
-                    item.first = self._written
-                item.last = self._written + frames
+            if self._ahead() <= 0:  # the device ran dry (or just started): a new stream
+                self._clock_t0, self._clock_frames = time.monotonic(), 0
+            self._clock_frames += frames
+            if item_id is None:
+                self.filler_s += frames / self._rate
+                # Silence after an item's audio: if more of it comes, this pause is not its audio.
+                item = self._items.get(self._last_item)
+                if item is not None and item.first >= 0:
+                    if item.gaps and item.gaps[-1][0] + item.gaps[-1][1] == self._written:
+                        item.gaps[-1][1] += frames
+                    else:
+                        item.gaps.append([self._written, frames])
+            else:
+                self._last_item = item_id
+                item = self._items.get(item_id)
+                if item is not None:
+                    if item.first < 0:
+                        item.first = self._written
+                    item.last = self._written + frames
+                self._real_end = self._written + frames
             self._written += frames
 
     def _drop(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:

@@ -18,6 +18,7 @@ class Speech:
 
     def __init__(self, cache: Path) -> None:
         self.cache = cache
+        cache.mkdir(parents=True, exist_ok=True)
         for tool in ("espeak-ng", "sox"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"the test rig needs {tool} (Debian package {tool})")
