@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,10 +34,25 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A TCP port on loopback nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A TCP port on loopback nobody listens on right now, below the kernel's ephemeral range.
+
+    A client that keeps reconnecting to a stopped broker's port inside that range is sooner or
+    later handed that very port as its own (a TCP self-connect) and holds it: the broker then
+    cannot listen on it again ("Address already in use").
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 @dataclass
