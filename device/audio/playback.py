@@ -339,7 +339,7 @@ class Playback:
                     if self.continuous:  # nothing to play: keep the speaker running on silence
                         if self._drained_upto < self._enqueued and self._position() >= self._real_end:
                             self._signal_drained(self._enqueued)
-                        spare = self._queued() - FILL_LOW_MS * rate // 1000
+                        spare = self._spare()
                         if spare > 0:  # enough queued: wait (a reply that comes wakes us at once)
                             self._cond.wait(spare / rate)
                             continue
@@ -365,7 +365,7 @@ class Playback:
                     wait_s = self._prebuffer_wait(tail_item)
                     if wait_s > 0 and self.continuous:
                         action = "fill"  # held back: the speaker plays silence meanwhile
-                        spare = self._queued() - FILL_LOW_MS * rate // 1000
+                        spare = self._spare()
                         if spare > 0:
                             self._cond.wait(min(wait_s, spare / rate))
                             continue
@@ -452,9 +452,11 @@ class Playback:
     def _queued(self) -> int:
         """Frames still in the device: its own figure if it gives one, else what the clock says is
         left of what was written since its stream began (caller holds the lock)."""
-        if self._reports:
-            return max(0, self._delay - int((time.monotonic() - self._delay_t) * self._rate))
-        return max(0, self._ahead())
+        return self._written - self._position() if self._reports else max(0, self._ahead())
+
+    def _spare(self) -> int:
+        """Frames queued beyond the level at which silence is added (caller holds the lock)."""
+        return self._queued() - FILL_LOW_MS * self._rate // 1000
 
     def _write_all(self, pcm: alsaaudio.PCM, fmt: PcmFormat, item_id: str | None, data: bytes, gen: int) -> None:
         """Write ``data`` a period at a time, stopping early if stop() is called (``item_id``
