@@ -133,10 +133,12 @@ class LinearEchoCanceller:
         self._power = np.full(bins, 1e-6)  # smoothed far-end power per bin
         self._eb = self._ef = 0.0  # smoothed error energies of the two filters
         self._far_floor = (10 ** (-70 / 20) * 32768.0) ** 2 * block  # below this the far end is silent
+        self._silent = 0  # blocks in a row whose far end was all zeros
 
     def forget_audio(self) -> None:
         """After a gap in the audio: drop the far-end history, keep the learnt echo path."""
         self._X[:] = 0.0
+        self._silent = self.parts + 1
         self._line = np.zeros(self._shift)
         self._prev_far = np.zeros(self.block)
         self._power = np.full(self.block + 1, 1e-6)
@@ -154,7 +156,14 @@ class LinearEchoCanceller:
             line = np.concatenate([self._line, ff])
             ff, self._line = line[: len(ff)], line[len(ff) :]
         for i in range(0, len(near), n):
-            out[i : i + n] = self._block(nf[i : i + n], ff[i : i + n])
+            x = ff[i : i + n]
+            if self._silent > self.parts and not x.any():
+                # Nothing of the far end is left in the filter's span: no echo to subtract, and
+                # nothing to learn (the speaker idles; this is most of a day).
+                out[i : i + n] = nf[i : i + n]
+                continue
+            self._silent = 0 if x.any() else self._silent + 1
+            out[i : i + n] = self._block(nf[i : i + n], x)
         if changed:
             self._realign(self.delays.delay or 0)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
@@ -180,6 +189,7 @@ class LinearEchoCanceller:
         self._X = np.fft.rfft(np.concatenate([blocks[:-1], blocks[1:]], axis=1), axis=1)[::-1].copy()
         self._prev_far = blocks[-1].copy()
         self._shift, self._line = shift, self.delays.recent_far(shift)
+        self._silent = 0
 
     def _block(self, d: np.ndarray, x: np.ndarray) -> np.ndarray:
         n = self.block
