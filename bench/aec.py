@@ -146,20 +146,28 @@ def scene(speech, rt60: float, delay_ms: float, ser_db: float | None, seed: int 
     return mic[:n], far[:n], echo[:n], near_only[:n], span
 
 
-def erle_and_convergence(mic: np.ndarray, out: np.ndarray, end: int | None = None) -> tuple[float, float]:
-    """ERLE from 1 s on (far-end only up to ``end``) and the time from which every active 200 ms
-    window keeps >= 20 dB."""
+def erle_and_convergence(mic: np.ndarray, out: np.ndarray, end: int | None = None, window_ms: int = 200) -> tuple[float, float]:
+    """ERLE from 1 s on (far-end only up to ``end``) and the time from which every active
+    ``window_ms`` window keeps >= 20 dB."""
     end = end or len(mic)
     m, o = mic[:end].astype(np.float64), out[:end].astype(np.float64)
     erle = rm.erle_db(m[RATE:], o[RATE:])
-    w = RATE // 5
-    em, eo = rm.envelope(m, ms=200) ** 2, rm.envelope(o, ms=200) ** 2
+    em, eo = rm.envelope(m, ms=window_ms) ** 2, rm.envelope(o, ms=window_ms) ** 2
     active = em > em.max() * 1e-3
     conv = 0.0
     for k in range(len(em)):
         if active[k] and 10 * np.log10(em[k] / max(eo[k], 1e-9)) < 20:
-            conv = (k + 1) * w / RATE
+            conv = (k + 1) * window_ms / 1000
     return erle, conv
+
+
+def short_windows_below(mic: np.ndarray, out: np.ndarray, after_s: float) -> float:
+    """The loudest output (dBFS) of the 200 ms windows with echo after ``after_s`` that keep less
+    than 20 dB (the reverberant tails in a reply's pauses), or nan if none."""
+    em, eo = rm.envelope(mic.astype(np.float64), ms=200) ** 2, rm.envelope(out.astype(np.float64), ms=200) ** 2
+    active = em > em.max() * 1e-3
+    worst = [eo[k] for k in range(int(after_s * 5), len(em)) if active[k] and 10 * np.log10(em[k] / max(eo[k], 1e-9)) < 20]
+    return float(10 * np.log10(max(worst) / 32768.0**2)) if worst else float("nan")
 
 
 def bench_libraries(speech, quick: bool) -> None:
@@ -185,19 +193,27 @@ def bench_libraries(speech, quick: bool) -> None:
 
 def bench_frontend(speech, quick: bool) -> None:
     print("\n== the product's front-end (pywebrtc-audio AEC3 + HPF beside the linear stage), per RT60 and delay ==")
-    print("(ERLE over one reply from a cold start; the wake engine's stream is the linear stage alone)")
-    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7} {'wake ERLE dB':>14}")
+    print("(ERLE over one reply from a cold start; the wake engine's stream is the linear stage alone;")
+    print(" conv: the time from which every 200 ms window with echo keeps >= 20 dB, and every 1 s window;")
+    print(" loudest: the loudest 200 ms window after conv 1 s that fell below 20 dB, dBFS, if any)")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7} {'conv 1 s':>8} {'loudest':>8} {'wake ERLE dB':>14}")
     for rt60 in (0.3, 0.45, 0.6):
         for delay in ((30,) if quick else (10, 60)):
             mic, far, *_ = scene(speech, rt60, delay, None, seed=int(rt60 * 100))
             out, wake = run_frontend_both(mic, far)
             erle, conv = erle_and_convergence(mic, out)
+            _, conv1 = erle_and_convergence(mic, out, window_ms=1000)
             werle, _ = erle_and_convergence(mic, wake)
-            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f} {werle:14.1f}")
+            late = short_windows_below(mic, out, after_s=conv1)
+            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f} {conv1:8.2f} {late:8.1f} {werle:14.1f}")
     print("\n== double talk: near-end envelope correlation, talker 4 s into a second reply ==")
-    print("(session: AEC3's output, what the session hears; wake: the linear stage, what the wake engine hears;")
-    print(" ERLE: the session's over the second reply with nobody talking)")
-    print(f"{'RT60 s':>6} {'delay ms':>8} {'SER dB':>6} {'session':>8} {'wake':>6} {'raw mic':>8} {'ERLE dB':>8}")
+    print("(session: what the session hears, AEC3 with the linear stage's bins where the talker dominates;")
+    print(" AEC3: AEC3's output alone (the session before double-talk blending); wake: the linear stage;")
+    print(" each output shifted by its measured latency; ERLE: the session's over the second reply with nobody")
+    print(" talking, and its loudest 80 ms there in dBFS beside AEC3 alone's)")
+    lag_s, lag_a = latency(speech, lambda m: run_frontend(m, np.zeros_like(m))), latency(speech, lambda m: run_pywebrtc_audio(m, np.zeros_like(m)))
+    print(f"(latency: session {lag_s} samples, AEC3 alone {lag_a}, wake 0)")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'SER dB':>6} {'session':>8} {'AEC3':>6} {'wake':>6} {'raw mic':>8} {'ERLE dB':>8} {'loudest':>8} {'AEC3':>6}")
     reply = reply_audio(speech)
     reply = reply[: len(reply) // 1280 * 1280]
     far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
@@ -208,14 +224,19 @@ def bench_frontend(speech, quick: bool) -> None:
         echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
         alone, _ = run_frontend_both(rm.to_int16(echo), far)
         erle = rm.erle_db(rm.to_int16(echo)[off:].astype(np.float64), alone[off:].astype(np.float64))
+        loud = loudest_dbfs(alone[off:])
+        loud_a = loudest_dbfs(run_pywebrtc_audio(rm.to_int16(echo), far)[off:])
         for ser in (5, 0, -5):
             a = off + 4 * RATE
             b = a + len(near0)
             near = _place(np.zeros_like(echo), near0, a, 0.0, level=rm.active_rms(echo[off:]) * 10 ** (ser / 20))
             mic = rm.to_int16(echo + near)
             out, wake = run_frontend_both(mic, far)
-            corr = [rm.envelope_correlation(x[a:b].astype(np.float64), near[a:b]) for x in (out, wake, mic)]
-            print(f"{rt60:6.2f} {delay:8d} {ser:6d} {corr[0]:8.3f} {corr[1]:6.3f} {corr[2]:8.3f} {erle:8.1f}")
+            aec3 = run_pywebrtc_audio(mic, far)
+            corr = [rm.envelope_correlation(x[a + lag : b + lag].astype(np.float64), near[a:b])
+                    for x, lag in ((out, lag_s), (aec3, lag_a), (wake, 0), (mic, 0))]
+            print(f"{rt60:6.2f} {delay:8d} {ser:6d} {corr[0]:8.3f} {corr[1]:6.3f} {corr[2]:6.3f} {corr[3]:8.3f} {erle:8.1f} {loud:8.1f} {loud_a:6.1f}")
+    bench_double_talk_more(speech, quick)
     print("\n== CPU-s per audio-s (flat out, one core) ==")
     mic, far, *_ = scene(speech, 0.45, 30, None)
     secs = len(mic) / RATE
@@ -230,6 +251,66 @@ def bench_frontend(speech, quick: bool) -> None:
     c0 = cpu_s()
     wake_scores(np.concatenate([mic] * 2))
     print(f"{'wake engine':18} {(cpu_s() - c0) / (2 * secs):.4f}")
+
+
+MORE_REPLIES = [
+    "The capital of Australia is Canberra, which was chosen as a compromise between Sydney and Melbourne in nineteen oh eight.",
+    "Your timer for the pasta is set for eleven minutes. I will let you know when it is done, so you can relax until then.",
+    "Here is a recipe for pancakes: mix flour, milk, two eggs and a pinch of salt, then fry them in a hot pan with butter.",
+]
+MORE_NEAR = ["stop, that is enough, thank you", "no no, I meant the other light in the bedroom", "hey, what time is it in Tokyo right now?"]
+
+
+def bench_double_talk_more(speech, quick: bool) -> None:
+    """Double talk in rooms, voices, sentences and echo levels the blend was not tuned on."""
+    n = 3 if quick else 6
+    print(f"\n== double talk in {n} more rooms (other replies, talkers and echo levels; not used for tuning) ==")
+    print("(envelope correlation session / AEC3 alone at each SER; loudest 80 ms with nobody talking, first reply")
+    print(" from a cold start and second reply, session / AEC3 alone, dBFS)")
+    lag_s, lag_a = latency(speech, lambda m: run_frontend(m, np.zeros_like(m))), latency(speech, lambda m: run_pywebrtc_audio(m, np.zeros_like(m)))
+    rng = np.random.default_rng(100)
+    voices = ["en-us+m3", "en-gb+f2", "en-us+f4"]
+    talkers = ["en-gb", "en-us", "en-us+m5"]
+    for k in range(n):
+        i = k % 3
+        reply = np.concatenate([speech.say(MORE_REPLIES[i], voice=voices[i], speed=170), speech.silence(0.3),
+                                speech.say(MORE_REPLIES[(i + 1) % 3], voice=voices[i], speed=170)])
+        reply = reply[: len(reply) // 1280 * 1280]
+        far = np.concatenate([reply, np.zeros(1280 * 8, dtype=np.int16), reply])
+        off = len(far) - len(reply)
+        rt60, delay, level = float(rng.uniform(0.3, 0.6)), float(rng.uniform(10, 60)), float(rng.choice([-30, -24, -16]))
+        room = rm.Room(rt60_s=rt60, delay_ms=delay, seed=int(rng.integers(1000)), echo_dbfs=level)
+        echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
+        m0 = rm.to_int16(echo)
+        s0, a0 = run_frontend(m0, far), run_pywebrtc_audio(m0, far)
+        line = (f"RT60 {rt60:.2f} s, delay {delay:4.1f} ms, echo {level:+.0f} dBFS: "
+                + " ".join(f"{ser:+d} dB {{:.2f}}/{{:.2f}}" for ser in (5, 0, -5)))
+        corrs = []
+        near0 = speech.say(MORE_NEAR[i], voice=talkers[i], speed=160)
+        for ser in (5, 0, -5):
+            a = off + int(rng.uniform(1.0, 4.0) * RATE)
+            b = a + len(near0)
+            near = _place(np.zeros_like(echo), near0, a, 0.0, level=rm.active_rms(echo[off:]) * 10 ** (ser / 20))
+            mic = rm.to_int16(echo + near)
+            out, aec3 = run_frontend(mic, far), run_pywebrtc_audio(mic, far)
+            corrs += [rm.envelope_correlation(out[a + lag_s : b + lag_s].astype(np.float64), near[a:b]),
+                      rm.envelope_correlation(aec3[a + lag_a : b + lag_a].astype(np.float64), near[a:b])]
+        print(line.format(*corrs) + f"; loudest {loudest_dbfs(s0[:off]):.0f}/{loudest_dbfs(a0[:off]):.0f}, "
+              f"{loudest_dbfs(s0[off:]):.0f}/{loudest_dbfs(a0[off:]):.0f}")
+
+
+def latency(speech, process) -> int:
+    """Samples by which ``process`` delays a talker with nothing playing (cross-correlation)."""
+    x = np.concatenate([np.zeros(RATE, dtype=np.int16), speech.say(NEAR, voice="en-gb", speed=160), np.zeros(RATE, dtype=np.int16)])
+    x = x[: len(x) // 1280 * 1280]
+    y = process(x).astype(np.float64)
+    c = np.correlate(y, x.astype(np.float64)[: len(x) - 1024], mode="valid")
+    return int(np.argmax(c))
+
+
+def loudest_dbfs(x: np.ndarray) -> float:
+    """The loudest 80 ms of ``x`` in dBFS."""
+    return float(20 * np.log10(max(rm.envelope(x.astype(np.float64), ms=80).max(), 1e-9) / 32768.0))
 
 
 _ENGINE = None

@@ -34,6 +34,7 @@ class Recorder:
         self.raw: list[np.ndarray] = []
         self.clean: list[np.ndarray] = []
         self.wake: list[np.ndarray] = []
+        self.aec3: list[np.ndarray] = []
         self.times: list[float] = []
 
     def process(self, frame: AudioFrame) -> AudioFrame:
@@ -41,6 +42,7 @@ class Recorder:
         self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
         self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
         self.wake.append(np.frombuffer(out.for_wake, dtype=np.int16))
+        self.aec3.append(self.fe.aec3_audio.copy() if self.fe.aec3_audio is not None else self.clean[-1])
         self.times.append(frame.t)
         return out
 
@@ -54,7 +56,10 @@ def _reply24k(speech) -> np.ndarray:
 
 
 async def _play_through_room(alsa_rig, speech, tmp_path, talk: np.ndarray | None = None, talk_at_s: float = 0.0,
-                             talk_gain: float = 1.0, speaker: str = "test_spk_fifo"):
+                             talk_gain: float = 1.0, speaker: str = "test_spk_fifo", warm_up: bool = False):
+    """Play the reply through the room (after one reply to warm the canceller up, if asked), a
+    talker over it if given; (room, mic, session's audio, wake engine's audio, AEC3's alone,
+    reference, when the measured reply began), the audio from when it began."""
     if speaker == "test_pulse":
         alsa_rig.start_pulse()
     room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=40, seed=3), tmp_path / "room",
@@ -74,8 +79,14 @@ async def _play_through_room(alsa_rig, speech, tmp_path, talk: np.ndarray | None
         while len(rec.raw) < 10 and time.monotonic() < deadline:  # the microphone runs
             await asyncio.sleep(0.05)
         assert len(rec.raw) >= 10, "no audio from the rig's microphone"
-        start_frame = len(rec.raw)
         reply = _reply24k(speech)
+        if warm_up:
+            pb.begin("item0")
+            for i in range(0, len(reply), 2400):
+                pb.write(reply[i : i + 2400].tobytes())
+            await asyncio.wait_for(pb.drained(), len(reply) / 24000 + 10)
+            await asyncio.sleep(0.6)
+        start_frame = len(rec.raw)
         pb.begin("item1")
         t_play = time.monotonic()
         for i in range(0, len(reply), 2400):  # 100 ms deltas, as the session hands them over
@@ -92,12 +103,13 @@ async def _play_through_room(alsa_rig, speech, tmp_path, talk: np.ndarray | None
     raw = np.concatenate(rec.raw[start_frame:end_frame]).astype(np.float64)
     clean = np.concatenate(rec.clean[start_frame:end_frame]).astype(np.float64)
     wake = np.concatenate(rec.wake[start_frame:end_frame]).astype(np.float64)
-    return room, raw, clean, wake, reference, t_play
+    aec3 = np.concatenate(rec.aec3[start_frame:end_frame]).astype(np.float64)
+    return room, raw, clean, wake, aec3, reference, t_play
 
 
 @pytest.mark.timeout(60)
 async def test_reply_echo_is_cancelled_after_a_second(alsa_rig, speech, tmp_path) -> None:
-    room, raw, clean, wake, reference, _ = await _play_through_room(alsa_rig, speech, tmp_path)
+    room, raw, clean, wake, _, reference, _ = await _play_through_room(alsa_rig, speech, tmp_path)
     assert reference.written_s > 5.0, "the playback layer did not tap what it wrote"
     assert rm.active_rms(raw) > 300, "the room did not bring the reply back to the microphone"
     # From 1 s after the echo begins: the echo canceller has converged.
@@ -112,12 +124,15 @@ async def test_reply_echo_is_cancelled_after_a_second(alsa_rig, speech, tmp_path
     assert erle >= 20.0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 async def test_person_talking_over_the_reply_survives(alsa_rig, speech, tmp_path) -> None:
+    """A person talks over the second reply (the canceller has heard one) at the echo's level: the
+    session hears them whole, not carved up by the echo suppressor as AEC3 alone does."""
     talk = speech.say("Wait, could you tell me about the weekend instead, please?", voice="en-gb", speed=160)
     # At 0 dB speech-to-echo ratio: the room's echo of this reply at full volume is at -20 dBFS.
     gain = 10 ** (-20 / 20) / (rm.active_rms(talk.astype(np.float64) / 32768.0))
-    room, raw, clean, wake, _, _ = await _play_through_room(alsa_rig, speech, tmp_path, talk=talk, talk_at_s=2.5, talk_gain=gain)
+    room, raw, clean, wake, aec3, _, _ = await _play_through_room(alsa_rig, speech, tmp_path, talk=talk, talk_at_s=2.5,
+                                                                 talk_gain=gain, warm_up=True)
     mic, near = room.mic(), room.near()
     # Line what the room wrote up with what capture read (the FIFOs add an unknown delay).
     k = len(raw) // 2
@@ -128,18 +143,16 @@ async def test_person_talking_over_the_reply_survives(alsa_rig, speech, tmp_path
     talk_span = np.flatnonzero(np.abs(near_seen) > 1e-4)
     assert len(talk_span), "the talker never reached the microphone"
     a, b = talk_span[0], talk_span[-1]
-    corr_clean = rm.envelope_correlation(clean[a:b], near_seen[a:b])
-    corr_raw = rm.envelope_correlation(raw[a:b], near_seen[a:b])
-    corr_wake = rm.envelope_correlation(wake[a:b], near_seen[a:b])
-    print(f"wake stream corr {corr_wake:.3f}")
+    corr_session, corr_aec3, corr_wake, corr_raw = (rm.aligned_envelope_correlation(x, near_seen, a, b)
+                                                    for x in (clean, aec3, wake, raw))
     ser = 20 * np.log10(rm.active_rms(near_seen[a:b]) / (rm.active_rms(raw[: max(a - 8000, 1)]) / 32768.0))
     kept_db = 20 * np.log10(rm.active_rms(clean[a:b] / 32768.0) / rm.active_rms(near_seen[a:b]))
-    print(f"SER {ser:.1f} dB: near-end envelope correlation {corr_clean:.3f} with AEC, {corr_raw:.3f} raw; "
-          f"talker level kept {kept_db:.1f} dB")
+    print(f"SER {ser:.1f} dB: near-end envelope correlation: session {corr_session:.3f}, AEC3 alone {corr_aec3:.3f}, "
+          f"wake stream {corr_wake:.3f}, raw {corr_raw:.3f}; talker level kept {kept_db:.1f} dB")
     # The talker is not cancelled with the echo: it comes through at about its level, and its
-    # envelope follows the clean speech (the issue's 0.9 is not reached: bench/aec.py prints it).
+    # envelope follows the clean speech.
     assert kept_db > -6.0
-    assert corr_clean >= 0.5
+    assert corr_session >= 0.85 and corr_session > corr_aec3
 
 
 def test_reference_lines_up_played_audio_with_the_capture_clock() -> None:

@@ -10,7 +10,8 @@ and gain control) cleans what the session hears: it removes the echo almost enti
 server's voice detection does not fire on the speaker's own reply. Its nonlinear suppressor
 also carves into a person who talks over the reply, which the wake engine cannot bear: the
 wake engine hears a linear canceller's output instead (:mod:`device.audio.linear_echo`), which
-subtracts the estimated echo and leaves a voice as it was.
+subtracts the estimated echo and leaves a voice as it was. The session hears AEC3's output with
+the linear canceller's bins wherever a person dominates them (:mod:`device.audio.double_talk`).
 (Chaining the two, linear first, gave the session less echo reduction, not more: AEC3 then
 chases a moving residual.)
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from device.audio.double_talk import NearEndBlend
 from device.audio.linear_echo import LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
 
@@ -38,8 +40,8 @@ __all__ = ["EchoFrontEnd", "frontend_for"]
 
 
 class EchoFrontEnd:
-    """AEC3 + NS + AGC2 (the session's audio) and a linear canceller (the wake engine's) on 16 kHz
-    mono int16, one 80 ms frame at a time (not thread-safe).
+    """AEC3 + NS + AGC2 with double-talk blending (the session's audio) and a linear canceller (the
+    wake engine's) on 16 kHz mono int16, one 80 ms frame at a time (not thread-safe).
 
     ``noise_suppression``: 0 off, 1..4 gentle to aggressive. ``auto_gain``: 0 off, else the level
     in dB below full scale that speech is brought up to (at most 30 dB of gain).
@@ -65,7 +67,9 @@ class EchoFrontEnd:
             ns_level=max(0, noise_suppression - 1),
         )
         self._linear = LinearEchoCanceller(WAKE_RATE) if echo_cancellation else None
+        self._blend = NearEndBlend() if echo_cancellation else None
         self.wake_audio: np.ndarray | None = None  # the linear stage's output of the last frame
+        self.aec3_audio: np.ndarray | None = None  # AEC3's output of the last frame, before blending
         self._agc = None
         if auto_gain:
             self._agc = pywebrtc_audio.GainController(WAKE_RATE, headroom_db=float(auto_gain), max_gain_db=30.0,
@@ -96,7 +100,9 @@ class EchoFrontEnd:
             if played is None or len(played) != len(near):
                 played = far
             self.wake_audio = self._linear.process(near, played)
-            out = self._apm.process(near, far)
+            out = self.aec3_audio = self._apm.process(near, far)
+            if self._blend is not None:
+                out = self._blend.process(near, self.wake_audio, out, far)
         else:
             out = self._apm.process(near)
         if self._agc is not None:
@@ -130,6 +136,8 @@ class EchoFrontEnd:
         self._apm.reset()
         if self._linear is not None:
             self._linear.forget_audio()  # the room did not change: keep its echo path
+        if self._blend is not None:
+            self._blend.forget_audio()
         if self._agc is not None:
             self._agc.reset()
         self._to24.reset()

@@ -116,6 +116,12 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ea[:n], eb[:n])[0, 1])
 
 
+def aligned_envelope_correlation(x: np.ndarray, ref: np.ndarray, a: int, b: int, max_lag: int = 640) -> float:
+    """:func:`envelope_correlation` of ``x[a:b]`` with ``ref[a:b]``, at the lag (0 to 40 ms late)
+    where it is highest: an echo canceller's output lags its input by its processing latency."""
+    return max(envelope_correlation(x[a + lag : b + lag], ref[a:b]) for lag in range(0, max_lag + 1, 32))
+
+
 class RoomProcess:
     """The room between the rig's speaker FIFO and microphone FIFO (tests/rig/room_io.py)."""
 

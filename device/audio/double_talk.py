@@ -1,0 +1,171 @@
+"""Double talk: keep the person's voice in what the session hears while the reply plays.
+
+AEC3 (:mod:`device.audio.echo`) removes the echo almost entirely, but its suppressor also carves
+into a person who talks over the reply (the session then hears them broken up). The linear stage
+(:mod:`device.audio.linear_echo`) leaves the person intact, with about 20 dB less echo than the
+microphone: too much echo for the session's voice detection on its own. This blends the two per
+frequency bin, in short-time spectra (256 samples, hop 128, square-root Hann, overlap-add):
+
+- where the linear stage's output holds clearly more than the echo it leaves behind (a residual
+  estimated from its echo estimate and a per-bin leak learnt while only the reply plays), the
+  person dominates that bin: the linear stage's bin is used;
+- everywhere else, and whenever no person is detected in the frame, AEC3's bin.
+
+A person is detected per hop from both cancellers at once: AEC3 kept something of what the
+linear stage left (its suppressor did not see only echo), the linear stage left much more than
+its echo estimate's usual residual, and the frame is above the noise floor. The detection holds
+for 128 ms and ends at once when the linear stage cancels well again. No bin is blended before
+the linear stage has converged (a cold start), nor in a hop where the microphone clipped, nor when
+nothing has played for a second: then the output is AEC3's, 8 ms later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NearEndBlend"]
+
+N = 256  # analysis window (16 ms at 16 kHz)
+HOP = N // 2
+BAND = slice(5, 65)  # 310-4000 Hz: where speech energy is, for the frame-level decisions
+FULL = HOP * (N // 2 + 1) * 32768.0**2  # a band sum of |X|^2 over this is ~ power in full scale
+
+LEAK0 = 0.05  # the linear stage's residual over its echo estimate, per bin, before any is learnt
+LEARN = 0.05  # per hop, while only the reply plays
+OVER = 2.0  # residual overestimate
+TAIL = 0.85  # per hop: the residual estimate decays no faster than reverberation does
+PASS_FROM, PASS_FULL = 3.0, 12.0  # person-to-residual power ratio where a bin starts / fully passes
+RELEASE = 0.5  # per-hop smoothing of a closing bin gain (opening is immediate)
+SMOOTH = 0.5  # per-hop smoothing of the frame-level powers
+KEPT = 0.003  # AEC3 kept at least -25 dB of the linear stage's output ...
+LEFT = 0.015  # ... which holds at least -18 dB of the echo estimate ...
+ABOVE_NOISE = 100.0  # ... and is 20 dB above the noise floor: a person talks
+NOISE_RISE = 1.003  # per hop, the noise floor's minimum tracker rises 0.1 dB (~1.6 dB/s)
+NOISE_MIN = 1e-10
+WARM_HOPS = 4
+HOLD = 16  # hops (128 ms) a detection lasts
+CANCELS = 0.015  # the linear stage's output below -18 dB of its echo estimate: no person
+TRUST = 40  # hops of the linear stage cancelling >= 10 dB before any bin is blended
+TRUSTED_BELOW = 0.1
+FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
+CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
+# no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only
+IDLE_FRAMES = 12  # frames (~1 s) with nothing playing before the blend rests
+
+
+class NearEndBlend:
+    """Per 16 kHz int16 frame (a multiple of 128 samples): AEC3's output with the linear stage's
+    bins where a person talks over the reply. The output lags AEC3's by 128 samples. Not
+    thread-safe."""
+
+    def __init__(self) -> None:
+        self._win = np.sqrt(np.hanning(N + 1)[:-1])  # periodic: its square overlap-adds to 1
+        self._w2tail = self._win[HOP:] ** 2
+        bins = N // 2 + 1
+        self._leak = np.full(bins, LEAK0)
+        self._resid = np.zeros(bins)
+        self._gain = np.zeros(bins)
+        self._prev = np.zeros((3, HOP))  # the last hop of (linear, echo estimate, AEC3), aligned
+        self._lin_line = np.zeros(HOP)  # the linear stage's output and echo estimate are 128
+        self._est_line = np.zeros(HOP)  # samples ahead of AEC3's: delayed to meet it
+        self._ola = np.zeros(HOP)
+        self._fa = self._fe = self._fy = 0.0
+        self._noise: float | None = None
+        self._hops = 0
+        self._hold = 0
+        self._good = 0
+        self._idle = IDLE_FRAMES
+        self.detected_hops = 0  # hops in which a person was detected (for logs and tests)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the linear stage has converged enough for its bins to be used."""
+        return self._good >= TRUST
+
+    def process(self, mic: np.ndarray, linear: np.ndarray, aec3: np.ndarray, far: np.ndarray | None) -> np.ndarray:
+        """The session's audio for this frame, from the microphone, both cancellers' outputs of it
+        and the far end AEC3 was given (None or silence: nothing is playing)."""
+        lin = linear.astype(np.float64)
+        est = mic.astype(np.float64) - lin  # the echo the linear stage subtracted
+        a = aec3.astype(np.float64)
+        lin = np.concatenate([self._lin_line, lin])
+        est = np.concatenate([self._est_line, est])
+        self._lin_line, self._est_line = lin[-HOP:], est[-HOP:]
+        lin, est = lin[:-HOP], est[:-HOP]
+        playing = (far is not None and bool(np.any(far))) or bool(np.any(est))
+        self._idle = 0 if playing else self._idle + 1
+        if self._idle >= IDLE_FRAMES:
+            return self._rest(lin, est, a)
+        hops = len(a) // HOP
+        cur = np.stack([lin, est, a]).reshape(3, hops, HOP)
+        frames = np.concatenate([np.concatenate([self._prev[:, None, :], cur[:, :-1]], axis=1), cur], axis=2)
+        self._prev = cur[:, -1].copy()
+        E, Y, A = np.fft.rfft(frames * self._win, axis=2)
+        clipped = np.max(np.abs(cur[0] + cur[1]), axis=1) >= CLIPPED
+        gains = np.empty(E.shape)
+        for k in range(hops):
+            gains[k] = self._gains(E[k], Y[k], A[k], bool(clipped[k]))
+        o = np.fft.irfft(A + gains * (E - A), N, axis=1) * self._win
+        out = o[:, :HOP].copy()
+        out[0] += self._ola
+        out[1:] += o[:-1, HOP:]
+        self._ola = o[-1, HOP:].copy()
+        return np.clip(np.rint(out.reshape(-1)), -32768, 32767).astype(np.int16)
+
+    def forget_audio(self) -> None:
+        """After a gap in the audio (mute): drop what was heard, keep what was learnt of the room."""
+        self._prev[:] = 0.0
+        self._lin_line[:] = 0.0
+        self._est_line[:] = 0.0
+        self._ola[:] = 0.0
+        self._gain[:] = 0.0
+        self._resid[:] = 0.0
+        self._hold = 0
+        self._idle = IDLE_FRAMES
+        self._fa = self._fe = self._fy = 0.0
+        self._hops = 0
+
+    def _rest(self, lin: np.ndarray, est: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Nothing playing: AEC3's output one hop late (what blending with no bin open gives)."""
+        out = np.concatenate([self._prev[2], a[:-HOP]])
+        self._prev = np.stack([lin[-HOP:], est[-HOP:], a[-HOP:]])
+        self._ola = self._w2tail * a[-HOP:]
+        self._gain[:] = 0.0
+        self._resid[:] = 0.0
+        self._hold = 0
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+    def _gains(self, E: np.ndarray, Y: np.ndarray, A: np.ndarray, clipped: bool) -> np.ndarray:
+        """Per bin, how much of this hop comes from the linear stage (0: all AEC3's)."""
+        pe, py = E.real**2 + E.imag**2, Y.real**2 + Y.imag**2
+        self._resid = np.maximum(OVER * self._leak * py, TAIL * self._resid)
+        snr = np.maximum(pe - self._resid, 0.0) / (self._resid + 1e-3 * N)
+        target = np.clip((snr - PASS_FROM) / (PASS_FULL - PASS_FROM), 0.0, 1.0)
+
+        fa, fe, fy = float(np.sum(A.real[BAND] ** 2 + A.imag[BAND] ** 2)), float(np.sum(pe[BAND])), float(np.sum(py[BAND]))
+        self._fa = SMOOTH * self._fa + (1 - SMOOTH) * fa
+        self._fe = SMOOTH * self._fe + (1 - SMOOTH) * fe
+        self._fy = SMOOTH * self._fy + (1 - SMOOTH) * fy
+        far_active = fy > FAR_ACTIVE * FULL
+        if far_active and fe < TRUSTED_BELOW * fy:
+            self._good += 1
+        # (not from the first hops, whose smoothed power is still rising from zero; never below
+        # -100 dBFS, so that a stretch of digital silence cannot pin the floor at zero)
+        self._hops += 1
+        if self._hops > WARM_HOPS:
+            self._noise = max(NOISE_MIN * FULL, self._fe if self._noise is None else min(self._fe, self._noise * NOISE_RISE))
+        person = (not clipped and self._fa > KEPT * self._fe and self._fe > LEFT * self._fy and self._noise is not None and self._fe > ABOVE_NOISE * self._noise
+                  and self._good >= TRUST)
+        if person:
+            self._hold = HOLD
+            self.detected_hops += 1
+        elif clipped or self._fe < CANCELS * self._fy:
+            self._hold = 0
+        else:
+            self._hold = max(0, self._hold - 1)
+        if self._hold == 0:
+            target[:] = 0.0
+            if far_active and not clipped:  # only the reply: learn what the linear stage leaves of it
+                self._leak += LEARN * (np.minimum(pe / (py + 1e-3 * N), 1.0) - self._leak)
+        self._gain = np.where(target > self._gain, target, RELEASE * self._gain + (1 - RELEASE) * target)
+        return self._gain

@@ -1,0 +1,98 @@
+"""Double talk (issue 13), offline on the simulated room: a person who talks over a reply reaches
+the session whole, while the reply's echo stays as far down as AEC3 alone keeps it, from a cold
+start, with a clipping microphone, and with nothing playing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.audio.echo import EchoFrontEnd
+from tests.rig import room as rm
+
+RATE = 16000
+REPLY = ("Sure. Tomorrow will be mostly sunny with a high of twenty two degrees and a light breeze from the west. "
+         "In the evening clouds move in, and there is a small chance of rain after midnight.")
+TALK = "Wait, could you tell me about the weekend instead, please?"
+
+
+def run(mic: np.ndarray, far: np.ndarray | None, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """(what the session hears, AEC3's output alone) of ``mic`` with ``far`` playing."""
+    fe = EchoFrontEnd(echo_cancellation=True, **kw)
+    session, aec3 = np.zeros_like(mic), np.zeros_like(mic)
+    for i in range(0, len(mic) - 1279, 1280):
+        session[i : i + 1280] = fe.process16k(mic[i : i + 1280], None if far is None else far[i : i + 1280])
+        aec3[i : i + 1280] = fe.aec3_audio
+    return session, aec3
+
+
+def loudest(x: np.ndarray) -> float:
+    """The loudest 80 ms, dBFS."""
+    return float(20 * np.log10(max(rm.envelope(x.astype(np.float64), ms=80).max(), 1e-9) / 32768.0))
+
+
+@pytest.fixture(scope="module")
+def two_replies(speech):
+    """A reply, a pause, the same reply again, as the room brings them back to the microphone."""
+    reply = speech.say(REPLY, voice="en-us+f3", speed=165)
+    reply = reply[: len(reply) // 1280 * 1280]
+    far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
+    return far, len(far) - len(reply)
+
+
+def echo_of(far: np.ndarray, room: rm.Room) -> np.ndarray:
+    return room.echo(far, ref_rms=rm.active_rms(far.astype(np.float64) / 32768.0)) + room.noise(len(far))
+
+
+@pytest.mark.parametrize("ser_db", [5, 0, -5])
+def test_a_person_talking_over_a_reply_reaches_the_session_whole(two_replies, speech, ser_db) -> None:
+    far, second = two_replies
+    echo = echo_of(far, rm.Room(rt60_s=0.45, delay_ms=30, seed=7))
+    talk = speech.say(TALK, voice="en-gb", speed=160).astype(np.float64) / 32768.0
+    at = second + 4 * RATE
+    near = np.zeros_like(echo)
+    near[at : at + len(talk)] = talk * rm.active_rms(echo[second:]) * 10 ** (ser_db / 20) / rm.active_rms(talk)
+    session, aec3 = run(rm.to_int16(echo + near), far)
+    a, b = at, at + len(talk)
+    got, before = (rm.aligned_envelope_correlation(x.astype(np.float64), near, a, b) for x in (session, aec3))
+    print(f"SER {ser_db:+d} dB: talker's envelope correlation {got:.3f} in the session, {before:.3f} with AEC3 alone")
+    assert got >= 0.9, "the talker was carved up with the echo"
+    assert got > before + 0.1
+
+
+def test_with_nobody_talking_the_session_hears_no_more_echo_than_aec3_alone(two_replies) -> None:
+    far, second = two_replies
+    session, aec3 = run(rm.to_int16(echo_of(far, rm.Room(rt60_s=0.6, delay_ms=10, seed=2))), far)
+    cold, warm = (loudest(session[:second]), loudest(aec3[:second])), (loudest(session[second:]), loudest(aec3[second:]))
+    print(f"loudest 80 ms, session / AEC3 alone: first reply (cold) {cold[0]:.1f} / {cold[1]:.1f} dBFS, "
+          f"second {warm[0]:.1f} / {warm[1]:.1f} dBFS")
+    # Cold, the linear stage has not converged: nothing of it is used.
+    assert cold[0] <= cold[1] + 1.0
+    assert warm[0] <= warm[1] + 3.0 and warm[0] < -50.0
+
+
+def test_a_clipping_microphone_gets_no_echo_through(two_replies) -> None:
+    """A speaker so loud that the microphone clips: the echo is no longer linear, the linear
+    stage's output holds loud echo, and none of it may reach the session."""
+    far, second = two_replies
+    mic = rm.to_int16(echo_of(far, rm.Room(rt60_s=0.55, delay_ms=50, seed=5, echo_dbfs=-14.0)))
+    assert np.sum(np.abs(mic) >= 32767) > 100, "the room did not clip the microphone"
+    session, aec3 = run(mic, far)
+    print(f"clipping: loudest 80 ms of the second reply, session {loudest(session[second:]):.1f}, "
+          f"AEC3 alone {loudest(aec3[second:]):.1f} dBFS")
+    assert loudest(session[second:]) <= loudest(aec3[second:]) + 1.0
+
+
+def test_with_nothing_playing_the_session_hears_aec3s_output(two_replies, speech) -> None:
+    """Talking to the speaker after a reply ended (its canceller warm): the session hears AEC3's
+    output, noise suppression as configured, 128 samples later, nothing of the linear stage."""
+    far, second = two_replies
+    reply = far[second:]
+    talk = speech.say(TALK, voice="en-gb", speed=160).astype(np.float64) / 32768.0
+    idle = len(reply) + 2 * RATE  # the person starts 2 s after the reply
+    far = np.concatenate([reply, np.zeros(2 * RATE + len(talk) + RATE, dtype=np.int16)])
+    far = far[: len(far) // 1280 * 1280]
+    echo = echo_of(far, rm.Room(rt60_s=0.45, delay_ms=30, seed=7))
+    echo[idle : idle + len(talk)] += talk * rm.active_rms(echo[: len(reply)]) / rm.active_rms(talk)
+    session, aec3 = run(rm.to_int16(echo), far, noise_suppression=2)
+    assert np.array_equal(session[idle:], aec3[idle - 128 : -128])
