@@ -6,7 +6,7 @@ soft clipping, mic noise) and the realtime simulator answering every request wit
   - N replies with nobody talking: how many did the speaker interrupt itself?
   - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
 
-    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--log daemon.log]
+    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--log daemon.log] [--dump DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--speaker", default="test_spk_fifo", choices=["test_spk_fifo", "test_pulse"],
                     help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
+    ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself "
+                                   "to this folder (24 kHz WAV, one per session)")
     args = ap.parse_args()
 
     from services.simulator import SimulatorThread
@@ -81,6 +83,8 @@ def main() -> int:
                 self_interruptions += 1
                 why = [line.split("INFO", 1)[-1].strip() for line in daemon.lines[mark:] if "interrupted by" in line]
                 print(f"  reply {i + 1}: interrupted itself ({'; '.join(why)})", flush=True)
+                if args.dump:
+                    dump_session(Path(args.dump) / f"reply{i + 1:03d}.wav", sim.sessions[-1])
             try:
                 daemon.wait_for(r"-> idle", 30, start=mark)
             except AssertionError:
@@ -118,6 +122,19 @@ def main() -> int:
         runner.stop()
         rig.close()
     return 0
+
+
+def dump_session(path: Path, session) -> None:
+    """What the server heard in ``session`` (its turns' marks in the log line), as a WAV file."""
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(session.audio_in)
+    print(f"  wrote {path} (turns at {session.speech} ms)", flush=True)
 
 
 if __name__ == "__main__":

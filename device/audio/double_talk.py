@@ -37,15 +37,15 @@ TAIL = 0.85  # per hop: the residual estimate decays no faster than reverberatio
 PASS_FROM, PASS_FULL = 3.0, 12.0  # person-to-residual power ratio where a bin starts / fully passes
 RELEASE = 0.5  # per-hop smoothing of a closing bin gain (opening is immediate)
 SMOOTH = 0.5  # per-hop smoothing of the frame-level powers
-KEPT = 0.003  # AEC3 kept at least -25 dB of the linear stage's output ...
-LEFT = 0.015  # ... which holds at least -18 dB of the echo estimate ...
-ABOVE_NOISE = 100.0  # ... and is 20 dB above the noise floor: a person talks
-NOISE_RISE = 1.003  # per hop, the noise floor's minimum tracker rises 0.1 dB (~1.6 dB/s)
-NOISE_MIN = 1e-10
-WARM_HOPS = 4
+KEPT = 0.003  # a person talks when AEC3 kept at least -25 dB of the linear stage's output,
+LEFT = 0.015  # which holds at least -18 dB of the echo estimate
+ABOVE_NOISE = 100.0  # and is 20 dB above the noise floor
+NOISE_RISE = 1.003  # per hop, the noise floor's minimum tracker rises 0.013 dB (1.6 dB/s) ...
+NOISE_MIN = 1e-10  # ... and never falls below -100 dBFS
+WARM_HOPS = 4  # hops after a start before the noise floor is tracked (the smoothing settles)
 HOLD = 16  # hops (128 ms) a detection lasts
 CANCELS = 0.015  # the linear stage's output below -18 dB of its echo estimate: no person
-TRUST = 40  # hops of the linear stage cancelling >= 10 dB before any bin is blended
+TRUST = 40  # hops of the linear stage cancelling at least 10 dB before any bin is blended
 TRUSTED_BELOW = 0.1
 FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
 CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
@@ -154,8 +154,8 @@ class NearEndBlend:
         self._hops += 1
         if self._hops > WARM_HOPS:
             self._noise = max(NOISE_MIN * FULL, self._fe if self._noise is None else min(self._fe, self._noise * NOISE_RISE))
-        person = (not clipped and self._fa > KEPT * self._fe and self._fe > LEFT * self._fy and self._noise is not None and self._fe > ABOVE_NOISE * self._noise
-                  and self._good >= TRUST)
+        person = (self._good >= TRUST and not clipped and self._fa > KEPT * self._fe and self._fe > LEFT * self._fy
+                  and self._noise is not None and self._fe > ABOVE_NOISE * self._noise)
         if person:
             self._hold = HOLD
             self.detected_hops += 1
