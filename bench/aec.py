@@ -211,7 +211,7 @@ def bench_frontend(speech, quick: bool) -> None:
     print(" AEC3: AEC3's output alone (the session before double-talk blending); wake: the linear stage;")
     print(" each output shifted by its measured latency; ERLE: the session's over the second reply with nobody")
     print(" talking, and its loudest 80 ms there in dBFS beside AEC3 alone's)")
-    lag_s, lag_a = latency(speech, lambda m: run_frontend(m, np.zeros_like(m))), latency(speech, lambda m: run_pywebrtc_audio(m, np.zeros_like(m)))
+    lag_s, lag_a = latencies(speech)
     print(f"(latency: session {lag_s} samples, AEC3 alone {lag_a}, wake 0)")
     print(f"{'RT60 s':>6} {'delay ms':>8} {'SER dB':>6} {'session':>8} {'AEC3':>6} {'wake':>6} {'raw mic':>8} {'ERLE dB':>8} {'loudest':>8} {'AEC3':>6}")
     reply = reply_audio(speech)
@@ -267,7 +267,7 @@ def bench_double_talk_more(speech, quick: bool) -> None:
     print(f"\n== double talk in {n} more rooms (other replies, talkers and echo levels; not used for tuning) ==")
     print("(envelope correlation session / AEC3 alone at each SER; loudest 80 ms with nobody talking, first reply")
     print(" from a cold start and second reply, session / AEC3 alone, dBFS)")
-    lag_s, lag_a = latency(speech, lambda m: run_frontend(m, np.zeros_like(m))), latency(speech, lambda m: run_pywebrtc_audio(m, np.zeros_like(m)))
+    lag_s, lag_a = latencies(speech)
     rng = np.random.default_rng(100)
     voices = ["en-us+m3", "en-gb+f2", "en-us+f4"]
     talkers = ["en-gb", "en-us", "en-us+m5"]
@@ -306,6 +306,18 @@ def latency(speech, process) -> int:
     y = process(x).astype(np.float64)
     c = np.correlate(y, x.astype(np.float64)[: len(x) - 1024], mode="valid")
     return int(np.argmax(c))
+
+
+_LATENCIES: tuple[int, int] | None = None
+
+
+def latencies(speech) -> tuple[int, int]:
+    """(the session's, AEC3 alone's) latency in samples, measured once."""
+    global _LATENCIES
+    if _LATENCIES is None:
+        _LATENCIES = (latency(speech, lambda m: run_frontend(m, np.zeros_like(m))),
+                      latency(speech, lambda m: run_pywebrtc_audio(m, np.zeros_like(m))))
+    return _LATENCIES
 
 
 def loudest_dbfs(x: np.ndarray) -> float:
