@@ -210,6 +210,22 @@ def test_reply_audio_arriving_after_a_wake_word_barge_in_is_dropped() -> None:
     assert m.state is State.LISTENING and not out
 
 
+def test_speech_after_a_wake_word_barge_in_does_not_cancel_the_reply_twice() -> None:
+    """The server's response.done for the cancelled reply may come after the person's speech starts:
+    a second response.cancel would only earn a response_cancel_not_active error."""
+    m = M()
+    m.speaking()
+    out = m.wake()
+    assert m.sent(out).count("response.cancel") == 1
+    out = m.server("input_audio_buffer.speech_started")  # the words after "hey jarvis"
+    assert "response.cancel" not in m.sent(out) and m.state is State.LISTENING
+    m.server("response.done", response={"id": "r1", "status": "cancelled"})
+    m.server("input_audio_buffer.speech_stopped")
+    m.server("response.created", response={"id": "r2"})
+    out = m.server("input_audio_buffer.speech_started")  # a new reply is still cancelled
+    assert m.sent(out) == ["response.cancel"]
+
+
 def test_voice_barge_in_and_speech_during_the_reply_with_wake_word_barge_in() -> None:
     m = M()  # wake_word: speech while speaking is the audio from before the reply
     m.speaking()

@@ -82,6 +82,7 @@ from .replies import (
 )
 from .steps import (
     begin,
+    cancel_response,
     claimed,
     clear_turn_deadlines,
     commit_turn,
@@ -223,9 +224,8 @@ def hold_turn(c: Ctx, ev: ip.TalkDown) -> None:
         return
     if conv.phase is SPEAKING:
         interrupt(c, "talk button")
-    elif conv.active_response is not None:
-        conv.cancelled |= {conv.active_response}
-        c.send(protocol.response_cancel())
+    else:
+        cancel_response(c)
     conv.turn += 1
     conv.holding = conv.mic_open = True
     conv.turn_ms = 0
@@ -384,9 +384,8 @@ def ask_in_conversation(c: Ctx, ev: ip.Ask) -> None:
         return
     if conv.phase is SPEAKING:
         interrupt(c, ev.source)
-    elif conv.active_response is not None:
-        conv.cancelled |= {conv.active_response}
-        c.send(protocol.response_cancel())
+    else:
+        cancel_response(c)
     conv.turn += 1
     c.send(protocol.user_text(ev.text))
     c.send(protocol.response_create())

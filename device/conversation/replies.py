@@ -25,6 +25,7 @@ from .model import (
     summed_usage,
 )
 from .steps import (
+    cancel_response,
     clear_turn_deadlines,
     commit_turn,
     end,
@@ -198,14 +199,10 @@ def speech_while_speaking(c: Ctx, ev: ip.Server) -> None:
 
 def speech_started(c: Ctx, ev: ip.Server) -> None:
     conv = c.conv
-    if conv.active_response is not None:
-        # The person goes on talking: drop whatever of the reply still arrives. With barge_in =
-        # "voice" the server cancels it itself (interrupt_response is on; a response.cancel would
-        # only race it); with "wake_word" nothing has played yet, so cancelling cannot be the
-        # speaker hearing itself.
-        conv.cancelled |= {conv.active_response}
-        if c.p.barge_in != "voice":
-            c.send(protocol.response_cancel())
+    # The person goes on talking: drop whatever of the reply still arrives. With barge_in = "voice"
+    # the server cancels it itself (interrupt_response is on; a response.cancel would only race it);
+    # with "wake_word" nothing has played yet, so cancelling cannot be the speaker hearing itself.
+    cancel_response(c, send=c.p.barge_in != "voice")
     if conv.phase is SPEAKING or conv.item is not None:
         interrupt(c, "voice", cancel=False)
     conv.turn += 1

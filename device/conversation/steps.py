@@ -99,14 +99,26 @@ def follow_up(c: Ctx) -> None:
     c.phase(FOLLOW_UP, "reply heard")
 
 
+def cancel_response(c: Ctx, *, send: bool = True) -> None:
+    """Drop whatever of the response being generated still arrives, and ask the server to stop it.
+
+    A response already cancelled (its response.done still on the way) is not cancelled twice: the
+    server would answer response_cancel_not_active."""
+    conv = c.conv
+    rid = conv.active_response
+    if rid is None:
+        return
+    if send and rid not in conv.cancelled:
+        c.send(protocol.response_cancel())
+    conv.cancelled |= {rid}
+
+
 def interrupt(c: Ctx, why: str, *, cancel: bool = True) -> None:
     """Silence the speaker now, drop the rest of the reply, tell the server what was heard."""
     conv = c.conv
-    for rid in (conv.active_response, conv.item_response):
-        if rid:
-            conv.cancelled |= {rid}
-    if conv.active_response is not None and cancel:
-        c.send(protocol.response_cancel())
+    cancel_response(c, send=cancel)
+    if conv.item_response:
+        conv.cancelled |= {conv.item_response}
     # An out-of-band reply is no item of the conversation: nothing to truncate at the server.
     c.do(fx.Truncate(conv.cid, None if conv.item_response in conv.out_of_band else conv.item, why))
     conv.item = conv.item_response = None
