@@ -11,12 +11,13 @@ frequency bin, in short-time spectra (256 samples, hop 128, square-root Hann, ov
   person dominates that bin: the linear stage's bin is used;
 - everywhere else, and whenever no person is detected in the frame, AEC3's bin.
 
-A person is detected per hop from both cancellers at once: AEC3 kept something of what the
-linear stage left (its suppressor did not see only echo), the linear stage left much more than
-its echo estimate's usual residual, and the frame is above the noise floor. The detection holds
-for 128 ms and ends at once when the linear stage cancels well again. No bin is blended before
-the linear stage has converged (a cold start), nor in a hop where the microphone clipped, nor when
-nothing has played for a second: then the output is AEC3's, 8 ms later.
+A person is detected per hop: the linear stage left much more than its echo estimate's usual
+residual, what it left is incoherent with that estimate (a voice is; the residual of a misadjusted
+filter, after the speaker was moved, say, is not), AEC3 did not suppress it entirely, and the
+frame is above the noise floor. The detection holds for 128 ms and ends at once when the linear
+stage cancels well again. No bin is blended before the linear stage has converged (a cold start),
+nor in a hop where the microphone clipped, nor when nothing has played for a second: then the
+output is AEC3's, 8 ms later.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ TAIL = 0.85  # per hop: the residual estimate decays no faster than reverberatio
 PASS_FROM, PASS_FULL = 3.0, 12.0  # person-to-residual power ratio where a bin starts / fully passes
 RELEASE = 0.5  # per-hop smoothing of a closing bin gain (opening is immediate)
 SMOOTH = 0.5  # per-hop smoothing of the frame-level powers
-KEPT = 0.003  # a person talks when AEC3 kept at least -25 dB of the linear stage's output,
-LEFT = 0.015  # which holds at least -18 dB of the echo estimate
-ABOVE_NOISE = 100.0  # and is 20 dB above the noise floor
+LEFT = 0.015  # a person talks when the linear stage's output holds at least -18 dB of the echo estimate,
+COH_MAX = 0.25  # is incoherent with it (power-weighted magnitude-squared coherence, speech band),
+KEPT = 0.0003  # AEC3 kept at least -35 dB of it
+ABOVE_NOISE = 100.0  # and it is 20 dB above the noise floor
 NOISE_RISE = 1.003  # per hop, the noise floor's minimum tracker rises 0.013 dB (1.6 dB/s) ...
 NOISE_MIN = 1e-10  # ... and never falls below -100 dBFS
 WARM_HOPS = 4  # hops after a start before the noise floor is tracked (the smoothing settles)
+COH_SMOOTH = 0.9  # per-hop smoothing of the spectra the coherence is measured on (~80 ms)
 HOLD = 16  # hops (128 ms) a detection lasts
 CANCELS = 0.015  # the linear stage's output below -18 dB of its echo estimate: no person
 TRUST = 40  # hops of the linear stage cancelling at least 10 dB before any bin is blended
@@ -65,6 +68,9 @@ class NearEndBlend:
         self._leak = np.full(bins, LEAK0)
         self._resid = np.zeros(bins)
         self._gain = np.zeros(bins)
+        self._sey = np.zeros(BAND.stop - BAND.start, dtype=complex)  # smoothed cross- and auto-spectra
+        self._see = np.zeros(BAND.stop - BAND.start)  # of the linear stage's output and its echo
+        self._syy = np.zeros(BAND.stop - BAND.start)  # estimate, in the speech band
         self._prev = np.zeros((3, HOP))  # the last hop of (linear, echo estimate, AEC3), aligned
         self._lin_line = np.zeros(HOP)  # the linear stage's output and echo estimate are 128
         self._est_line = np.zeros(HOP)  # samples ahead of AEC3's: delayed to meet it
@@ -120,6 +126,9 @@ class NearEndBlend:
         self._ola[:] = 0.0
         self._gain[:] = 0.0
         self._resid[:] = 0.0
+        self._sey[:] = 0.0
+        self._see[:] = 0.0
+        self._syy[:] = 0.0
         self._hold = 0
         self._idle = IDLE_FRAMES
         self._fa = self._fe = self._fy = 0.0
@@ -146,6 +155,13 @@ class NearEndBlend:
         self._fa = SMOOTH * self._fa + (1 - SMOOTH) * fa
         self._fe = SMOOTH * self._fe + (1 - SMOOTH) * fe
         self._fy = SMOOTH * self._fy + (1 - SMOOTH) * fy
+        eb, yb = E[BAND], Y[BAND]
+        self._sey = COH_SMOOTH * self._sey + (1 - COH_SMOOTH) * eb * np.conj(yb)
+        self._see = COH_SMOOTH * self._see + (1 - COH_SMOOTH) * pe[BAND]
+        self._syy = COH_SMOOTH * self._syy + (1 - COH_SMOOTH) * py[BAND]
+        cross = self._sey.real**2 + self._sey.imag**2
+        # The linear output's power-weighted coherence with the echo estimate, over the band.
+        coherence = float(np.sum(cross / (self._syy + 1e-3 * N))) / (float(np.sum(self._see)) + 1e-3 * N)
         far_active = fy > FAR_ACTIVE * FULL
         if far_active and fe < TRUSTED_BELOW * fy:
             self._good += 1
@@ -155,7 +171,7 @@ class NearEndBlend:
         if self._hops > WARM_HOPS:
             self._noise = max(NOISE_MIN * FULL, self._fe if self._noise is None else min(self._fe, self._noise * NOISE_RISE))
         person = (self._good >= TRUST and not clipped and self._fa > KEPT * self._fe and self._fe > LEFT * self._fy
-                  and self._noise is not None and self._fe > ABOVE_NOISE * self._noise)
+                  and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and coherence < COH_MAX)
         if person:
             self._hold = HOLD
             self.detected_hops += 1
