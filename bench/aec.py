@@ -85,8 +85,9 @@ def run_frontend(mic: np.ndarray, far: np.ndarray, ns: int = 0, agc: int = 0, ae
 
 
 def run_frontend_both(mic: np.ndarray, far: np.ndarray | None, ns: int = 0, agc: int = 0,
-                      aec: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The product's front-end: (what the session hears, what the wake engine hears)."""
+                      aec: bool = True, settled: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The product's front-end: (what the session hears, what the wake engine hears); each
+    frame's ``echo_settled`` is appended to ``settled`` if given."""
     from device.audio.echo import EchoFrontEnd
 
     fe = EchoFrontEnd(echo_cancellation=aec, noise_suppression=ns, auto_gain=agc)
@@ -94,7 +95,14 @@ def run_frontend_both(mic: np.ndarray, far: np.ndarray | None, ns: int = 0, agc:
     for i in range(0, len(mic) - 1279, 1280):
         out[i : i + 1280] = fe.process16k(mic[i : i + 1280], far[i : i + 1280] if far is not None else None)
         wake[i : i + 1280] = fe.wake_audio if fe.wake_audio is not None else out[i : i + 1280]
+        if settled is not None:
+            settled.append(fe.echo_settled)
     return out, wake
+
+
+def streamed(out: np.ndarray, settled: list[bool]) -> np.ndarray:
+    """What the session streams of ``out`` while a reply plays: nothing until the canceller settled."""
+    return out * np.repeat(np.array(settled, dtype=out.dtype), 1280)[: len(out)]
 
 
 def run_linear(mic: np.ndarray, far: np.ndarray) -> np.ndarray:
@@ -195,17 +203,27 @@ def bench_frontend(speech, quick: bool) -> None:
     print("\n== the product's front-end (pywebrtc-audio AEC3 + HPF beside the linear stage), per RT60 and delay ==")
     print("(ERLE over one reply from a cold start; the wake engine's stream is the linear stage alone;")
     print(" conv: the time from which every 200 ms window with echo keeps >= 20 dB, and every 1 s window;")
-    print(" loudest: the loudest 200 ms window after conv 1 s that fell below 20 dB, dBFS, if any)")
-    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7} {'conv 1 s':>8} {'loudest':>8} {'wake ERLE dB':>14}")
+    print(" loudest: the loudest 200 ms window after conv 1 s that fell below 20 dB, dBFS, if any;")
+    print(" settled: when the canceller marked its output settled, s; held: the loudest 80 ms before then, which")
+    print(" a reply does not stream, dBFS; streamed: conv (200 ms) of what a reply streams, nothing before settled,")
+    print(" and the loudest 200 ms window in it that keeps less than 20 dB, dBFS)")
+    print(f"{'RT60 s':>6} {'delay ms':>8} {'ERLE dB':>8} {'conv s':>7} {'conv 1 s':>8} {'loudest':>8} {'wake ERLE dB':>13}"
+          f" {'settled':>8} {'held':>6} {'streamed conv':>14} {'loudest':>8}")
     for rt60 in (0.3, 0.45, 0.6):
         for delay in ((30,) if quick else (10, 60)):
             mic, far, *_ = scene(speech, rt60, delay, None, seed=int(rt60 * 100))
-            out, wake = run_frontend_both(mic, far)
+            flags: list[bool] = []
+            out, wake = run_frontend_both(mic, far, settled=flags)
             erle, conv = erle_and_convergence(mic, out)
             _, conv1 = erle_and_convergence(mic, out, window_ms=1000)
             werle, _ = erle_and_convergence(mic, wake)
             late = short_windows_below(mic, out, after_s=conv1)
-            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f} {conv1:8.2f} {late:8.1f} {werle:14.1f}")
+            at = flags.index(True) if True in flags else len(flags)
+            held = loudest_dbfs(out[: at * 1280]) if at else float("nan")
+            sent = streamed(out, flags)
+            _, sconv = erle_and_convergence(mic, sent)
+            print(f"{rt60:6.2f} {delay:8d} {erle:8.1f} {conv:7.2f} {conv1:8.2f} {late:8.1f} {werle:13.1f}"
+                  f" {at * 0.08:8.2f} {held:6.1f} {sconv:14.2f} {short_windows_below(mic, sent, after_s=0):8.1f}")
     print("\n== double talk: near-end envelope correlation, talker 4 s into a second reply ==")
     print("(session: what the session hears, AEC3 with the linear stage's bins where the talker dominates;")
     print(" AEC3: AEC3's output alone (the session before double-talk blending); wake: the linear stage;")
@@ -236,7 +254,8 @@ def bench_frontend(speech, quick: bool) -> None:
             corr = [rm.envelope_correlation(x[a + lag : b + lag].astype(np.float64), near[a:b])
                     for x, lag in ((out, lag_s), (aec3, lag_a), (wake, 0), (mic, 0))]
             print(f"{rt60:6.2f} {delay:8d} {ser:6d} {corr[0]:8.3f} {corr[1]:6.3f} {corr[2]:6.3f} {corr[3]:8.3f} {erle:8.1f} {loud:8.1f} {loud_a:6.1f}")
-    bench_double_talk_more(speech, quick)
+    bench_double_talk_more(speech, quick, ROOM_SETS[0])
+    bench_double_talk_more(speech, quick, ROOM_SETS[1])
     print("\n== CPU-s per audio-s (flat out, one core) ==")
     mic, far, *_ = scene(speech, 0.45, 30, None)
     secs = len(mic) / RATE
@@ -253,40 +272,49 @@ def bench_frontend(speech, quick: bool) -> None:
     print(f"{'wake engine':18} {(cpu_s() - c0) / (2 * secs):.4f}")
 
 
-MORE_REPLIES = [
-    "The capital of Australia is Canberra, which was chosen as a compromise between Sydney and Melbourne in nineteen oh eight.",
-    "Your timer for the pasta is set for eleven minutes. I will let you know when it is done, so you can relax until then.",
-    "Here is a recipe for pancakes: mix flour, milk, two eggs and a pinch of salt, then fry them in a hot pan with butter.",
+ROOM_SETS = [
+    dict(title="used to choose the coherence rule's thresholds", seed=100, levels=[-30, -24, -16], speed=170,
+         replies=["The capital of Australia is Canberra, which was chosen as a compromise between Sydney and Melbourne in nineteen oh eight.",
+                  "Your timer for the pasta is set for eleven minutes. I will let you know when it is done, so you can relax until then.",
+                  "Here is a recipe for pancakes: mix flour, milk, two eggs and a pinch of salt, then fry them in a hot pan with butter."],
+         near=["stop, that is enough, thank you", "no no, I meant the other light in the bedroom", "hey, what time is it in Tokyo right now?"],
+         voices=["en-us+m3", "en-gb+f2", "en-us+f4"], talkers=["en-gb", "en-us", "en-us+m5"]),
+    dict(title="not used for tuning", seed=300, levels=[-30, -27, -24, -20], speed=165,
+         replies=["The train to Berlin leaves at half past nine from platform four, and it takes about two hours.",
+                  "Good morning. It is seven degrees outside, so you might want a jacket when you leave the house.",
+                  "I added milk, bread, tomatoes and coffee to your shopping list, and reminded you about the dentist."],
+         near=["hold on, I need the platform number again", "cancel that, I already bought the milk", "okay, and what about the afternoon?"],
+         voices=["en-gb+f3", "en-us+m2", "en-gb+m4"], talkers=["en-us+f2", "en-gb+m3", "en-us"]),
 ]
-MORE_NEAR = ["stop, that is enough, thank you", "no no, I meant the other light in the bedroom", "hey, what time is it in Tokyo right now?"]
 
 
-def bench_double_talk_more(speech, quick: bool) -> None:
-    """Double talk in rooms, voices, sentences and echo levels the blend was not tuned on."""
+def bench_double_talk_more(speech, quick: bool, rooms: dict) -> None:
+    """Double talk in six more rooms, with other replies, talkers and echo levels."""
     n = 3 if quick else 6
-    print(f"\n== double talk in {n} more rooms (other replies, talkers and echo levels; not used for tuning) ==")
+    print(f"\n== double talk in {n} more rooms, {rooms['title']} (other replies, talkers and echo levels) ==")
     print("(envelope correlation session / AEC3 alone at each SER; loudest 80 ms with nobody talking, first reply")
-    print(" from a cold start and second reply, session / AEC3 alone, dBFS)")
+    print(" from a cold start (and what of it a reply streams, nothing before the canceller settled) and second")
+    print(" reply, session / AEC3 alone, dBFS)")
     lag_s, lag_a = latencies(speech)
-    rng = np.random.default_rng(100)
-    voices = ["en-us+m3", "en-gb+f2", "en-us+f4"]
-    talkers = ["en-gb", "en-us", "en-us+m5"]
+    rng = np.random.default_rng(rooms["seed"])
+    replies, voices, talkers = rooms["replies"], rooms["voices"], rooms["talkers"]
     for k in range(n):
         i = k % 3
-        reply = np.concatenate([speech.say(MORE_REPLIES[i], voice=voices[i], speed=170), speech.silence(0.3),
-                                speech.say(MORE_REPLIES[(i + 1) % 3], voice=voices[i], speed=170)])
+        reply = np.concatenate([speech.say(replies[i], voice=voices[i], speed=rooms["speed"]), speech.silence(0.3),
+                                speech.say(replies[(i + 1) % 3], voice=voices[i], speed=rooms["speed"])])
         reply = reply[: len(reply) // 1280 * 1280]
         far = np.concatenate([reply, np.zeros(1280 * 8, dtype=np.int16), reply])
         off = len(far) - len(reply)
-        rt60, delay, level = float(rng.uniform(0.3, 0.6)), float(rng.uniform(10, 60)), float(rng.choice([-30, -24, -16]))
+        rt60, delay, level = float(rng.uniform(0.3, 0.6)), float(rng.uniform(10, 60)), float(rng.choice(rooms["levels"]))
         room = rm.Room(rt60_s=rt60, delay_ms=delay, seed=int(rng.integers(1000)), echo_dbfs=level)
         echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
         m0 = rm.to_int16(echo)
-        s0, a0 = run_frontend(m0, far), run_pywebrtc_audio(m0, far)
+        flags: list[bool] = []
+        s0, a0 = run_frontend_both(m0, far, settled=flags)[0], run_pywebrtc_audio(m0, far)
         line = (f"RT60 {rt60:.2f} s, delay {delay:4.1f} ms, echo {level:+.0f} dBFS: "
                 + " ".join(f"{ser:+d} dB {{:.2f}}/{{:.2f}}" for ser in (5, 0, -5)))
         corrs = []
-        near0 = speech.say(MORE_NEAR[i], voice=talkers[i], speed=160)
+        near0 = speech.say(rooms["near"][i], voice=talkers[i], speed=160)
         for ser in (5, 0, -5):
             a = off + int(rng.uniform(1.0, 4.0) * RATE)
             b = a + len(near0)
@@ -295,7 +323,8 @@ def bench_double_talk_more(speech, quick: bool) -> None:
             out, aec3 = run_frontend(mic, far), run_pywebrtc_audio(mic, far)
             corrs += [rm.envelope_correlation(out[a + lag_s : b + lag_s].astype(np.float64), near[a:b]),
                       rm.envelope_correlation(aec3[a + lag_a : b + lag_a].astype(np.float64), near[a:b])]
-        print(line.format(*corrs) + f"; loudest {loudest_dbfs(s0[:off]):.0f}/{loudest_dbfs(a0[:off]):.0f}, "
+        print(line.format(*corrs) + f"; loudest {loudest_dbfs(s0[:off]):.0f}/{loudest_dbfs(a0[:off]):.0f} "
+              f"(streamed {loudest_dbfs(streamed(s0, flags)[:off]):.0f}), "
               f"{loudest_dbfs(s0[off:]):.0f}/{loudest_dbfs(a0[off:]):.0f}")
 
 

@@ -232,7 +232,7 @@ class Assistant:
             return  # capture discards at the source; this guards a frame already on its way
         self._preroll.append(frame)
         if wants_audio(self._runner.model):
-            self._runner.feed(ip.Frame(frame.pcm24k))
+            self._runner.feed(ip.Frame(frame.pcm24k, frame.echo_settled))
         if frame.wake is not None:
             self.on_wake(frame.wake, frame.t)
 

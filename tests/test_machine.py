@@ -240,6 +240,23 @@ def test_voice_barge_in_and_speech_during_the_reply_with_wake_word_barge_in() ->
     assert v.state is State.LISTENING
 
 
+def test_reply_is_not_streamed_while_the_echo_canceller_settles_and_the_wake_word_interrupts_it() -> None:
+    v = M(barge_in="voice")
+    v.speaking()
+    out = v.feed(ip.Frame(b"\1\0", echo_settled=False))  # a cold canceller may leak the reply's echo
+    assert "input_audio_buffer.append" not in v.sent(out) and v.state is State.SPEAKING
+    out = v.wake()  # so the wake word, which the server does not hear now, stops the reply
+    assert v.sent(out)[0] == "response.cancel" and v.of(fx.Truncate, out) and v.state is State.LISTENING
+    out = v.feed(ip.Frame(b"\1\0", echo_settled=False))  # the person's turn is streamed as always
+    assert v.sent(out) == ["input_audio_buffer.append"]
+    w = M(barge_in="voice")
+    w.speaking()
+    out = w.feed(ip.Frame(b"\1\0", echo_settled=True))  # settled: streamed, and the server hears the person
+    assert w.sent(out) == ["input_audio_buffer.append"]
+    out = w.wake()
+    assert not w.sent(out) and w.state is State.SPEAKING
+
+
 def test_speech_before_the_reply_audio_cancels_the_reply() -> None:
     m = M()
     m.open_listening()

@@ -14,6 +14,11 @@ subtracts the estimated echo and leaves a voice as it was. The session hears AEC
 the linear canceller's bins wherever a person dominates them (:mod:`device.audio.double_talk`).
 (Chaining the two, linear first, gave the session less echo reduction, not more: AEC3 then
 chases a moving residual.)
+
+A cold AEC3 is cautious for its first second, then leaks bursts of echo until it has heard about
+two seconds of the speaker: frames are marked ``echo_settled=False`` until it has heard SETTLE_S,
+and the conversation does not stream a reply's microphone audio before then (the wake word
+interrupts it instead). That happens once per boot: a reset (unmuting) keeps what AEC3 learnt.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 
 NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 dB)
+# AEC3 starts cautious, then leaks bursts of echo (to -34 dBFS in bench/aec.py's rooms) until it has
+# heard about 2 s of the speaker; unmuting (reset) does not make it cold again.
+SETTLE_S = 3.0
+FAR_ACTIVE = (10 ** (-55 / 20) * 32768.0) ** 2  # mean square of a far-end frame that counts as playing
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
@@ -76,6 +85,13 @@ class EchoFrontEnd:
                                                       max_output_noise_level_dbfs=-50.0)
         self.failures = 0
         self._to24 = FrameAssembler(WAKE_RATE, 1)
+        self._far_heard = 0  # samples of far end AEC3 has heard playing
+
+    @property
+    def echo_settled(self) -> bool:
+        """Whether the echo canceller has heard enough of the speaker (SETTLE_S) to be trusted with
+        its echo (True without echo cancellation: there is nothing to wait for)."""
+        return self._linear is None or self._far_heard >= SETTLE_S * WAKE_RATE
 
     @property
     def echo_lag_ms(self) -> float | None:
@@ -100,6 +116,10 @@ class EchoFrontEnd:
             if played is None or len(played) != len(near):
                 played = far
             self.wake_audio = self._linear.process(near, played)
+            if self._far_heard < SETTLE_S * WAKE_RATE and float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE:
+                self._far_heard += len(far)
+                if self.echo_settled:
+                    _LOG.info("echo canceller settled: it has heard %.0f s of the speaker", SETTLE_S)
             out = self.aec3_audio = self._apm.process(near, far)
             if self._blend is not None:
                 out = self._blend.process(near, self.wake_audio, out, far)
@@ -129,7 +149,7 @@ class EchoFrontEnd:
         frames = self._to24.feed(clean.tobytes())
         pcm16, pcm24 = frames[0] if frames else (clean.tobytes(), b"")
         wake16 = self.wake_audio.tobytes() if self._linear is not None and self.wake_audio is not None else None
-        return AudioFrame(frame.seq, pcm16, pcm24, frame.t, wake16k=wake16)
+        return AudioFrame(frame.seq, pcm16, pcm24, frame.t, wake16k=wake16, echo_settled=self.echo_settled)
 
     def reset(self) -> None:
         """After a gap in the audio (mute): forget adaptation state and resampler history."""

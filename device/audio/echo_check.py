@@ -15,6 +15,8 @@ from device.config import AudioConfig
 
 PROBE_S = 3.0
 CONVERGED_DB = 20.0
+CLIPPED = 32000  # a sample this loud went through a clipping converter
+CLIPPED_SHARE = 1e-4  # more clipped samples than this in the probe: the check fails
 
 
 def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
@@ -82,6 +84,14 @@ async def check_echo(cfg: AudioConfig) -> str:
     erle = 10 * np.log10((np.mean(raw[tail] ** 2) + 1e-9) / (np.mean(clean[tail] ** 2) + 1e-9))
     if mic_db < floor_db + 6:
         return f"the microphone hardly hears the speaker (probe at {mic_db:.0f} dBFS, room at {floor_db:.0f} dBFS): little echo to cancel"
+    clipped = float(np.mean(np.abs(raw) >= CLIPPED))
+    if clipped > CLIPPED_SHARE:
+        # Clipped echo is no longer the played audio through the room: no canceller removes it,
+        # and what is left would interrupt replies (barge_in = "voice").
+        raise RuntimeError(f"the microphone clips on the speaker's sound ({clipped * 100:.2f} % of samples at full scale, "
+                           f"probe heard at {mic_db:.0f} dBFS): echo cancellation cannot remove clipped echo; "
+                           "lower audio.volume or the microphone's capture gain (alsamixer)")
+    peak_db = 20 * np.log10(float(np.max(np.abs(raw))) / 32768.0 + 1e-9)
     if erle < CONVERGED_DB:
         raise RuntimeError(f"echo cancellation did not converge: echo reduced by {erle:.1f} dB only "
                            f"(probe heard at {mic_db:.0f} dBFS); check that '{cfg.output}' reports its delay")
@@ -91,5 +101,5 @@ async def check_echo(cfg: AudioConfig) -> str:
     wake_erle = 10 * np.log10((np.mean(raw[last] ** 2) + 1e-9) / (np.mean(wake[last] ** 2) + 1e-9))
     lag = tap.fe.echo_lag_ms
     heard = f", {lag:.0f} ms after it was played" if lag is not None else ""
-    return (f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS{heard}); "
+    return (f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS, peaks {peak_db:.0f} dBFS{heard}); "
             f"for the wake word by {wake_erle:.1f} dB after {PROBE_S:.0f} s")

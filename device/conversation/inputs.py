@@ -43,9 +43,11 @@ class Shutdown(Input):
 
 @dataclass(frozen=True, slots=True)
 class Frame(Input):
-    """A live microphone frame (24 kHz PCM16) for an open conversation."""
+    """A live microphone frame (24 kHz PCM16) for an open conversation. ``echo_settled`` is False
+    while the echo canceller has heard too little of the speaker to be trusted with its echo."""
 
     pcm24k: bytes
+    echo_settled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,16 @@ def frame(c: Ctx, ev: ip.Frame) -> None:
     if not ev.pcm24k or not wants_audio(c.m):
         return
     assert conv is not None
+    if conv.phase is SPEAKING and not ev.echo_settled:
+        # A cold echo canceller leaks bursts of the reply's echo in its first seconds, and the
+        # server would take them for the person: while it settles, the wake word interrupts.
+        conv.held = True
+        if not conv.settling_told:
+            conv.settling_told = True
+            c.log(logging.INFO, "the echo canceller is still settling: until it has heard a few seconds of the "
+                                "speaker, only the wake word interrupts a reply")
+        return
+    conv.held = False
     if conv.manual:
         conv.turn_ms += protocol.pcm_ms(len(ev.pcm24k))
     if conv.pending is not None:
@@ -156,8 +166,9 @@ def wake_begin(c: Ctx, ev: ip.Wake) -> None:
 
 
 def wake_barge(c: Ctx, ev: ip.Wake) -> None:
-    """The wake word while the assistant speaks: it stops and listens (no echo cancellation)."""
-    if c.p.barge_in != "wake_word" or c.m.conv is None:
+    """The wake word while the assistant speaks: it stops and listens (no echo cancellation, or
+    one still settling; with voice barge-in the server hears the person and stops the reply)."""
+    if c.m.conv is None or (c.p.barge_in != "wake_word" and not c.m.conv.held):
         wake_ignored(c, ev)
         return
     conv = c.conv
