@@ -7,7 +7,6 @@ import numpy as np
 
 from device.audio.echo import SETTLE_S, EchoFrontEnd
 from device.audio.frames import AudioFrame
-from device.audio.reference import PlaybackReference
 from tests.rig import room as rm
 
 RATE = 16000
