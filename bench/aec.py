@@ -5,6 +5,8 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
     candidate WebRTC binding on the same simulated room;
   - the product's front-end (device/audio/echo.py) per RT60: ERLE, convergence, double talk at
     +5/0/-5 dB SER (near-end envelope correlation), CPU beside the wake engine's;
+  - the speaker moved between two replies (another room and delay): what AEC3 leaks in the next
+    reply, before and after the front-end notices the new delay and settles again;
   - "hey jarvis" over the reply at 0 dB SER, detected on the wake engine's stream (the linear
     stage), on AEC3 alone and without echo cancellation;
   - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
@@ -12,7 +14,7 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
 is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--only libs,frontend,wake,noise]
+    python bench/aec.py [--quick] [--only libs,frontend,moved,wake,noise]
 """
 
 from __future__ import annotations
@@ -328,6 +330,39 @@ def bench_double_talk_more(speech, quick: bool, rooms: dict) -> None:
               f"{loudest_dbfs(s0[off:]):.0f}/{loudest_dbfs(a0[off:]):.0f}")
 
 
+def bench_moved(speech, quick: bool) -> None:
+    """The speaker moved between two replies: the next reply's echo, streamed or held back."""
+    from device.audio.echo import EchoFrontEnd
+
+    print("\n== the speaker moved between two replies (another room, delay and echo level) ==")
+    print("(the second reply: when the front-end noticed the new delay and settled again, s; the loudest 80 ms")
+    print(" in it, AEC3's; what a reply streams of it before that and after, dBFS)")
+    reply = reply_audio(speech)
+    reply = reply[: len(reply) // 1280 * 1280]
+    far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
+    second = (len(far) - len(reply)) // 1280
+    rng = np.random.default_rng(5)
+    for _ in range(4 if quick else 10):
+        rooms = [rm.Room(rt60_s=float(rng.uniform(0.3, 0.6)), delay_ms=float(rng.uniform(10, 60)),
+                         seed=int(rng.integers(1000)), echo_dbfs=float(rng.choice([-30, -24, -20]))) for _ in range(2)]
+        echo = [r.echo(far, ref_rms=rm.active_rms(far / 32768.0)) + r.noise(len(far)) for r in rooms]
+        mic = rm.to_int16(np.concatenate([echo[0][: second * 1280], echo[1][second * 1280 :]]))
+        fe = EchoFrontEnd(echo_cancellation=True)
+        level, settled = [], []
+        for i in range(0, len(mic) - 1279, 1280):
+            out = fe.process16k(mic[i : i + 1280], far[i : i + 1280]).astype(np.float64)
+            level.append(10 * np.log10(np.mean(out**2) / 32768.0**2 + 1e-12))
+            settled.append(fe.echo_settled)
+        lv, st = np.array(level[second:]), np.array(settled[second:])
+        held = np.flatnonzero(~st)
+        at = int(held[0]) if len(held) else len(st)
+        before = f"{lv[:at].max():6.1f}" if at else "     -"
+        after = f"{lv[at:][st[at:]].max():6.1f}" if np.any(st[at:]) else "     -"
+        print(f"RT60 {rooms[0].rt60_s:.2f} -> {rooms[1].rt60_s:.2f} s, {rooms[0].delay_ms:2.0f} -> {rooms[1].delay_ms:2.0f} ms: "
+              f"noticed {'at %.2f s' % (at * 0.08) if len(held) else 'never  '}; loudest {lv.max():6.1f}; streamed before "
+              f"{before}, after {after}")
+
+
 def latency(speech, process) -> int:
     """Samples by which ``process`` delays a talker with nothing playing (cross-correlation)."""
     x = np.concatenate([np.zeros(RATE, dtype=np.int16), speech.say(NEAR, voice="en-gb", speed=160), np.zeros(RATE, dtype=np.int16)])
@@ -484,18 +519,20 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,wake,noise")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,wake,noise")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "wake", "noise"}
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "wake", "noise"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
         bench_frontend(speech, args.quick)
+    if "moved" in only:
+        bench_moved(speech, args.quick)
     if "wake" in only:
         bench_wake_over_reply(speech, args.quick)
     if "noise" in only:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.rig.broker import BrokerSpy, DeviceSimulator, Mosquitto, Z2MLightSim
+from tests.rig.broker import BrokerSpy, DeviceSimulator, Z2MLightSim
 from tests.rig.daemon import run_cli
 from tests.rig.home_fixtures import ikea_blind
 from tests.rig.simulator import Turn, write_device_config

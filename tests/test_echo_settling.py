@@ -4,6 +4,7 @@ seconds is marked as unsettled, so the conversation does not stream it while a r
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from device.audio.echo import SETTLE_S, EchoFrontEnd
 from device.audio.frames import AudioFrame
@@ -82,3 +83,40 @@ def test_settling_counts_what_the_speaker_played_and_outlives_a_mute() -> None:
     fe.reset()  # unmuted: AEC3 keeps what it learnt
     assert fe.echo_settled
     assert EchoFrontEnd(echo_cancellation=False, noise_suppression=2).echo_settled  # nothing to wait for
+
+
+BEFORE = rm.Room(rt60_s=0.45, delay_ms=30, seed=7, echo_dbfs=-30.0)
+
+
+@pytest.mark.parametrize("after, moved", [
+    (rm.Room(rt60_s=0.45, delay_ms=50, seed=8, echo_dbfs=-24.0), True),  # another place, 20 ms further
+    (BEFORE, False),  # nothing moved
+    (rm.Room(rt60_s=0.45, delay_ms=34, seed=7, echo_dbfs=-30.0), False),  # the same room 4 ms later (two clocks drifting)
+], ids=["speaker moved", "nothing moved", "echo 4 ms later"])
+def test_after_the_speaker_moved_the_canceller_settles_again(speech, after, moved) -> None:
+    """Between two replies the speaker is moved (the echo comes 20 ms later, through another room):
+    AEC3 leaks the new echo loudly while it learns it. Once the linear stage has found the new
+    delay, the frames are marked unsettled again, so nothing loud streams after that. With nothing
+    moved, or the echo a few ms later (which AEC3 follows), the second reply stays settled."""
+    reply = speech.say(" ".join(REPLY), voice="en-us+f3", speed=165)
+    reply = reply[: len(reply) // 1280 * 1280]
+    far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
+    second = (len(far) - len(reply)) // 1280  # the second reply's first frame
+    echo = [room.echo(far, ref_rms=rm.active_rms(far / 32768.0)) + room.noise(len(far)) for room in (BEFORE, after)]
+    mic = rm.to_int16(np.concatenate([echo[0][: second * 1280], echo[1][second * 1280 :]]))
+    fe = EchoFrontEnd(echo_cancellation=True, reference=_Far(far))  # type: ignore[arg-type]
+    frames = frames_through(fe, mic)[second:]
+    unsettled = [k for k, f in enumerate(frames) if not f.echo_settled]
+    if not moved:
+        assert not unsettled, f"the canceller settled again {unsettled[0] * 0.08:.2f} s into a reply though nothing moved"
+        assert max(dbfs(f.pcm16k) for f in frames) < LOUD_DBFS
+        return
+    assert unsettled, "the canceller did not notice that the echo path changed"
+    noticed = unsettled[0]
+    loud = [dbfs(f.pcm16k) for f in frames[noticed:] if not f.echo_settled]
+    streamed = [dbfs(f.pcm16k) for f in frames[noticed:] if f.echo_settled]
+    print(f"speaker moved: noticed {noticed * 0.08:.2f} s into the reply; loudest 80 ms held back {max(loud):.1f} dBFS, "
+          f"streamed after that {max(streamed):.1f} dBFS (before it noticed: {max(dbfs(f.pcm16k) for f in frames[:noticed]):.1f})")
+    assert noticed * 0.08 <= 1.2
+    assert max(loud) > LOUD_DBFS, "this move no longer makes AEC3 leak: the test needs a harsher one"
+    assert max(streamed) < LOUD_DBFS

@@ -19,6 +19,9 @@ A cold AEC3 is cautious for its first second, then leaks bursts of echo until it
 two seconds of the speaker: frames are marked ``echo_settled=False`` until it has heard SETTLE_S,
 and the conversation does not stream a reply's microphone audio before then (the wake word
 interrupts it instead). That happens once per boot: a reset (unmuting) keeps what AEC3 learnt.
+It happens again when the echo path changes (the speaker is moved): AEC3 leaks the new echo
+while it learns it, and the linear stage's delay estimator, which notices the new delay about
+0.8 s into the next reply, starts the count again.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ NS_LEVELS = 4  # noise_suppression 1..4 -> WebRTC's levels 0..3 (6, 12, 18, 21 d
 # heard about 2 s of the speaker; unmuting (reset) does not make it cold again.
 SETTLE_S = 3.0
 FAR_ACTIVE = (10 ** (-55 / 20) * 32768.0) ** 2  # mean square of a far-end frame that counts as playing
+# The echo found this much earlier or later: it has moved (the linear stage follows smaller moves, which
+# two clocks drifting apart make in steps of 3 ms), and AEC3 must learn it again.
+RESETTLE_MS = 5.0
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
@@ -115,7 +121,10 @@ class EchoFrontEnd:
                 far = np.zeros(len(near), dtype=np.int16)
             if played is None or len(played) != len(near):
                 played = far
+            was = self._linear.delays.delay
             self.wake_audio = self._linear.process(near, played)
+            if self._linear.delays.delay != was:
+                self._echo_moved(was)
             if self._far_heard < SETTLE_S * WAKE_RATE and float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE:
                 self._far_heard += len(far)
                 if self.echo_settled:
@@ -128,6 +137,17 @@ class EchoFrontEnd:
         if self._agc is not None:
             out = self._agc.process(out)
         return out
+
+    def _echo_moved(self, was: int | None) -> None:
+        """The linear stage found the echo at another delay: the speaker (or the device's latency)
+        moved, and AEC3 leaks the new path's echo until it has learnt it, as when cold."""
+        lag = self._linear.delays.delay or 0
+        if was is None or abs(lag - was) <= RESETTLE_MS * WAKE_RATE / 1000:
+            _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
+            return
+        _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
+                  "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
+        self._far_heard = 0
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""

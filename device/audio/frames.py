@@ -26,7 +26,7 @@ class AudioFrame:
     t: float  # time.monotonic() when the frame was read
     wake: Any = None  # a wake-word Detection, when the capture thread's analyzer found one
     wake16k: bytes | None = None  # the wake engine's audio when it differs from pcm16k (see device.audio.echo)
-    echo_settled: bool = True  # False while the echo canceller is too new to trust with the speaker's echo
+    echo_settled: bool = True  # False while the echo canceller is too new (or the echo path too new) to trust
 
     @property
     def for_wake(self) -> bytes:

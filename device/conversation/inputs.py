@@ -44,7 +44,8 @@ class Shutdown(Input):
 @dataclass(frozen=True, slots=True)
 class Frame(Input):
     """A live microphone frame (24 kHz PCM16) for an open conversation. ``echo_settled`` is False
-    while the echo canceller has heard too little of the speaker to be trusted with its echo."""
+    while the echo canceller has heard too little of the speaker (since boot, or since the echo
+    path changed) to be trusted with its echo."""
 
     pcm24k: bytes
     echo_settled: bool = True
