@@ -125,12 +125,14 @@ async def test_reply_echo_is_cancelled_after_a_second(alsa_rig, speech, tmp_path
 
 
 @pytest.mark.timeout(90)
-async def test_person_talking_over_the_reply_survives(alsa_rig, speech, tmp_path) -> None:
-    """A person talks over the second reply (the canceller has heard one) at the echo's level: the
-    session hears them whole, not carved up by the echo suppressor as AEC3 alone does."""
+@pytest.mark.parametrize("ser_db", [5, 0, -5])
+async def test_person_talking_over_the_reply_survives(alsa_rig, speech, tmp_path, ser_db) -> None:
+    """A person talks over the second reply (the canceller has heard one) at, above and below the
+    echo's level: the session hears them whole, not carved up by the echo suppressor as AEC3 alone
+    does."""
     talk = speech.say("Wait, could you tell me about the weekend instead, please?", voice="en-gb", speed=160)
-    # At 0 dB speech-to-echo ratio: the room's echo of this reply at full volume is at -20 dBFS.
-    gain = 10 ** (-20 / 20) / (rm.active_rms(talk.astype(np.float64) / 32768.0))
+    # The room's echo of this reply at full volume is at -20 dBFS: the talker ser_db above it.
+    gain = 10 ** ((-20 + ser_db) / 20) / (rm.active_rms(talk.astype(np.float64) / 32768.0))
     room, raw, clean, wake, aec3, _, _ = await _play_through_room(alsa_rig, speech, tmp_path, talk=talk, talk_at_s=2.5,
                                                                  talk_gain=gain, warm_up=True)
     mic, near = room.mic(), room.near()
