@@ -332,8 +332,6 @@ def bench_double_talk_more(speech, quick: bool, rooms: dict) -> None:
 
 def bench_moved(speech, quick: bool) -> None:
     """The speaker moved between two replies: the next reply's echo, streamed or held back."""
-    from device.audio.echo import EchoFrontEnd
-
     print("\n== the speaker moved between two replies (another room, delay and echo level) ==")
     print("(the second reply: when the front-end noticed the new delay and settled again, s; the loudest 80 ms")
     print(" in it, AEC3's; what a reply streams of it before that and after, dBFS)")
@@ -347,13 +345,10 @@ def bench_moved(speech, quick: bool) -> None:
                          seed=int(rng.integers(1000)), echo_dbfs=float(rng.choice([-30, -24, -20]))) for _ in range(2)]
         echo = [r.echo(far, ref_rms=rm.active_rms(far / 32768.0)) + r.noise(len(far)) for r in rooms]
         mic = rm.to_int16(np.concatenate([echo[0][: second * 1280], echo[1][second * 1280 :]]))
-        fe = EchoFrontEnd(echo_cancellation=True)
-        level, settled = [], []
-        for i in range(0, len(mic) - 1279, 1280):
-            out = fe.process16k(mic[i : i + 1280], far[i : i + 1280]).astype(np.float64)
-            level.append(10 * np.log10(np.mean(out**2) / 32768.0**2 + 1e-12))
-            settled.append(fe.echo_settled)
-        lv, st = np.array(level[second:]), np.array(settled[second:])
+        settled: list[bool] = []
+        out = run_frontend_both(mic, far, settled=settled)[0].astype(np.float64)
+        level = 10 * np.log10(np.mean(out[: len(settled) * 1280].reshape(-1, 1280) ** 2, axis=1) / 32768.0**2 + 1e-12)
+        lv, st = level[second:], np.array(settled[second:])
         held = np.flatnonzero(~st)
         at = int(held[0]) if len(held) else len(st)
         before = f"{lv[:at].max():6.1f}" if at else "     -"

@@ -1,5 +1,6 @@
 """A cold echo canceller (issue 13), offline on the simulated room: what it leaks in its first
-seconds is marked as unsettled, so the conversation does not stream it while a reply plays."""
+seconds, and after the echo path changed, is marked as unsettled, so the conversation does not
+stream it while a reply plays."""
 
 from __future__ import annotations
 
