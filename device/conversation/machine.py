@@ -140,8 +140,9 @@ def frame(c: Ctx, ev: ip.Frame) -> None:
         return
     assert conv is not None
     if conv.phase is SPEAKING and not ev.echo_settled:
-        # A cold echo canceller leaks bursts of the reply's echo in its first seconds, and the
-        # server would take them for the person: while it settles, the wake word interrupts.
+        # An echo canceller that is cold, or learning a changed echo path, leaks bursts of the
+        # reply's echo, and the server would take them for the person: while it settles, the
+        # wake word interrupts.
         conv.held = True
         if not conv.settling_told:
             conv.settling_told = True

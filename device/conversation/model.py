@@ -81,7 +81,7 @@ class Conv:
     reply_ms: int = 0
     last_error_t: float = -1e9
     errors_told: int = 0  # server errors logged and published in this conversation (then at debug)
-    held: bool = False  # the reply's microphone audio is held back (a settling echo canceller)
+    held: bool = False  # the reply's microphone audio is held back (the echo canceller is settling)
     settling_told: bool = False  # ... and that was logged
     announced: bool = False
     question: str | None = None  # a text question that opens the conversation
