@@ -6,7 +6,7 @@ soft clipping, mic noise) and the realtime simulator answering every request wit
   - N replies with nobody talking: how many did the speaker interrupt itself?
   - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
 
-    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--log daemon.log] [--dump DIR]
+    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--log daemon.log] [--dump DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def main() -> int:
     ap.add_argument("--barge", type=int, default=10, help="replies talked over")
     ap.add_argument("--speaker", default="test_spk_fifo", choices=["test_spk_fifo", "test_pulse"],
                     help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
+    ap.add_argument("--clock-ppm", type=float, default=0.0,
+                    help="the rig's microphone runs this many ppm fast (or slow) of the system clock; with --speaker "
+                         "test_pulse, whose sink keeps the system clock, that is a microphone on another card (the FIFO "
+                         "speaker keeps the microphone's pace, but reports no queue, so nothing follows its clock)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself "
                                    "to this folder (24 kHz WAV, one per session)")
@@ -55,7 +59,7 @@ def main() -> int:
     try:
         if args.speaker == "test_pulse":
             rig.start_pulse()
-        room = rm.RoomProcess(rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), work / "room", speaker=args.speaker)
+        room = rm.RoomProcess(rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9, clock_ppm=args.clock_ppm), work / "room", speaker=args.speaker)
         cfg = write_device_config(work / "device", sim, sections={
             "audio": {"input": "test_mic", "output": args.speaker, "volume": 100, "cues": False, "echo_cancellation": True},
             "realtime": {"barge_in": "voice", "follow_up_s": 0.5, "silence_duration_ms": 800},
@@ -92,6 +96,8 @@ def main() -> int:
                 break
             time.sleep(0.5)
         print(f"replies with nobody talking: {replies}, self-interruptions: {self_interruptions}", flush=True)
+        moved = sum("the echo path changed" in line for line in daemon.lines)
+        print(f"the echo canceller settled again {moved} times after the echo path changed", flush=True)
 
         latencies = []
         for i in range(args.barge):

@@ -194,6 +194,55 @@ def test_reference_keeps_one_delay_through_a_jittery_stream() -> None:
     assert max(lags) - min(lags) <= 2, f"the reference's delay moved during the stream: {lags}"
 
 
+@pytest.mark.parametrize("speaker_ppm, mic_ppm", [(100, 100), (-100, -100), (100, 0)],
+                         ids=["one-card-fast", "one-card-slow", "two-cards"])
+def test_reference_follows_the_card_clock(speaker_ppm, mic_ppm) -> None:
+    """A sound card's clock runs some ppm fast or slow of the system clock: 25 minutes at 100 ppm
+    drift 150 ms from it. On one card the microphone and the speaker keep one pace, the echo keeps
+    one delay, and so must the reference: no jump (each would make AEC3 leak the echo while it
+    searched for the new delay, and the canceller settle again). A microphone on another card
+    drifts apart from the speaker: the reference stays within 40 ms of the echo, one jump at a time."""
+    ref = PlaybackReference()
+    rng = np.random.default_rng(2)
+    rate, period, held = 16000, 320, 3200  # 20 ms periods; the device holds 200 ms
+    spk, mic = rate * (1 + speaker_ppm * 1e-6), rate * (1 + mic_ppm * 1e-6)  # samples per second of the system clock
+    t0 = time.monotonic() + 1.0
+
+    def stamped(first: int) -> np.ndarray:  # each sample holds its own index (mod 16384)
+        return ((np.arange(first, first + period) % 16384) * 2 - 16384).astype(np.float32)
+
+    written = 0
+    for _ in range(held // period):
+        ref.written(stamped(written), rate, queued_before=written, t=t0)
+        written += period
+    lags = []  # which speaker sample each read's middle sample heard, against the one it did hear
+    read, duration = 0, 1500.0
+    t_write, t_read = t0, t0 + 1280 / mic
+    while t_read < t0 + duration:
+        if t_write <= t_read:  # the device drained a period: the next one is written
+            ref.written(stamped(written), rate, queued_before=held, t=t_write + float(rng.uniform(0, 0.002)))
+            written += period
+            t_write = t0 + (written - held) / spk
+        else:  # the microphone delivered 80 ms
+            got = ref.read(t_read + float(rng.uniform(0, 0.01)), 1280).astype(np.int64)
+            heard = (t_read - 0.04 - t0) * spk - held  # the speaker sample sounding then
+            if got[640] != 0:
+                lags.append(((got[640] + 16384) // 2 - heard + 8192) % 16384 - 8192)
+            read += 1280
+            t_read = t0 + (read + 1280) / mic
+    lags = np.array(lags)
+    spread_ms = (lags.max() - lags.min()) / 16
+    assert len(lags) > 0.9 * duration / 0.08
+    if speaker_ppm == mic_ppm:
+        assert ref.read_snaps == 0 and ref.write_anchors == 1, (
+            f"the reference jumped: the reader {ref.read_snaps} times, the writer {ref.write_anchors - 1} times")
+        assert spread_ms <= 0.2, f"the echo's delay in the reference moved by {spread_ms:.1f} ms"
+    else:
+        apart_ms = abs(speaker_ppm - mic_ppm) * 1e-6 * duration * 1000
+        assert ref.read_snaps <= apart_ms // 40 + 1 and ref.write_anchors == 1
+        assert spread_ms <= 45, f"the reference strayed {spread_ms:.0f} ms from the echo"
+
+
 def test_reference_follows_the_gaps_a_device_does_not_report() -> None:
     """A FIFO speaker reports nothing queued while it holds audio, and runs dry when a network
     piece is late. The reference AEC3 reads keeps each reply in one piece (it never jumps while a
@@ -343,8 +392,8 @@ def test_replies_do_not_interrupt_themselves(speaker, alsa_rig, speech, simulato
     """Reply after reply with nobody talking, on a speaker that reports its delay (PulseAudio,
     whose figure jitters, like a card's driver would not): none stops itself, the first after boot
     included (its first seconds, while the canceller settles, are not streamed), and once the
-    canceller has heard one reply, each reply's echo is cancelled from its first word.
-    (bench/aec_rig.py prints the rate over 50 replies on either speaker.)"""
+    canceller has heard one reply, each reply's echo is cancelled from its first word, at one
+    delay throughout. (bench/aec_rig.py prints the rate over 50 replies on either speaker.)"""
     if speaker == "test_pulse":
         alsa_rig.start_pulse()
     room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room", speaker=speaker)
@@ -367,6 +416,8 @@ def test_replies_do_not_interrupt_themselves(speaker, alsa_rig, speech, simulato
         d.wait_for(r"-> idle", 10, start=mark)
         time.sleep(0.3)
     assert stopped_itself == 0, "replies interrupted themselves:\n" + "\n".join(d.lines[start:])
+    moved = [line for line in d.lines if "the echo path changed" in line]
+    assert not moved, "the echo's delay jumped:\n" + "\n".join(moved)
     # What the server heard in each reply's first 2 s (after the turn it answers ended): the
     # echo, cancelled from the first word, far below what its voice detection takes for speech.
     loudest = []

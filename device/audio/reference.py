@@ -14,6 +14,14 @@ stream at its clock's pace). The reader keeps a contiguous cursor while audio pl
 delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
 speaker went idle) or a lasting or far stray (lost audio) re-anchors a cursor.
 
+A sound card's clock is not this one: it runs some ppm fast or slow, and both cursors, kept
+contiguous, drift from ``time.monotonic()`` (40 ms within 7 to 33 minutes at 20-100 ppm). On a
+device that reports its queue, that drift is followed on each side, not taken for a stray or a
+device that ran dry, so on one card (the microphone and the speaker on one clock) the echo keeps
+one delay however long the speaker runs. A microphone on another card than the speaker drifts
+apart from it: the reader is brought back to the writes' pace whenever that drift would be a
+stray (40 ms), one jump each time.
+
 A device that reports no queue (a FIFO, a driver without a delay figure) may hold more than it
 says, and may run dry between network pieces without telling: that audio then plays later than
 its stream says. AEC3 copes better with a far end that keeps its place (it searches the delay)
@@ -37,6 +45,12 @@ SLACK_S = 0.04  # an idle reader this far from the clock re-anchors
 GAP_S = 0.1  # a writer this far behind the clock starts a new stream (the device ran dry)
 STRAY_S = 0.25  # a playing reader this far from the clock re-anchors at once
 STRAY_FRAMES = 2  # ... or more than SLACK_S away for this many reads in a row
+# A card's clock runs some ppm off this one, so a stream that keeps its pace, on either side,
+# drifts from the clock (at 20-100 ppm, 40 ms within 7-33 minutes). That drift is followed
+# (smoothed over this much audio), not taken for lost audio or a device that ran dry, up to a
+# limit (the writes then start a new stream on the clock, and the reader follows them).
+DRIFT_FOLLOW_S = 4.0
+DRIFT_MAX_S = 1.0
 FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
@@ -73,7 +87,9 @@ class PlaybackReference:
         self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
         self._pos_n = 0
         self._first_unreported = False
-        self._strays = 0  # reads in a row the playing reader was more than SLACK_S off the clock
+        self._strays = 0  # reads in a row the playing reader was more than SLACK_S off its drift
+        self._drift = 0.0  # how far the playing reader's cursor has drifted from the clock (samples, smoothed)
+        self._wdrift = 0.0  # how far the writes of a stream have drifted from the clock (samples, smoothed)
         self._cum = 0  # samples in the current stream
         self._reports = False  # the device has reported audio queued in it
         self._unreported = 0  # delay learnt on a device that does not report its queue (samples)
@@ -121,10 +137,12 @@ class PlaybackReference:
                                        int(UNREPORTED_MAX_S * RATE))
                 start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
                 self._w = -1
-            if self._w < 0 or start > self._w + GAP_S * RATE or start < self._w - AHEAD_MAX_S * RATE:
+            late = start - self._w - self._wdrift  # how far behind the clock the writes are, beyond their drift
+            if self._w < 0 or late > GAP_S * RATE or late < -AHEAD_MAX_S * RATE or abs(self._wdrift) > DRIFT_MAX_S * RATE:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)
                 self._w = self._origin = start
+                self._wdrift = 0.0
                 self._pending, self._fresh = [], True
                 self._pos_sum, self._pos_n, self._cum = 0.0, 0, 0
                 self.write_anchors += 1
@@ -149,6 +167,8 @@ class PlaybackReference:
                 self._w = origin + self._cum
                 return
             self._fresh, self._pending = False, []
+            if self._reports:  # (the writes to a device that reports no queue say nothing of its clock)
+                self._wdrift += len(y) / (DRIFT_FOLLOW_S * RATE) * (start - self._w - self._wdrift)
             self._put(self._w, y)
             self._w += len(y)
             self._cum += len(y)
@@ -174,17 +194,30 @@ class PlaybackReference:
         with self._lock:
             err = start - self._r
             playing = 0 <= self._r < self._w
-            # While audio plays, a stray must last (lost microphone audio), not be one late
-            # read (a stalled capture thread, whose backlog then comes in at once).
-            self._strays = self._strays + 1 if playing and abs(err) > SLACK_S * RATE else 0
-            if self._r < 0 or abs(err) > (STRAY_S if playing else SLACK_S) * RATE or self._strays >= STRAY_FRAMES:
+            # While audio plays on a device that reports its queue, the cursor keeps the
+            # microphone's clock and the writes the speaker's, each drifting from this one: only
+            # a departure from the cursor's drift is a stray. One card keeps one pace for both; a
+            # microphone on another card drifts apart from the speaker, and is brought back to the
+            # writes' pace when that drift would be a stray. A stray must last (lost microphone
+            # audio), not be one late read (a stalled capture thread, whose backlog then comes in
+            # at once).
+            follow = playing and self._reports
+            stray = abs(err - self._drift) if follow else abs(err)
+            self._strays = self._strays + 1 if playing and stray > SLACK_S * RATE else 0
+            if (self._r < 0 or stray > (STRAY_S if playing else SLACK_S) * RATE or self._strays >= STRAY_FRAMES
+                    or (follow and abs(self._drift - self._wdrift) > SLACK_S * RATE)):
                 if playing:
                     self.read_snaps += 1
-                self._r, self._strays = start, 0
-            elif not playing:
-                # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
-                # so every reply starts with the same delay and AEC3 need not search again.
-                self._r += int(round(err * 0.25))
+                self._drift = self._wdrift if follow else 0.0
+                self._r, self._strays = start - round(self._drift), 0
+            elif follow:
+                self._drift += n / (DRIFT_FOLLOW_S * RATE) * (err - self._drift)
+            else:
+                self._drift = 0.0
+                if not playing:
+                    # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
+                    # so every reply starts with the same delay and AEC3 need not search again.
+                    self._r += int(round(err * 0.25))
             a = self._r
             self._r += n
             out = np.zeros(n, dtype=np.float32)

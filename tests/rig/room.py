@@ -52,6 +52,7 @@ class Room:
     echo_dbfs: float = -24.0  # RMS of the echo at the microphone for a speech reply at full volume
     noise_dbfs: float = -70.0  # microphone self-noise (white)
     seed: int = 0
+    clock_ppm: float = 0.0  # the sound card's clock against the system clock (the rig's room process)
 
     def impulse(self) -> np.ndarray:
         h = rir(self.rt60_s, seed=self.seed)

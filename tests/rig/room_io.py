@@ -9,7 +9,8 @@ FIFO (16 kHz S16 mono). What it wrote goes to OUTDIR/mic.raw and the talker alon
 OUTDIR/near.raw (float32, the same samples), so a test can line them up with what capture saw.
 Commands on stdin (JSON lines): ``{"op": "play", "id": N, "path": RAW16K, "gain": G}`` queues a
 talker (int16 16 kHz, scaled by G). Events on stdout: ``open``, ``start``/``end`` of a talker,
-``echo`` once a second with the echo level.
+``echo`` once a second with the echo level. The room keeps the pace of a sound card whose clock
+runs ``clock_ppm`` fast (or slow) of the system clock, for its microphone and its speaker alike.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     h = room.impulse()
     gain = 10 ** (room.echo_dbfs / 20) / 0.1  # the echo level for a reply at -20 dBFS active
     commands: queue.SimpleQueue[dict] = queue.SimpleQueue()
+    pace = 1.0 + room.clock_ppm * 1e-6
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        """The card's clock: seconds of its samples, on the system clock's scale."""
+        return t0 + (time.monotonic() - t0) * pace
+
+    def sleep_until(t: float) -> None:
+        time.sleep(max(0.0, (t - clock()) / pace))
 
     def read_stdin() -> None:
         for line in sys.stdin:
@@ -67,17 +77,16 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     else:
         spk = os.open(spk_path, os.O_RDWR)
         fcntl.fcntl(spk, F_SETPIPE_SZ, 4096)
-    # What the loudspeaker plays, on a timeline of time.monotonic() at 24 kHz: the reader lays each
+    # What the loudspeaker plays, on a timeline of the card's clock at 24 kHz: the reader lays each
     # 20 ms it drains where it sounds, contiguous within a stream, so the echo's delay stays put.
     ring = np.zeros(IN_RATE * 10, dtype=np.float32)
     lock = threading.Lock()
-    t0 = time.monotonic()
 
     def read_speaker() -> None:
-        step, next_t, cursor = IN_RATE * 2 // 50, time.monotonic(), -1
+        step, next_t, cursor = IN_RATE * 2 // 50, clock(), -1
         while True:
             data = os.read(spk, step)
-            now = time.monotonic()
+            now = clock()
             x = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)
             at = int((now - t0) * IN_RATE)
             if cursor < 0 or at > cursor + IN_RATE * 4 // 100:  # a new stream (or a stall): restart here
@@ -92,7 +101,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
             # after a pause (no burst that would drain the FIFO, the card's buffer, at once).
             next_t = (now if now - next_t > 0.2 else next_t) + len(x) / IN_RATE
             if next_t > now:
-                time.sleep(next_t - now)
+                sleep_until(next_t)
 
     threading.Thread(target=read_speaker, daemon=True).start()
     mic = os.open(mic_path, os.O_RDWR | os.O_NONBLOCK)  # no wait for the reader; capture opens it when it starts
@@ -109,7 +118,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     rng = np.random.default_rng(room.seed + 1000)
     talkers: list[list] = []  # [id, samples, offset]
     echo_e, echo_n = 0.0, 0
-    next_t = time.monotonic()
+    next_t = clock()
     heard = False
     last_end = -1
     while True:
@@ -122,7 +131,7 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
                 x = np.fromfile(cmd["path"], dtype="<i2").astype(np.float64) / 32768.0 * float(cmd.get("gain", 1.0))
                 talkers.append([cmd["id"], x, 0])
         # The 80 ms that sounded up to 40 ms ago (the reader has laid it by then), cleared after use.
-        end = int((time.monotonic() - t0) * IN_RATE) - IN_RATE * 4 // 100
+        end = int((clock() - t0) * IN_RATE) - IN_RATE * 4 // 100
         if last_end < 0 or abs(end - (last_end + N_IN)) > IN_RATE // 5:  # a steady clock, like an ADC's
             last_end = end
         else:
@@ -169,11 +178,11 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
         mic_log.flush()
         near_log.flush()
         next_t += TICK_S
-        now = time.monotonic()
+        now = clock()
         if next_t - now < -0.2:
             next_t = now
         if next_t > now:
-            time.sleep(next_t - now)
+            sleep_until(next_t)
 
 
 if __name__ == "__main__":
