@@ -7,6 +7,8 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
     +5/0/-5 dB SER (near-end envelope correlation), CPU beside the wake engine's;
   - the speaker moved between two replies (another room and delay): what AEC3 leaks in the next
     reply, before and after the front-end notices the new delay and settles again;
+  - a long run of 20 replies: AEC3's occasional misses, and the echo drifting when the
+    microphone's clock is not the speaker's;
   - "hey jarvis" over the reply at 0 dB SER, detected on the wake engine's stream (the linear
     stage), on AEC3 alone and without echo cancellation;
   - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
@@ -14,7 +16,7 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
 is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--only libs,frontend,moved,wake,noise]
+    python bench/aec.py [--quick] [--only libs,frontend,moved,long,wake,noise]
 """
 
 from __future__ import annotations
@@ -334,7 +336,7 @@ def bench_moved(speech, quick: bool) -> None:
     """The speaker moved between two replies: the next reply's echo, streamed or held back."""
     print("\n== the speaker moved between two replies (another room, delay and echo level) ==")
     print("(the second reply: when the front-end noticed the new delay and settled again, s; the loudest 80 ms")
-    print(" in it, AEC3's; what a reply streams of it before that and after, dBFS)")
+    print(" the session hears in it; what a reply streams of it before that and after, dBFS)")
     reply = reply_audio(speech)
     reply = reply[: len(reply) // 1280 * 1280]
     far = np.concatenate([reply, np.zeros(1280 * 10, dtype=np.int16), reply])
@@ -356,6 +358,45 @@ def bench_moved(speech, quick: bool) -> None:
         print(f"RT60 {rooms[0].rt60_s:.2f} -> {rooms[1].rt60_s:.2f} s, {rooms[0].delay_ms:2.0f} -> {rooms[1].delay_ms:2.0f} ms: "
               f"noticed {'at %.2f s' % (at * 0.08) if len(held) else 'never  '}; loudest {lv.max():6.1f}; streamed before "
               f"{before}, after {after}")
+
+
+def bench_long_run(speech, quick: bool) -> None:
+    """Twenty replies with pauses between, as a long-running speaker plays them: AEC3's occasional
+    misses, and the echo drifting when the microphone's clock is not the speaker's."""
+    print("\n== a long run: 20 replies, 6 s apart, one room (RT60 0.45 s, 30 ms, echo -24 dBFS) ==")
+    print("(the loudest 80 ms each reply streams once the canceller settled, session / AEC3 alone, dBFS; one clock,")
+    print(" and a microphone whose clock runs 100 ppm fast of the speaker's: the echo drifts 0.1 ms a second)")
+    import soxr
+
+    texts = [t for rooms in ROOM_SETS for t in rooms["replies"]] + REPLY
+    voices = ["en-us+f3", "en-gb+m3", "en-us+m2"]
+    n = 8 if quick else 20
+    parts, spans, at = [], [], 0
+    for k in range(n):
+        r = speech.say(texts[k % len(texts)], voice=voices[k % 3], speed=165)
+        r = r[: len(r) // 1280 * 1280]
+        spans.append((at // 1280, (at + len(r)) // 1280))
+        parts += [r, np.zeros(6 * RATE // 1280 * 1280, dtype=np.int16)]
+        at += len(r) + len(parts[-1])
+    far = np.concatenate(parts)
+    room = rm.Room(rt60_s=0.45, delay_ms=30, seed=9, echo_dbfs=-24)
+    for ppm in (0, 100):
+        played = far.astype(np.float64)
+        if ppm:  # what the speaker played, on the microphone's clock
+            played = soxr.resample(played / 32768.0, RATE, RATE * (1 + ppm * 1e-6), quality="VHQ")[: len(far)] * 32768.0
+            played = np.concatenate([played, np.zeros(len(far) - len(played))])
+        mic = rm.to_int16(room.echo(played, ref_rms=rm.active_rms(far / 32768.0)) + room.noise(len(far)))
+        settled: list[bool] = []
+        out = run_frontend_both(mic, far, settled=settled)[0]
+        aec3 = run_pywebrtc_audio(mic, far)
+        rows = []
+        for x in (out, aec3):
+            level = 10 * np.log10(np.mean(x[: len(settled) * 1280].astype(np.float64).reshape(-1, 1280) ** 2, axis=1)
+                                  / 32768.0**2 + 1e-12)
+            rows.append([float(np.max(level[a:b][np.array(settled[a:b])], initial=-120.0)) for a, b in spans])
+        print(f"{ppm:3d} ppm: " + " ".join(f"{s:.0f}/{a:.0f}" for s, a in zip(*rows)))
+        print(f"         above -40 dBFS: session {sum(v > -40 for v in rows[0])}, AEC3 alone {sum(v > -40 for v in rows[1])} "
+              f"of {n}; loudest {max(rows[0]):.1f} / {max(rows[1]):.1f}")
 
 
 def latency(speech, process) -> int:
@@ -514,20 +555,22 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,wake,noise")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,long,wake,noise")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "wake", "noise"}
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "long", "wake", "noise"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
         bench_frontend(speech, args.quick)
     if "moved" in only:
         bench_moved(speech, args.quick)
+    if "long" in only:
+        bench_long_run(speech, args.quick)
     if "wake" in only:
         bench_wake_over_reply(speech, args.quick)
     if "noise" in only:

@@ -9,7 +9,9 @@ frequency bin, in short-time spectra (256 samples, hop 128, square-root Hann, ov
 - where the linear stage's output holds clearly more than the echo it leaves behind (a residual
   estimated from its echo estimate and a per-bin leak learnt while only the reply plays), the
   person dominates that bin: the linear stage's bin is used;
-- everywhere else, and whenever no person is detected in the frame, AEC3's bin.
+- everywhere else, and whenever no person is detected in the frame, AEC3's bin, unless it holds
+  6 dB more than the linear stage's: AEC3 then let echo through (now and then, for a tenth of a
+  second, it misses the echo of a steady voice), and the quieter bin is the linear stage's.
 
 A person is detected per hop: the linear stage left much more than its echo estimate's usual
 residual, what it left is incoherent with that estimate (a voice is; the residual of a misadjusted
@@ -53,6 +55,10 @@ TRUSTED_BELOW = 0.1
 FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
 CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
 # no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only
+# AEC3's output 6 dB louder than the linear stage's in a bin: AEC3 let echo through there (for a
+# tenth of a second now and then, both its filter and its suppressor miss the echo of a steady
+# voice); the session gets the linear stage's bin.
+AEC3_LEAKS = 4.0
 IDLE_FRAMES = 12  # frames (~1 s) with nothing playing before the blend rests
 
 
@@ -111,7 +117,8 @@ class NearEndBlend:
         gains = np.empty(E.shape)
         for k in range(hops):
             gains[k] = self._gains(E[k], Y[k], A[k], bool(clipped[k]))
-        o = np.fft.irfft(A + gains * (E - A), N, axis=1) * self._win
+        base = np.where(A.real**2 + A.imag**2 > AEC3_LEAKS * (E.real**2 + E.imag**2), E, A)
+        o = np.fft.irfft(base + gains * (E - base), N, axis=1) * self._win
         out = o[:, :HOP].copy()
         out[0] += self._ola
         out[1:] += o[:-1, HOP:]
