@@ -220,7 +220,9 @@ def test_reference_follows_the_card_clock(speaker_ppm, mic_ppm) -> None:
     t_write, t_read = t0, t0 + 1280 / mic
     while t_read < t0 + duration:
         if t_write <= t_read:  # the device drained a period: the next one is written
-            ref.written(stamped(written), rate, queued_before=held, t=t_write + float(rng.uniform(0, 0.002)))
+            # (as a card's driver reports it: its pointer moves in steps, so up to a period less)
+            ref.written(stamped(written), rate, queued_before=held - int(rng.integers(0, period + 1)),
+                        t=t_write + float(rng.uniform(0, 0.002)))
             written += period
             t_write = t0 + (written - held) / spk
         else:  # the microphone delivered 80 ms
