@@ -332,6 +332,12 @@ def bench_double_talk_more(speech, quick: bool, rooms: dict) -> None:
               f"{loudest_dbfs(s0[off:]):.0f}/{loudest_dbfs(a0[off:]):.0f}")
 
 
+def frame_dbfs(x: np.ndarray, frames: int) -> np.ndarray:
+    """The level of each of the first ``frames`` 80 ms frames of ``x``, dBFS."""
+    y = x[: frames * 1280].astype(np.float64).reshape(-1, 1280)
+    return 10 * np.log10(np.mean(y**2, axis=1) / 32768.0**2 + 1e-12)
+
+
 def bench_moved(speech, quick: bool) -> None:
     """The speaker moved between two replies: the next reply's echo, streamed or held back."""
     print("\n== the speaker moved between two replies (another room, delay and echo level) ==")
@@ -349,7 +355,7 @@ def bench_moved(speech, quick: bool) -> None:
         mic = rm.to_int16(np.concatenate([echo[0][: second * 1280], echo[1][second * 1280 :]]))
         settled: list[bool] = []
         out = run_frontend_both(mic, far, settled=settled)[0].astype(np.float64)
-        level = 10 * np.log10(np.mean(out[: len(settled) * 1280].reshape(-1, 1280) ** 2, axis=1) / 32768.0**2 + 1e-12)
+        level = frame_dbfs(out, len(settled))
         lv, st = level[second:], np.array(settled[second:])
         held = np.flatnonzero(~st)
         at = int(held[0]) if len(held) else len(st)
@@ -361,16 +367,16 @@ def bench_moved(speech, quick: bool) -> None:
 
 
 def bench_long_run(speech, quick: bool) -> None:
-    """Twenty replies with pauses between, as a long-running speaker plays them: AEC3's occasional
+    """Replies with pauses between, as a long-running speaker plays them: AEC3's occasional
     misses, and the echo drifting when the microphone's clock is not the speaker's."""
-    print("\n== a long run: 20 replies, 6 s apart, one room (RT60 0.45 s, 30 ms, echo -24 dBFS) ==")
-    print("(the loudest 80 ms each reply streams once the canceller settled, session / AEC3 alone, dBFS; one clock,")
-    print(" and a microphone whose clock runs 100 ppm fast of the speaker's: the echo drifts 0.1 ms a second)")
     import soxr
 
+    n = 8 if quick else 20
+    print(f"\n== a long run: {n} replies, 6 s apart, one room (RT60 0.45 s, 30 ms, echo -24 dBFS) ==")
+    print("(the loudest 80 ms each reply streams once the canceller settled, session / AEC3 alone, dBFS; one clock,")
+    print(" and a microphone whose clock runs 100 ppm fast of the speaker's: the echo drifts 0.1 ms a second)")
     texts = [t for rooms in ROOM_SETS for t in rooms["replies"]] + REPLY
     voices = ["en-us+f3", "en-gb+m3", "en-us+m2"]
-    n = 8 if quick else 20
     parts, spans, at = [], [], 0
     for k in range(n):
         r = speech.say(texts[k % len(texts)], voice=voices[k % 3], speed=165)
@@ -391,8 +397,7 @@ def bench_long_run(speech, quick: bool) -> None:
         aec3 = run_pywebrtc_audio(mic, far)
         rows = []
         for x in (out, aec3):
-            level = 10 * np.log10(np.mean(x[: len(settled) * 1280].astype(np.float64).reshape(-1, 1280) ** 2, axis=1)
-                                  / 32768.0**2 + 1e-12)
+            level = frame_dbfs(x, len(settled))
             rows.append([float(np.max(level[a:b][np.array(settled[a:b])], initial=-120.0)) for a, b in spans])
         print(f"{ppm:3d} ppm: " + " ".join(f"{s:.0f}/{a:.0f}" for s, a in zip(*rows)))
         print(f"         above -40 dBFS: session {sum(v > -40 for v in rows[0])}, AEC3 alone {sum(v > -40 for v in rows[1])} "
