@@ -10,7 +10,9 @@ OUTDIR/near.raw (float32, the same samples), so a test can line them up with wha
 Commands on stdin (JSON lines): ``{"op": "play", "id": N, "path": RAW16K, "gain": G}`` queues a
 talker (int16 16 kHz, scaled by G). Events on stdout: ``open``, ``start``/``end`` of a talker,
 ``echo`` once a second with the echo level. The room keeps the pace of a sound card whose clock
-runs ``clock_ppm`` fast (or slow) of the system clock, for its microphone and its speaker alike.
+runs ``clock_ppm`` fast (or slow) of the system clock: its microphone, and the FIFO speaker (one
+card). The PulseAudio sink keeps the system clock (another card): its audio reaches the
+microphone resampled onto the card's clock, as sound does.
 """
 
 from __future__ import annotations
@@ -82,12 +84,19 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     ring = np.zeros(IN_RATE * 10, dtype=np.float32)
     lock = threading.Lock()
 
+    # The PulseAudio sink keeps the system clock: on another card than the room's microphone, what
+    # it plays reaches the microphone at the sink's pace, so it is resampled onto the card's clock.
+    other_card = soxr.ResampleStream(IN_RATE, IN_RATE * pace, 1, dtype="float32", quality="VHQ") \
+        if parec is not None and pace != 1.0 else None
+
     def read_speaker() -> None:
         step, next_t, cursor = IN_RATE * 2 // 50, clock(), -1
         while True:
             data = os.read(spk, step)
             now = clock()
             x = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)
+            if other_card is not None:
+                x = other_card.resample_chunk(x)
             at = int((now - t0) * IN_RATE)
             if cursor < 0 or at > cursor + IN_RATE * 4 // 100:  # a new stream (or a stall): restart here
                 cursor = at
