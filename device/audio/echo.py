@@ -22,11 +22,16 @@ interrupts it instead). That happens once per boot: a reset (unmuting) keeps wha
 It happens again when the echo path changes (the speaker is moved): AEC3 leaks the new echo
 while it learns it, and the linear stage's delay estimator, which notices the new delay about
 0.8 s into the next reply, starts the count again.
+
+A microphone on another card than the speaker keeps another clock: the echo's delay then moves
+steadily one way. The delay estimator's measures show it; once they do, the reference is told
+the speaker's pace (:meth:`PlaybackReference.adjust_pace`) and the echo keeps one delay.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,6 +55,14 @@ FAR_ACTIVE = (10 ** (-55 / 20) * 32768.0) ** 2  # mean square of a far-end frame
 # The echo found this much earlier or later: it has moved (the linear stage follows smaller moves, which
 # two clocks drifting apart make in steps of 3 ms), and AEC3 must learn it again.
 RESETTLE_MS = 5.0
+# A microphone on another card than the speaker: the echo's delay moves steadily one way (0.1 ms a
+# second at 100 ppm). Its measures (twice a second while the speaker plays) over the last
+# PACE_WINDOW_S, at least PACE_MIN_MEASURES spanning PACE_SPAN_S, give that drift; a drift of
+# PACE_MIN_PPM or more, well beyond the measures' scatter, is handed to the reference.
+PACE_WINDOW_S = 90.0
+PACE_SPAN_S = 40.0
+PACE_MIN_MEASURES = 20
+PACE_MIN_PPM = 10.0
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
@@ -92,6 +105,8 @@ class EchoFrontEnd:
         self.failures = 0
         self._to24 = FrameAssembler(WAKE_RATE, 1)
         self._far_heard = 0  # samples of far end AEC3 has heard playing
+        self._heard = 0  # samples of microphone processed
+        self._lags: deque[tuple[int, int]] = deque()  # (when, the echo's delay) measured since it last moved
 
     @property
     def echo_settled(self) -> bool:
@@ -105,6 +120,14 @@ class EchoFrontEnd:
         if self._linear is None or self._linear.delays.delay is None:
             return None
         return self._linear.delays.delay * 1000.0 / WAKE_RATE
+
+    @property
+    def echo_lag_measured_ms(self) -> float | None:
+        """The last measure of the echo's delay behind the reference (ms; the linear stage
+        realigns only on moves over 3 ms, so this is finer than :attr:`echo_lag_ms`)."""
+        if self._linear is None or self._linear.delays.lag is None:
+            return None
+        return self._linear.delays.lag * 1000.0 / WAKE_RATE
 
     def describe(self) -> str:
         parts = ["echo cancellation" if self.echo_cancellation else "no echo cancellation"]
@@ -121,10 +144,13 @@ class EchoFrontEnd:
                 far = np.zeros(len(near), dtype=np.int16)
             if played is None or len(played) != len(near):
                 played = far
-            was = self._linear.delays.delay
+            was, confirmed = self._linear.delays.delay, self._linear.delays.confirmed
             self.wake_audio = self._linear.process(near, played)
+            self._heard += len(near)
             if self._linear.delays.delay != was:
                 self._echo_moved(was)
+            if self._linear.delays.confirmed != confirmed:
+                self._follow_clock(self._linear.delays.lag)
             if self._far_heard < SETTLE_S * WAKE_RATE and float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE:
                 self._far_heard += len(far)
                 if self.echo_settled:
@@ -145,9 +171,34 @@ class EchoFrontEnd:
         if was is None or abs(lag - was) <= RESETTLE_MS * WAKE_RATE / 1000:
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
+        self._lags.clear()  # a new echo path: its drift is measured from here
         _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
                   "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
         self._far_heard = 0
+
+    def _follow_clock(self, lag: int | None) -> None:
+        """A new measure of the echo's delay (samples): when it keeps moving one way, the
+        microphone keeps another clock than the speaker, and the reference is told that drift."""
+        if lag is None or self.reference is None or not self.reference.reports_queue:
+            return
+        self._lags.append((self._heard, lag))
+        while self._heard - self._lags[0][0] > PACE_WINDOW_S * WAKE_RATE:
+            self._lags.popleft()
+        t, lags = (np.array(v, dtype=np.float64) for v in zip(*self._lags))
+        if len(t) < PACE_MIN_MEASURES or t[-1] - t[0] < PACE_SPAN_S * WAKE_RATE:
+            return
+        slope, icept = np.polyfit(t, lags, 1)
+        moved = slope * (t[-1] - t[0])
+        spread = float(np.std(lags - (slope * t + icept)))
+        if abs(slope) * 1e6 < PACE_MIN_PPM or abs(moved) < 4 * spread + 2:
+            return
+        first = self.reference.clock_ratio_ppm == 0.0
+        self.reference.adjust_pace(-slope * 1e6)
+        (_LOG.info if first else _LOG.debug)(
+            "the microphone keeps another clock than the speaker: the echo drifted %.1f ms in %.0f s; the echo "
+            "reference now reads the speaker %+.0f ppm off the microphone's pace", moved / 16, (t[-1] - t[0]) / WAKE_RATE,
+            self.reference.clock_ratio_ppm)
+        self._lags.clear()
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""

@@ -57,6 +57,8 @@ class DelayEstimator:
         self._candidate: int | None = None
         self.delay: int | None = None
         self.estimates = 0
+        self.lag: int | None = None  # the last estimate found twice in a row, however small its move
+        self.confirmed = 0  # ... and how many there were
         self._floor = (10 ** (-55 / 20) * 32768.0) ** 2
 
     def feed(self, near: np.ndarray, far: np.ndarray) -> bool:
@@ -77,6 +79,8 @@ class DelayEstimator:
             return False
         same = self._candidate is not None and abs(lag - self._candidate) <= 16
         self._candidate = lag
+        if same:
+            self.lag, self.confirmed = lag, self.confirmed + 1
         # A move of a few samples is the filter's to follow; a jump is a new delay.
         if same and (self.delay is None or abs(lag - self.delay) > MOVE):
             self.delay = lag

@@ -19,8 +19,13 @@ contiguous, drift from ``time.monotonic()`` (40 ms within 7 to 33 minutes at 20-
 device that reports its queue, that drift is followed on each side, not taken for a stray or a
 device that ran dry, so on one card (the microphone and the speaker on one clock) the echo keeps
 one delay however long the speaker runs. A microphone on another card than the speaker drifts
-apart from it: the reader is brought back to the writes' pace whenever that drift would be a
-stray (40 ms), one jump each time.
+apart from it (the echo's delay in the reference moves 0.1 ms a second at 100 ppm, and both
+cancellers trail it; past 40 ms the reader is brought back to the writes' pace, one jump). The
+echo canceller measures that drift on the echo itself and hands it over
+(:meth:`PlaybackReference.adjust_pace`): the reader then reads the writes at the speaker's pace,
+between samples, so the echo keeps one delay again. The devices' delay figures are not trusted
+for that ratio: on the test rig, a PulseAudio sink's drifted some 50 ppm from the pace of what
+it played.
 
 A device that reports no queue (a FIFO, a driver without a delay figure) may hold more than it
 says, and may run dry between network pieces without telling: that audio then plays later than
@@ -33,11 +38,15 @@ delay so learnt.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import numpy as np
 import soxr
+from numpy.lib.stride_tricks import sliding_window_view
+
+_LOG = logging.getLogger(__name__)
 
 RATE = 16000
 SECONDS = 4.0  # timeline kept (the capture thread reads within ~100 ms of real time)
@@ -51,6 +60,12 @@ STRAY_FRAMES = 2  # ... or more than SLACK_S away for this many reads in a row
 # limit (the writes then start a new stream on the clock, and the reader follows them).
 DRIFT_FOLLOW_S = 4.0
 DRIFT_MAX_S = 1.0
+# A microphone on another card than the speaker keeps another pace: the echo's delay in the
+# reference drifts. The echo canceller measures that drift (:meth:`PlaybackReference.adjust_pace`),
+# and the reader then reads the writes at the speaker's pace, between samples (a windowed-sinc
+# interpolation), so the echo keeps one delay.
+TAPS = 32  # the interpolator's length (samples) ...
+PHASES = 512  # ... and how finely it places a sample between two
 FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
@@ -65,6 +80,18 @@ UNREPORTED_MAX_S = 1.0
 LEAD_S = 0.02
 
 __all__ = ["PlaybackReference"]
+
+
+def _sinc_table() -> np.ndarray:
+    """Kaiser-windowed sinc taps for each of PHASES + 1 fractional positions (rows), for the
+    samples TAPS/2 - 1 before to TAPS/2 after (columns); row 0 passes a sample through as it is."""
+    half = TAPS // 2
+    u = np.arange(-(half - 1), half + 1)[None, :] - np.linspace(0.0, 1.0, PHASES + 1)[:, None]
+    h = np.sinc(u) * np.i0(8.0 * np.sqrt(np.clip(1.0 - (u / half) ** 2, 0.0, None))) / np.i0(8.0)
+    return (h / h.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+_TABLE = _sinc_table()
 
 
 class PlaybackReference:
@@ -90,6 +117,8 @@ class PlaybackReference:
         self._strays = 0  # reads in a row the playing reader was more than SLACK_S off its drift
         self._drift = 0.0  # how far the playing reader's cursor has drifted from the clock (samples, smoothed)
         self._wdrift = 0.0  # how far the writes of a stream have drifted from the clock (samples, smoothed)
+        self._ratio = 0.0  # how much faster the speaker's clock runs than the microphone's (as measured)
+        self._off = 0.0  # how far ahead of its cursor the reader reads the writes (samples, fractional)
         self._cum = 0  # samples in the current stream
         self._reports = False  # the device has reported audio queued in it
         self._unreported = 0  # delay learnt on a device that does not report its queue (samples)
@@ -204,30 +233,71 @@ class PlaybackReference:
             follow = playing and self._reports
             stray = abs(err - self._drift) if follow else abs(err)
             self._strays = self._strays + 1 if playing and stray > SLACK_S * RATE else 0
+            off = self._off
             if (self._r < 0 or stray > (STRAY_S if playing else SLACK_S) * RATE or self._strays >= STRAY_FRAMES
-                    or (follow and abs(self._drift - self._wdrift) > SLACK_S * RATE)):
-                if playing:
-                    self.read_snaps += 1
+                    or (follow and abs(self._drift - self._wdrift - off) > SLACK_S * RATE)):
+                was, apart = self._r + off, self._drift - self._wdrift - off
                 self._drift = self._wdrift if follow else 0.0
                 self._r, self._strays = start - round(self._drift), 0
+                if playing:
+                    self.read_snaps += 1
+                    if not self.follow_gaps:
+                        why = ("lost audio" if stray > SLACK_S * RATE else
+                               "the microphone drifted %+.0f ms from the speaker" % (apart / 16))
+                        _LOG.debug("echo reference: the reader jumped %+.1f ms (%s)", (self._r - was) / 16, why)
+                off = self._off = 0.0
             elif follow:
                 self._drift += n / (DRIFT_FOLLOW_S * RATE) * (err - self._drift)
+                self._off += self._ratio * n
             else:
                 self._drift = 0.0
+                off = self._off = 0.0
                 if not playing:
                     # Nothing playing: follow the clock closely (smoothed over the frames' jitter),
                     # so every reply starts with the same delay and AEC3 need not search again.
                     self._r += int(round(err * 0.25))
             a = self._r
             self._r += n
-            out = np.zeros(n, dtype=np.float32)
-            lo, hi = max(a, self._w - self._size + 1 if self._w >= 0 else a), min(a + n, self._w)
-            if self._w >= 0 and hi > lo:
-                idx = np.arange(lo, hi) % self._size
-                out[lo - a : hi - a] = self._buf[idx]
+            if off == 0.0 and self._off == 0.0:
+                out = self._samples(a, n)
+            else:  # read n samples spanning the writes from a + off to a + n + self._off
+                pos = a + off + np.arange(n) * (1.0 + (self._off - off) / n)
+                first = int(np.floor(pos[0])) - TAPS // 2 + 1
+                x = self._samples(first, int(np.floor(pos[-1])) + TAPS // 2 + 1 - first)
+                whole = np.floor(pos)
+                taps = _TABLE[np.rint((pos - whole) * PHASES).astype(np.intp)]
+                around = sliding_window_view(x, TAPS)[whole.astype(np.intp) - TAPS // 2 + 1 - first]
+                out = np.einsum("ij,ij->i", around, taps)
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
+    @property
+    def reports_queue(self) -> bool:
+        """Whether the device has reported audio queued in it: only then are its writes laid at its
+        own pace, and only then can the reader follow that pace (:meth:`adjust_pace`)."""
+        return self._reports
+
+    def adjust_pace(self, ppm: float) -> None:
+        """The echo drifts against this reference as a speaker ``ppm`` faster than the
+        microphone would make it: read what the speaker played that much faster from now on."""
+        with self._lock:
+            self._ratio += ppm * 1e-6
+        if self.played is not None:
+            self.played.adjust_pace(ppm)
+
+    @property
+    def clock_ratio_ppm(self) -> float:
+        """How much faster the speaker's clock runs than the microphone's, as followed (0 on one clock)."""
+        return self._ratio * 1e6
+
     # -- internals (caller holds the lock) ----------------------------------------------------
+
+    def _samples(self, a: int, n: int) -> np.ndarray:
+        """Timeline samples a .. a + n (float32): silence where nothing was written."""
+        out = np.zeros(n, dtype=np.float32)
+        lo, hi = max(a, self._w - self._size + 1 if self._w >= 0 else a), min(a + n, self._w)
+        if self._w >= 0 and hi > lo:
+            out[lo - a : hi - a] = self._buf[np.arange(lo, hi) % self._size]
+        return out
 
     def _put(self, at: int, y: np.ndarray) -> None:
         if len(y) > self._size:
