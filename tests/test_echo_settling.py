@@ -20,6 +20,8 @@ LOUD_DBFS = -45.0  # the echo the server's voice detection must never hear (it f
 class _Far:
     """A reference that hands the front-end a prepared far end, frame by frame."""
 
+    reports_queue = False  # (its far end has no clock to follow)
+
     def __init__(self, far: np.ndarray) -> None:
         self.far, self.at, self.played = far, 0, None
 
