@@ -34,8 +34,9 @@ def main() -> int:
                     help="the rig's FIFO speaker (reports no delay) or its PulseAudio sink (reports its delay)")
     ap.add_argument("--clock-ppm", type=float, default=0.0,
                     help="the rig's microphone runs this many ppm fast (or slow) of the system clock; with --speaker "
-                         "test_pulse, whose sink keeps the system clock, that is a microphone on another card (the FIFO "
-                         "speaker keeps the microphone's pace, but reports no queue, so nothing follows its clock)")
+                         "test_pulse, whose sink keeps (about) the system clock, that is a microphone on another card: the "
+                         "sink's audio reaches it resampled onto its clock (the FIFO speaker keeps the microphone's "
+                         "pace, but reports no queue, so nothing follows its clock)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself "
                                    "to this folder (24 kHz WAV, one per session)")
