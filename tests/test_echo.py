@@ -412,7 +412,7 @@ def test_replies_do_not_interrupt_themselves(speaker, alsa_rig, speech, simulato
         "audio": {"input": "test_mic", "output": speaker, "volume": 100, "cues": False, "echo_cancellation": True},
         "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 800},
         "state": {"dir": str(tmp_path / "state")}})
-    d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
+    d = daemon_factory(["run", "--config", str(cfg), "--log-level", "debug"], env=alsa_rig.env)
     d.wait_for(r"ready: listening", 20)
     time.sleep(1.0)
     request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
@@ -427,7 +427,14 @@ def test_replies_do_not_interrupt_themselves(speaker, alsa_rig, speech, simulato
         d.wait_for(r"-> idle", 10, start=mark)
         time.sleep(0.3)
     assert stopped_itself == 0, "replies interrupted themselves:\n" + "\n".join(d.lines[start:])
-    moved = [line for line in d.lines if "the echo path changed" in line]
+    # The echo keeps one delay. Only audio the microphone lost moves it (a CPU starved for a
+    # moment, as a loaded test machine's can be: the reference then jumps with the microphone).
+    def at(line: str) -> float:
+        h, m, sec = line.split()[1].replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+
+    lost = [at(line) for line in d.lines if "echo reference: the reader jumped" in line and "lost audio" in line]
+    moved = [line for line in d.lines if "the echo path changed" in line and not any(0 <= at(line) - t <= 3.0 for t in lost)]
     assert not moved, "the echo's delay jumped:\n" + "\n".join(moved)
     # What the server heard in each reply's first 2 s (after the turn it answers ended): the
     # echo, cancelled from the first word, far below what its voice detection takes for speech.
