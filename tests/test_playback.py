@@ -133,7 +133,8 @@ async def test_stop_silences_at_once_and_played_position_follows_the_speaker(als
     heard = len(reader.data()) / 48000
     print(f"played before stop {played_before} ms, at stop {played} ms, stop took {stop_s * 1000:.0f} ms, "
           f"heard {heard:.2f} s, next item drained in {next_s:.2f} s")
-    assert 0.3 < next_s < 1.0
+    # (0.5 s, less what the device and the file plugin hold: 0.30 s measured, once 0.298)
+    assert 0.25 < next_s < 1.0
     assert stop_s < 0.5
     # Paced by the reader: about 1 s played when stopped, and far less than the 5 s queued
     # reached the speaker (the file plugin flushes its held buffer on drop, hence the slack).
