@@ -139,7 +139,7 @@ class App:
 
         playback = Playback(s.audio, loop)
         playback.on_problem = lambda msg: self.bus.publish(ev.ErrorEvent(where="speaker", message=msg))
-        frontend = _frontend(s, playback)  # software echo cancellation and noise front-end (or None)
+        frontend = _frontend(s, playback, loop)  # software echo cancellation and noise front-end (or None)
         playback.start()
         self._on_cleanup(playback.close)
 
@@ -266,19 +266,33 @@ class App:
         self._on_cleanup(capture.stop)
 
 
-def _frontend(s: Settings, playback: Any) -> Any:
-    """The microphone front-end of ``[audio]`` (None when off); taps ``playback`` for echo cancellation."""
+def _frontend(s: Settings, playback: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """The microphone front-end of ``[audio]`` (None when off); taps ``playback`` for echo cancellation,
+    and keeps the speaker's pace against the microphone (two cards) across restarts."""
     from .audio.echo import frontend_for
 
-    reference = None
+    reference = memory = None
     if s.audio.echo_cancellation:
+        from .audio.echo_pace import PaceMemory
         from .audio.reference import PlaybackReference
 
         reference = playback.reference = PlaybackReference()
+        memory = PaceMemory(s.state_dir, microphone=s.audio.input, speaker=s.audio.output)
+        kept = memory.load()
+        if kept:
+            reference.adjust_pace(kept)
+            _LOG.info("echo reference: the speaker runs %+.1f ppm off the microphone's pace, as measured before "
+                      "(%s)", kept, memory.path)
     elif s.realtime.barge_in == "voice":
         _LOG.warning("barge_in = \"voice\" without audio.echo_cancellation: unless the sound card cancels "
                      "its own echo, the speaker will hear and interrupt itself")
-    return frontend_for(s.audio, reference)
+    fe = frontend_for(s.audio, reference)
+    if fe is not None and memory is not None:
+        def keep(ppm: float, save=memory.save) -> None:  # (capture thread) the loop writes the file
+            with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+                loop.call_soon_threadsafe(save, ppm)
+        fe.on_pace = keep
+    return fe
 
 
 async def run_daemon(settings: Settings) -> int:

@@ -459,8 +459,13 @@ def test_wake_word_over_the_reply_with_echo_cancellation(alsa_rig, speech, simul
     cfg = write_device_config(tmp_path / "device", simulator, sections={
         "audio": {"input": "test_mic", "output": "test_spk_fifo", "volume": 100, "cues": False, "echo_cancellation": True},
         "realtime": {"barge_in": "wake_word", "follow_up_s": 1.0}, "state": {"dir": str(tmp_path / "state")}})
+    # A pace measured before the restart (two cards) is read from the state directory. (This
+    # speaker reports no queue, so it has no pace to follow: the wake word is what is tested here.)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "echo_pace.json").write_text('{"microphone": "test_mic", "speaker": "test_spk_fifo", "speaker_ppm": 35.5}')
     d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
     d.wait_for(r"ready: listening", 20)
+    assert any("the speaker runs +35.5 ppm off the microphone's pace, as measured before" in line for line in d.lines), d.output
     time.sleep(1.0)
     mark = d.mark()
     room.talk(np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")]), 0.5)
@@ -480,20 +485,29 @@ def test_wake_word_over_the_reply_with_echo_cancellation(alsa_rig, speech, simul
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("speaker_ppm", [0, 200], ids=["one-card", "two-cards"])
-def test_the_echo_canceller_finds_the_speakers_pace(speech, speaker_ppm) -> None:
+def test_the_echo_canceller_finds_the_speakers_pace(speech, speaker_ppm, tmp_path) -> None:
     """A USB microphone beside the Pi's jack keeps another clock than the speaker: the echo's
     delay moves steadily (0.2 ms a second at 200 ppm), and both cancellers trail it. The front-end
     measures that drift on the echo itself, tells the reference the speaker's pace, and from then
-    on the echo keeps one delay. On one card it changes nothing. (Simulated time: the two cards'
-    timing as drivers report it, the echo through a room, 100 s of replies in a few seconds.)"""
+    on the echo keeps one delay; the pace is kept in the state directory, so after a restart the
+    echo keeps one delay from the first reply. On one card it changes nothing. (Simulated time: the
+    two cards' timing as drivers report it, the echo through a room, 100 s of replies in a few seconds.)"""
+    from device.audio.echo_pace import PaceMemory
+
     replies = [speech.say(t, voice=v, speed=165) for t, v in (
         ("Sure. Tomorrow will be mostly sunny with a high of twenty two degrees.", "en-us+m2"),
         ("I have turned on the kitchen light and set the thermostat to twenty one degrees.", "en-gb+m3"))]
     pause = np.zeros(4 * 16000, dtype=np.int16)
     far = np.concatenate([np.concatenate([replies[k % 2], pause]) for k in range(12)])[: 100 * 16000]
-    run = play_through_cards(far, rm.Room(rt60_s=0.4, delay_ms=25, seed=3, echo_dbfs=-24), speaker_ppm, 0)
-    t = np.arange(len(run.lag_ms)) * 0.08
-    lags = np.array([(s, lag) for s, lag in zip(t, run.lag_ms) if lag is not None])
+    room = rm.Room(rt60_s=0.4, delay_ms=25, seed=3, echo_dbfs=-24)
+
+    def measured(run) -> np.ndarray:  # (seconds into the run, the echo's delay in ms) per frame once found
+        t = np.arange(len(run.lag_ms)) * 0.08
+        return np.array([(s, lag) for s, lag in zip(t, run.lag_ms) if lag is not None])
+
+    memory = PaceMemory(tmp_path, microphone="plughw:CARD=Device", speaker="plughw:CARD=Headphones")
+    run = play_through_cards(far, room, speaker_ppm, 0, memory=memory)
+    lags = measured(run)
     late = lags[lags[:, 0] > 70.0, 1]
     print(f"speaker {speaker_ppm:+d} ppm of the microphone: the reference was told {run.ratio_ppm:+.1f} ppm; "
           f"the echo's delay in the last 30 s: {late.min():.2f}..{late.max():.2f} ms ({len(late)} frames); "
@@ -501,7 +515,17 @@ def test_the_echo_canceller_finds_the_speakers_pace(speech, speaker_ppm) -> None
     assert len(late) >= 20
     if speaker_ppm == 0:
         assert run.ratio_ppm == 0.0, "the front-end found a drift where the microphone and speaker keep one clock"
-    else:
-        assert abs(run.ratio_ppm - speaker_ppm) < 0.15 * speaker_ppm, f"told {run.ratio_ppm:+.0f} ppm, not {speaker_ppm:+d}"
+        assert memory.load() is None and not memory.path.exists()
+        return
+    assert abs(run.ratio_ppm - speaker_ppm) < 0.15 * speaker_ppm, f"told {run.ratio_ppm:+.0f} ppm, not {speaker_ppm:+d}"
     # Without following, 30 s at 200 ppm move the echo 6 ms; measures are whole samples (0.06 ms).
     assert np.ptp(late) <= 0.7, f"the echo's delay still moved {np.ptp(late):.2f} ms in the last 30 s"
+    assert np.ptp(lags[lags[:, 0] < 30.0, 1]) > 2.0, "the echo did not drift before its pace was found"
+    # A restart: the reference reads at the kept pace from the start.
+    assert memory.load() == pytest.approx(run.ratio_ppm, abs=0.01)
+    again = measured(play_through_cards(far[: 40 * 16000], room, speaker_ppm, 0, memory=memory, seed=1))
+    first = again[again[:, 0] < 30.0, 1]
+    print(f"after a restart, the echo's delay over the first 30 s: {first.min():.2f}..{first.max():.2f} ms")
+    assert len(first) >= 20 and np.ptp(first) <= 0.7, f"after a restart the echo's delay moved {np.ptp(first):.2f} ms"
+    # Kept for another pair of cards, it is not used.
+    assert PaceMemory(tmp_path, microphone="plughw:CARD=Device", speaker="default").load() is None

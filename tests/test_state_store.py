@@ -112,3 +112,24 @@ def test_stale_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
     (tmp_path / FILENAME).write_text('{"muted": true, "volume": 5}')
     assert StateStore(tmp_path).load() == SavedState(True, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
+
+
+def test_a_bad_speaker_pace_file_is_named_and_measured_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The speaker's pace against a microphone on another card is kept beside the state; a file
+    that is corrupt, out of range or not writable is logged by name, and the pace is measured again."""
+    from device.audio.echo_pace import FILENAME as PACE, PaceMemory
+
+    memory = PaceMemory(tmp_path, microphone="plughw:1", speaker="default")
+    assert memory.load() is None  # none kept yet: nothing to say
+    assert memory.save(-48.317) and PaceMemory(tmp_path, microphone="plughw:1", speaker="default").load() == -48.32
+    caplog.set_level(logging.INFO)
+    for raw, why in (("{not json", "unusable"), ('{"microphone": "plughw:1", "speaker": "default", "speaker_ppm": 9000}', "beyond"),
+                     ('{"microphone": "plughw:1", "speaker": "default", "speaker_ppm": "fast"}', "not a number"),
+                     ('{"microphone": "plughw:2", "speaker": "default", "speaker_ppm": 12.5}', "measured for microphone 'plughw:2'")):
+        (tmp_path / PACE).write_text(raw)
+        caplog.clear()
+        assert memory.load() is None, raw
+        assert why in caplog.text and str(tmp_path / PACE) in caplog.text, caplog.text
+    (tmp_path / PACE).unlink()
+    (tmp_path / PACE).mkdir()  # (a directory in the way: root can write anywhere else)
+    assert not memory.save(30.0) and "cannot keep the speaker's pace in " + str(tmp_path / PACE) in caplog.text

@@ -25,7 +25,8 @@ while it learns it, and the linear stage's delay estimator, which notices the ne
 
 A microphone on another card than the speaker keeps another clock: the echo's delay then moves
 steadily one way. The delay estimator's measures show it; once they do, the reference is told
-the speaker's pace (:meth:`PlaybackReference.adjust_pace`) and the echo keeps one delay.
+the speaker's pace (:meth:`PlaybackReference.adjust_pace`) and the echo keeps one delay. The pace
+is handed on (:attr:`EchoFrontEnd.on_pace`) to be kept across restarts (:mod:`device.audio.echo_pace`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from device.audio.linear_echo import LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from device.audio.frames import AudioFrame
     from device.audio.reference import PlaybackReference
     from device.config import AudioConfig
@@ -107,6 +110,9 @@ class EchoFrontEnd:
         self._far_heard = 0  # samples of far end AEC3 has heard playing
         self._heard = 0  # samples of microphone processed
         self._lags: deque[tuple[int, int]] = deque()  # (when, the echo's delay) measured since it last moved
+        self._paced = False  # the reference was told a pace this run
+        # Called (in the capture thread) with the speaker's pace the reference now follows, each time it changes.
+        self.on_pace: Callable[[float], None] | None = None
 
     @property
     def echo_settled(self) -> bool:
@@ -192,13 +198,15 @@ class EchoFrontEnd:
         spread = float(np.std(lags - (slope * t + icept)))
         if abs(slope) * 1e6 < PACE_MIN_PPM or abs(moved) < 4 * spread + 2:
             return
-        first = self.reference.clock_ratio_ppm == 0.0
+        first, self._paced = not self._paced, True
         self.reference.adjust_pace(-slope * 1e6)
         (_LOG.info if first else _LOG.debug)(
             "the microphone keeps another clock than the speaker: the echo drifted %.1f ms in %.0f s; the echo "
             "reference now reads the speaker %+.0f ppm off the microphone's pace", moved / 16, (t[-1] - t[0]) / WAKE_RATE,
             self.reference.clock_ratio_ppm)
         self._lags.clear()
+        if self.on_pace is not None:
+            self.on_pace(self.reference.clock_ratio_ppm)
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         """The capture hook: the same frame with its 16 and 24 kHz audio cleaned."""

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
 
 from tests.rig import room as rm
+
+if TYPE_CHECKING:
+    from device.audio.echo_pace import PaceMemory
 
 RATE = 16000
 FRAME = 1280
@@ -38,15 +42,20 @@ class CardsRun:
 
 
 def play_through_cards(far: np.ndarray, room: rm.Room, speaker_ppm: float, mic_ppm: float, *,
-                       follow: bool = True, seed: int = 0) -> CardsRun:
+                       follow: bool = True, memory: PaceMemory | None = None, seed: int = 0) -> CardsRun:
     """``far`` (int16, 16 kHz) played by a speaker whose clock runs ``speaker_ppm`` fast of the
     system clock, heard through ``room`` by a microphone ``mic_ppm`` fast. ``follow=False``: the
-    front-end keeps the echo's drift to itself (the reference is not told the speaker's pace)."""
+    front-end keeps the echo's drift to itself (the reference is not told the speaker's pace).
+    ``memory``: the pace kept there is the reference's from the start, and each new one is kept
+    there (as the daemon does across restarts)."""
     from device.audio.echo import EchoFrontEnd
     from device.audio.reference import PlaybackReference
 
     ref = PlaybackReference()
     fe = EchoFrontEnd(echo_cancellation=True, reference=ref if follow else None)
+    if memory is not None:
+        ref.adjust_pace(memory.load() or 0.0)
+        fe.on_pace = memory.save
     rng = np.random.default_rng(seed)
     spk, mic_rate = RATE * (1 + speaker_ppm * 1e-6), RATE * (1 + mic_ppm * 1e-6)
     heard = soxr.resample(far.astype(np.float64) / 32768.0, spk, mic_rate, quality="VHQ") * 32768.0
