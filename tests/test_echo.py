@@ -17,6 +17,7 @@ from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig, ConfigError, load_settings
 from services.simulator import Turn
+from tests.rig import cards as cards_rig
 from tests.rig import room as rm
 from tests.rig.cards import play_through_cards
 from tests.rig.simulator import write_device_config
@@ -206,39 +207,22 @@ def test_reference_follows_the_card_clock(speaker_ppm, mic_ppm) -> None:
     see the next test), the reference reads what the speaker played at that pace, and the echo
     keeps one delay again, with no jump."""
     ref = PlaybackReference()
-    rng = np.random.default_rng(2)
-    rate, period, held = 16000, 320, 3200  # 20 ms periods; the device holds 200 ms
-    spk, mic = rate * (1 + speaker_ppm * 1e-6), rate * (1 + mic_ppm * 1e-6)  # samples per second of the system clock
-    t0 = time.monotonic() + 1.0
 
     def stamped(first: int) -> np.ndarray:  # each sample holds its own index (mod 16384)
-        return ((np.arange(first, first + period) % 16384) * 2 - 16384).astype(np.float32)
+        return ((np.arange(first, first + cards_rig.PERIOD) % 16384) * 2 - 16384).astype(np.float32)
 
-    written = 0
-    for _ in range(held // period):
-        ref.written(stamped(written), rate, queued_before=written, t=t0)
-        written += period
+    cards = cards_rig.Cards(ref, stamped, speaker_ppm, mic_ppm, seed=2)
     lags, at = [], []  # which speaker sample each read's middle sample heard, against the one it did hear
-    read, duration = 0, 1500.0
-    t_write, t_read = t0, t0 + 1280 / mic
-    while t_read < t0 + duration:
-        if t_write <= t_read:  # the device drained a period: the next one is written
-            # (as a card's driver reports it: its pointer moves in steps, so up to a period less)
-            ref.written(stamped(written), rate, queued_before=held - int(rng.integers(0, period + 1)),
-                        t=t_write + float(rng.uniform(0, 0.002)))
-            written += period
-            t_write = t0 + (written - held) / spk
-        else:  # the microphone delivered 80 ms
-            if speaker_ppm != mic_ppm and read == 1280 * 750:  # a minute in, the drift was measured
-                ref.adjust_pace(speaker_ppm - mic_ppm)
-            got = ref.read(t_read + float(rng.uniform(0, 0.01)), 1280).astype(np.int64)
-            heard = (t_read - 0.04 - t0) * spk - held  # the speaker sample sounding then
-            # (read between samples, the stamps of a wrap from 16383 to 0 blur: those reads are skipped)
-            if got[640] != 0 and np.all(np.abs(np.diff(got[600:681]) - 2) <= 1):
-                lags.append((got[640] + 16384) / 2 - heard)
-                at.append(t_read - t0)
-            read += 1280
-            t_read = t0 + (read + 1280) / mic
+    duration = 1500.0
+    for read, t_read, t in cards.frames(int(duration * 16000 / cards_rig.FRAME)):
+        if speaker_ppm != mic_ppm and read == cards_rig.FRAME * 750:  # a minute in, the drift was measured
+            ref.adjust_pace(speaker_ppm - mic_ppm)
+        got = ref.read(t, cards_rig.FRAME).astype(np.int64)
+        heard = (t_read - 0.04 - cards.t0) * cards.spk - cards_rig.HELD  # the speaker sample sounding then
+        # (read between samples, the stamps of a wrap from 16383 to 0 blur: those reads are skipped)
+        if got[640] != 0 and np.all(np.abs(np.diff(got[600:681]) - 2) <= 1):
+            lags.append((got[640] + 16384) / 2 - heard)
+            at.append(t_read - cards.t0)
     lags, at = (np.array(v) for v in (lags, at))
     lags = (lags - lags[0] + 8192) % 16384 - 8192
     assert len(lags) > 0.9 * duration / 0.08
