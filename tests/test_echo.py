@@ -238,6 +238,41 @@ def test_reference_follows_the_card_clock(speaker_ppm, mic_ppm) -> None:
         assert spread_ms <= 0.5, f"the echo's delay in the reference moved by {spread_ms:.1f} ms once the pace was known"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reference_keeps_still_from_the_first_sound_after_a_rough_start(seed) -> None:
+    """While the daemon starts, the capture thread's first reads come late (it was loading the
+    wake model: 0.6 s of microphone audio read at once), and a sound server's delay figure reads
+    short for its first seconds (15 ms, settling over 4 s). Nothing audible plays yet (the speaker
+    plays silence until the first reply, 3 s in), so the reference follows the clock until then,
+    and from the first sound on keeps one delay: a jump once the reply plays would make both
+    cancellers learn the echo path again, AEC3 leak the reply, and voice barge-in wait 3 s more.
+    (Before, the reader anchored on those late reads, and jumped some 50 ms once the reply played.)"""
+    ref = PlaybackReference()
+    silent = 3 * 16000
+
+    def reply(first: int) -> np.ndarray:  # silence, then samples that each hold their own index (mod 16384)
+        x = ((np.arange(first, first + cards_rig.PERIOD) % 16384) * 2 - 16384).astype(np.float32)
+        return x if first >= silent else np.zeros(cards_rig.PERIOD, dtype=np.float32)
+
+    cards = cards_rig.Cards(ref, reply, 0, 0, seed=seed)
+    written = ref.written
+
+    def settling(samples, rate, queued_before, t):  # the figure reads short at first
+        short = 15 * 16 * max(0.0, 1.0 - (t - cards.t0) / 4.0)
+        written(samples, rate, max(0, queued_before - int(short)), t)
+
+    ref.written = settling
+    lags = []  # after the first sound: which played sample each read's middle sample is, against the one sounding
+    for read, t_read, t in cards.frames(12 * 16000 // cards_rig.FRAME):
+        got = ref.read(max(t, cards.t0 + 0.6), cards_rig.FRAME).astype(np.int64)
+        heard = (t_read - 0.04 - cards.t0) * cards.spk - cards_rig.HELD
+        if got[640] != 0 and np.all(np.abs(np.diff(got[600:681]) - 2) <= 1):
+            lags.append(((got[640] + 16384) / 2 - heard + 8192) % 16384 - 8192)
+    assert len(lags) > 100
+    spread_ms = np.ptp(lags) / 16
+    assert spread_ms <= 0.2, f"the echo's delay in the reference moved {spread_ms:.1f} ms once the reply played"
+
+
 def test_reference_follows_the_gaps_a_device_does_not_report() -> None:
     """A FIFO speaker reports nothing queued while it holds audio, and runs dry when a network
     piece is late. The reference AEC3 reads keeps each reply in one piece (it never jumps while a
