@@ -496,9 +496,19 @@ def test_wake_word_over_the_reply_with_echo_cancellation(alsa_rig, speech, simul
     assert echo_dbfs is not None and echo_dbfs["dbfs"] > -30, f"the reply's echo is too quiet to test: {echo_dbfs}\n" + d.output
     wake = speech.trim(speech.say("hey jarvis", voice="en-gb"))
     gain = 10 ** (echo_dbfs["dbfs"] / 20) / rm.active_rms(wake.astype(np.float64) / 32768.0)
-    mark = d.mark()
-    room.talk(np.concatenate([wake, speech.silence(0.3), speech.say("what time is it", voice="en-gb")]), gain)
-    d.wait_for(r"interrupted by wake word", 5, start=mark)
+    request = np.concatenate([wake, speech.silence(0.3), speech.say("what time is it", voice="en-gb")])
+    # The engine finds it over a reply 95 % of the time (bench/aec.py; 8 % without echo
+    # cancellation): a person who was not heard says it again, once.
+    for attempt in (1, 2):
+        mark = d.mark()
+        room.talk(request, gain)
+        try:
+            d.wait_for(r"interrupted by wake word", 3.0, start=mark)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+            print("not heard over the reply the first time: said again")
     d.wait_for(r"assistant said: Sure\.", 15, start=mark)
 
 
