@@ -38,6 +38,8 @@ def main() -> int:
                          "sink's audio reaches it resampled onto its clock (the FIFO speaker keeps the microphone's "
                          "pace, but reports no queue, so nothing follows its clock)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
+    ap.add_argument("--state", help="the daemon's state directory, kept across runs (a speaker's pace against the "
+                                    "microphone measured in one run is used from the start of the next)")
     ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself "
                                    "to this folder (24 kHz WAV, one per session)")
     args = ap.parse_args()
@@ -64,7 +66,7 @@ def main() -> int:
         cfg = write_device_config(work / "device", sim, sections={
             "audio": {"input": "test_mic", "output": args.speaker, "volume": 100, "cues": False, "echo_cancellation": True},
             "realtime": {"barge_in": "voice", "follow_up_s": 0.5, "silence_duration_ms": 800},
-            "state": {"dir": str(work / "state")}})
+            "state": {"dir": args.state or str(work / "state")}})
         daemon = Daemon(["run", "--config", str(cfg), *(["--log-level", "debug"] if args.log else [])], env=rig.env)
         daemon.wait_for(r"ready: listening", 30)
         time.sleep(1.0)

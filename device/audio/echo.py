@@ -199,11 +199,20 @@ class EchoFrontEnd:
         if abs(slope) * 1e6 < PACE_MIN_PPM or abs(moved) < 4 * spread + 2:
             return
         first, self._paced = not self._paced, True
-        self.reference.adjust_pace(-slope * 1e6)
-        (_LOG.info if first else _LOG.debug)(
-            "the microphone keeps another clock than the speaker: the echo drifted %.1f ms in %.0f s; the echo "
-            "reference now reads the speaker %+.0f ppm off the microphone's pace", moved / 16, (t[-1] - t[0]) / WAKE_RATE,
-            self.reference.clock_ratio_ppm)
+        was, change = self.reference.clock_ratio_ppm, -slope * 1e6
+        if was and abs(was + change) < PACE_MIN_PPM:
+            # A pace kept from before that no longer holds (another microphone behind the same
+            # name): back on one clock, at exactly the microphone's pace.
+            change = -was
+            _LOG.info("the speaker keeps the microphone's clock after all: the echo drifted %.1f ms in %.0f s; the echo "
+                      "reference now reads the speaker at the microphone's pace, no longer %+.0f ppm off it",
+                      moved / 16, (t[-1] - t[0]) / WAKE_RATE, was)
+        self.reference.adjust_pace(change)
+        if change != -was:
+            (_LOG.info if first else _LOG.debug)(
+                "the microphone keeps another clock than the speaker: the echo drifted %.1f ms in %.0f s; the echo "
+                "reference now reads the speaker %+.0f ppm off the microphone's pace", moved / 16,
+                (t[-1] - t[0]) / WAKE_RATE, self.reference.clock_ratio_ppm)
         self._lags.clear()
         if self.on_pace is not None:
             self.on_pace(self.reference.clock_ratio_ppm)

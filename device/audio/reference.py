@@ -297,6 +297,8 @@ class PlaybackReference:
         microphone would make it: read what the speaker played that much faster from now on."""
         with self._lock:
             self._ratio += ppm * 1e-6
+            if abs(self._ratio) < 1e-12:  # (back on one clock: no rounding left over)
+                self._ratio = 0.0
         if self.played is not None:
             self.played.adjust_pace(ppm)
 
