@@ -17,7 +17,7 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
 is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--only libs,frontend,moved,long,wake,noise]
+    python bench/aec.py [--quick] [--only libs,frontend,moved,clip,long,wake,noise]
 """
 
 from __future__ import annotations
@@ -368,6 +368,26 @@ def bench_moved(speech, quick: bool) -> None:
               f"{before}, after {after}")
 
 
+def bench_clipping(speech, quick: bool) -> None:
+    """A speaker loud enough to make the microphone clip: what each canceller removes of it."""
+    print("\n== a microphone that clips on the speaker's sound (RT60 0.45 s, 30 ms; the reply played twice) ==")
+    print("(the echo's level at the microphone; samples at full scale; in the second playing: echo removed from what")
+    print(" the session hears and from what the wake engine hears (the linear stage), and the loudest 80 ms the")
+    print(" session hears, dBFS)")
+    reply = reply_audio(speech)
+    far = np.concatenate([reply, np.zeros(RATE, dtype=np.int16), reply])
+    far = far[: len(far) // 1280 * 1280]
+    half = len(far) - len(reply) // 1280 * 1280
+    for echo_db in ([-24, -6, 0] if quick else [-24, -12, -6, -4, -3, 0]):
+        room = rm.Room(rt60_s=0.45, delay_ms=30, seed=3, echo_dbfs=echo_db)
+        mic = rm.to_int16(room.echo(far, ref_rms=rm.active_rms(far / 32768.0)) + room.noise(len(far)))
+        out, wake = (x.astype(np.float64) for x in run_frontend_both(mic, far))
+        m = mic.astype(np.float64)
+        clipped = float(np.mean(np.abs(mic) >= 32000))
+        print(f"echo {echo_db:+4d} dBFS: clipped {clipped * 100:5.2f} %; removed: session {rm.erle_db(m[half:], out[half:]):5.1f} dB, "
+              f"wake engine {rm.erle_db(m[half:], wake[half:]):5.1f} dB; loudest {frame_dbfs(out[half:], (len(m) - half) // 1280).max():6.1f}")
+
+
 def bench_long_run(speech, quick: bool) -> None:
     """Replies with pauses between, as a long-running speaker plays them: AEC3's occasional
     misses, and the echo drifting when the microphone's clock is not the speaker's."""
@@ -560,20 +580,22 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,long,wake,noise")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,clip,long,wake,noise")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "long", "wake", "noise"}
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "clip", "long", "wake", "noise"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
         bench_frontend(speech, args.quick)
     if "moved" in only:
         bench_moved(speech, args.quick)
+    if "clip" in only:
+        bench_clipping(speech, args.quick)
     if "long" in only:
         bench_long_run(speech, args.quick)
     if "wake" in only:

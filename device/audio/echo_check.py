@@ -86,10 +86,13 @@ async def check_echo(cfg: AudioConfig) -> str:
         return f"the microphone hardly hears the speaker (probe at {mic_db:.0f} dBFS, room at {floor_db:.0f} dBFS): little echo to cancel"
     clipped = float(np.mean(np.abs(raw) >= CLIPPED))
     if clipped > CLIPPED_SHARE:
-        # Clipped echo is no longer the played audio through the room: no canceller removes it,
-        # and what is left would interrupt replies (barge_in = "voice").
+        # Clipped echo is no longer the played audio through the room. The linear stage (what the
+        # wake engine hears) then removes 3-12 dB of it instead of about 25, so the wake word is
+        # missed over replies; AEC3 copes until the echo is nearly full scale, then leaks it too
+        # (bench/aec.py --only clip).
         raise RuntimeError(f"the microphone clips on the speaker's sound ({clipped * 100:.2f} % of samples at full scale, "
-                           f"probe heard at {mic_db:.0f} dBFS): echo cancellation cannot remove clipped echo; "
+                           f"probe heard at {mic_db:.0f} dBFS): clipped echo is not what was played, and little of it "
+                           "is removed from what the wake word hears (the wake word is missed over replies); "
                            "lower audio.volume or the microphone's capture gain (alsamixer)")
     peak_db = 20 * np.log10(float(np.max(np.abs(raw))) / 32768.0 + 1e-9)
     if erle < CONVERGED_DB:
