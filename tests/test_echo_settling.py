@@ -125,3 +125,39 @@ def test_after_the_speaker_moved_the_canceller_settles_again(speech, after, move
     assert noticed * 0.08 <= 1.2
     assert max(loud) > LOUD_DBFS, "this move no longer makes AEC3 leak: the test needs a harsher one"
     assert max(streamed) < LOUD_DBFS
+
+
+def test_a_speaker_that_makes_the_microphone_clip_is_reported(speech, caplog: pytest.LogCaptureFixture) -> None:
+    """Turned up until the microphone clips on its own sound (say by "volume 100" over MQTT, after
+    `speaker check` passed), the speaker's echo is no longer what was played, and the wake word
+    goes unheard over replies: the daemon says so, and what to turn down. A person shouting into
+    the microphone over a reply is not the speaker clipping, and neither is a speaker that does not."""
+    import logging
+
+    parts = []
+    for text in REPLY:
+        parts += [speech.say(text, voice="en-us+f3", speed=165), speech.silence(0.25)]
+    far = np.concatenate(parts * 2)
+    far = far[: len(far) // 1280 * 1280]
+    shout = speech.say("Stop, stop, that is enough, thank you!", voice="en-gb", speed=160)
+    caplog.set_level(logging.WARNING, logger="device.audio.echo")
+    for echo_dbfs, person, said in ((-3.0, False, True), (-12.0, False, True), (-24.0, False, False), (-24.0, True, False)):
+        room = rm.Room(rt60_s=0.45, delay_ms=30, seed=5, echo_dbfs=echo_dbfs)
+        echo = room.echo(far, ref_rms=rm.active_rms(far / 32768.0)) + room.noise(len(far))
+        if person:  # at full scale and beyond, 4 s into the second playing
+            at = len(far) // 2 + 4 * RATE
+            echo[at : at + len(shout)] += shout / 32768.0 * (1.5 / (np.max(np.abs(shout)) / 32768.0))
+        mic = rm.to_int16(echo)
+        caplog.clear()
+        fe = EchoFrontEnd(echo_cancellation=True, reference=_Far(far))  # type: ignore[arg-type]
+        frames_through(fe, mic)
+        clipped = float(np.mean(np.abs(mic) >= 32000))
+        warned = [r.getMessage() for r in caplog.records if "clips on the speaker's own sound" in r.getMessage()]
+        print(f"echo {echo_dbfs:+.0f} dBFS{' and a person shouting' if person else ''}: {clipped * 100:.2f} % of samples "
+              f"at full scale; {fe.clipped_frames} frames taken for the speaker clipping; said {len(warned)} times")
+        if said or person:
+            assert clipped > 0, "the scene does not make the microphone clip"
+        if said:
+            assert len(warned) == 1 and "audio.volume" in warned[0], warned  # once, not on every frame
+        else:
+            assert not warned and fe.clipped_frames == 0, warned

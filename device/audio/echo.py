@@ -66,6 +66,16 @@ PACE_WINDOW_S = 90.0
 PACE_SPAN_S = 40.0
 PACE_MIN_MEASURES = 20
 PACE_MIN_PPM = 10.0
+# The speaker loud enough to make the microphone clip: clipped echo is not what was played, and the
+# linear stage (what the wake engine hears) removes little of it (bench/aec.py --only clip). A frame
+# clipped where the linear stage's echo estimate is this loud is the speaker's own sound (a person
+# shouting into the microphone is not in that estimate); CLIP_FRAMES of them within CLIP_WINDOW_S
+# are logged, at most every CLIP_REPEAT_S.
+CLIPPED = 32000
+CLIP_ECHO = 16384
+CLIP_FRAMES = 5
+CLIP_WINDOW_S = 60.0
+CLIP_REPEAT_S = 600.0
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
@@ -111,6 +121,9 @@ class EchoFrontEnd:
         self._heard = 0  # samples of microphone processed
         self._lags: deque[tuple[int, int]] = deque()  # (when, the echo's delay) measured since it last moved
         self._paced = False  # the reference was told a pace this run
+        self._clips: deque[int] = deque()  # when frames clipped on the speaker's own sound (samples heard)
+        self._clip_said = -1  # when that was last logged
+        self.clipped_frames = 0  # frames that clipped on the speaker's own sound (for tests)
         # Called (in the capture thread) with the speaker's pace the reference now follows, each time it changes.
         self.on_pace: Callable[[float], None] | None = None
 
@@ -153,6 +166,8 @@ class EchoFrontEnd:
             was, confirmed = self._linear.delays.delay, self._linear.delays.confirmed
             self.wake_audio = self._linear.process(near, played)
             self._heard += len(near)
+            if int(near.max()) >= CLIPPED or int(near.min()) <= -CLIPPED:
+                self._clipped(near)
             if self._linear.delays.delay != was:
                 self._echo_moved(was)
             if self._linear.delays.confirmed != confirmed:
@@ -169,6 +184,23 @@ class EchoFrontEnd:
         if self._agc is not None:
             out = self._agc.process(out)
         return out
+
+    def _clipped(self, near: np.ndarray) -> None:
+        """The microphone clipped in this frame: if on the speaker's own sound, count it, and say so
+        when it keeps happening."""
+        echo = near.astype(np.int32) - self.wake_audio
+        if int(np.max(np.abs(echo))) < CLIP_ECHO:
+            return  # someone loud close to the microphone, not the speaker
+        self.clipped_frames += 1
+        self._clips.append(self._heard)
+        while self._heard - self._clips[0] > CLIP_WINDOW_S * WAKE_RATE:
+            self._clips.popleft()
+        if len(self._clips) >= CLIP_FRAMES and (self._clip_said < 0 or self._heard - self._clip_said >= CLIP_REPEAT_S * WAKE_RATE):
+            self._clip_said = self._heard
+            _LOG.warning("the microphone clips on the speaker's own sound (in %.1f s of the last %.0f s): clipped echo is "
+                         "not what was played, and little of it is removed from what the wake word hears, so the wake "
+                         "word is missed over replies; lower audio.volume or the microphone's capture gain (alsamixer)",
+                         len(self._clips) * 0.08, CLIP_WINDOW_S)
 
     def _echo_moved(self, was: int | None) -> None:
         """The linear stage found the echo at another delay: the speaker (or the device's latency)
