@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device.audio.double_talk import NearEndBlend
+from device.audio.double_talk import CLIPPED, NearEndBlend
 from device.audio.linear_echo import LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
 
@@ -70,12 +70,13 @@ PACE_MIN_PPM = 10.0
 # linear stage (what the wake engine hears) removes little of it (bench/aec.py --only clip). A frame
 # clipped where the linear stage's echo estimate is this loud is the speaker's own sound (a person
 # shouting into the microphone is not in that estimate); CLIP_FRAMES of them within CLIP_WINDOW_S
-# are logged, at most every CLIP_REPEAT_S.
-CLIPPED = 32000
+# are logged, at most every CLIP_REPEAT_S (with CLIPPING, which `speaker check` says too).
 CLIP_ECHO = 16384
 CLIP_FRAMES = 5
 CLIP_WINDOW_S = 60.0
 CLIP_REPEAT_S = 600.0
+CLIPPING = ("clipped echo is not what was played, and little of it is removed from what the wake word hears, so the "
+            "wake word is missed over replies; lower audio.volume or the microphone's capture gain (alsamixer)")
 
 __all__ = ["EchoFrontEnd", "frontend_for"]
 
@@ -197,10 +198,8 @@ class EchoFrontEnd:
             self._clips.popleft()
         if len(self._clips) >= CLIP_FRAMES and (self._clip_said < 0 or self._heard - self._clip_said >= CLIP_REPEAT_S * WAKE_RATE):
             self._clip_said = self._heard
-            _LOG.warning("the microphone clips on the speaker's own sound (in %.1f s of the last %.0f s): clipped echo is "
-                         "not what was played, and little of it is removed from what the wake word hears, so the wake "
-                         "word is missed over replies; lower audio.volume or the microphone's capture gain (alsamixer)",
-                         len(self._clips) * 0.08, CLIP_WINDOW_S)
+            _LOG.warning("the microphone clips on the speaker's own sound (in %.1f s of the last %.0f s): %s",
+                         len(self._clips) * 0.08, CLIP_WINDOW_S, CLIPPING)
 
     def _echo_moved(self, was: int | None) -> None:
         """The linear stage found the echo at another delay: the speaker (or the device's latency)

@@ -8,14 +8,14 @@ import time
 import numpy as np
 
 from device.audio.capture import AudioFrame, Capture
-from device.audio.echo import EchoFrontEnd
+from device.audio.double_talk import CLIPPED
+from device.audio.echo import CLIPPING, EchoFrontEnd
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig
 
 PROBE_S = 3.0
 CONVERGED_DB = 20.0
-CLIPPED = 32000  # a sample this loud went through a clipping converter
 CLIPPED_SHARE = 1e-4  # more clipped samples than this in the probe: the check fails
 
 
@@ -91,9 +91,7 @@ async def check_echo(cfg: AudioConfig) -> str:
         # missed over replies; AEC3 copes until the echo is nearly full scale, then leaks it too
         # (bench/aec.py --only clip).
         raise RuntimeError(f"the microphone clips on the speaker's sound ({clipped * 100:.2f} % of samples at full scale, "
-                           f"probe heard at {mic_db:.0f} dBFS): clipped echo is not what was played, and little of it "
-                           "is removed from what the wake word hears (the wake word is missed over replies); "
-                           "lower audio.volume or the microphone's capture gain (alsamixer)")
+                           f"probe heard at {mic_db:.0f} dBFS): {CLIPPING}")
     peak_db = 20 * np.log10(float(np.max(np.abs(raw))) / 32768.0 + 1e-9)
     if erle < CONVERGED_DB:
         raise RuntimeError(f"echo cancellation did not converge: echo reduced by {erle:.1f} dB only "
