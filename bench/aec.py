@@ -7,6 +7,9 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
     +5/0/-5 dB SER (near-end envelope correlation), CPU beside the wake engine's;
   - the speaker moved between two replies (another room and delay): what AEC3 leaks in the next
     reply, before and after the front-end notices the new delay and settles again;
+  - the first reply after a restart, started from the echo path kept from the run before (the
+    same room, the echo a few ms or 84 ms earlier or later, the speaker moved) against a cold
+    start: when the front-end trusts its output, and the loudest echo a reply then streams;
   - a long run of 40 replies through the product's playback reference (its writes and reads
     timed as sound cards drive them): AEC3's occasional misses, and a microphone on another card
     than the speaker, with the reference following the speaker's pace and as it was before;
@@ -17,7 +20,7 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
 is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--only libs,frontend,moved,clip,long,wake,noise]
+    python bench/aec.py [--quick] [--only libs,frontend,moved,kept,clip,long,wake,noise]
 """
 
 from __future__ import annotations
@@ -368,6 +371,73 @@ def bench_moved(speech, quick: bool) -> None:
               f"{before}, after {after}")
 
 
+def bench_kept_path(speech, quick: bool) -> None:
+    """The first reply after a restart, from the echo path the run before kept, or cold."""
+    import dataclasses
+
+    from device.audio.echo import EchoFrontEnd
+
+    print("\n== the first reply after a restart: started from the echo path kept by the run before, or cold ==")
+    print("(per room: when the front-end trusted its output (settled), s into the reply, and the loudest 80 ms a reply")
+    print(" streams from then on, dBFS; 'same': nothing changed; +-3 / +-84 ms: the echo that much later or earlier, as a")
+    print(" sound server's latency differs from one start to the next; 'moved': another room and delay; 'moved, same")
+    print(" delay': another room at the same delay)")
+    reply = reply_audio(speech)
+    reply = reply[: len(reply) // 1280 * 1280]
+    before = np.concatenate([speech.say(t, voice="en-gb+f3", speed=165) for t in ROOM_SETS[1]["replies"]])
+    before = before[: len(before) // 1280 * 1280]
+    pad = np.zeros(1280 * 25, dtype=np.int16)
+    rng = np.random.default_rng(4)
+    cases = ["cold", "same", "+3 ms", "-3 ms", "+84 ms", "-84 ms", "moved", "moved, same delay"]
+    print(f"{'echo dBFS':>9} " + " ".join(f"{c:>17}" for c in cases))
+    totals: dict[str, list[tuple[float, float]]] = {c: [] for c in cases}
+    for _ in range(4 if quick else 12):
+        rooms = [rm.Room(rt60_s=float(rng.uniform(0.3, 0.6)), delay_ms=float(rng.uniform(10, 60)) + 90,
+                         seed=int(rng.integers(1000)), echo_dbfs=float(rng.choice([-30, -24, -20]))) for _ in range(2)]
+        ref_rms = rm.active_rms(reply / 32768.0)
+        fe = EchoFrontEnd(echo_cancellation=True)
+        kept: list = []
+        fe.on_path = kept.append
+        far0 = np.concatenate([before, pad])
+        run_frontend_on(fe, rm.to_int16(rooms[0].echo(far0, ref_rms=ref_rms) + rooms[0].noise(len(far0))), far0)
+        if not kept:
+            print("(no echo path was kept in this room)")
+            continue
+        far = np.concatenate([pad, reply])
+        row = []
+        for case in cases:
+            room = {"same": rooms[0], "cold": rooms[0], "moved": rooms[1],
+                    "moved, same delay": dataclasses.replace(rooms[1], delay_ms=rooms[0].delay_ms)}.get(case)
+            if room is None:
+                room = dataclasses.replace(rooms[0], delay_ms=rooms[0].delay_ms + float(case.split()[0]))
+            fe = EchoFrontEnd(echo_cancellation=True)
+            if case != "cold":
+                fe.start_from(kept[-1])
+            flags: list[bool] = []
+            out = run_frontend_on(fe, rm.to_int16(room.echo(far, ref_rms=ref_rms) + room.noise(len(far))), far, flags)
+            st = np.array(flags[len(pad) // 1280 :])
+            level = frame_dbfs(out, len(flags))[len(pad) // 1280 :]
+            at = float(np.argmax(st)) * 0.08 if st.any() else float("nan")
+            loud = float(level[st].max()) if st.any() else float("nan")
+            totals[case].append((at, loud))
+            row.append(f"{at:5.2f} s {loud:5.0f} dB")
+        print(f"{rooms[0].echo_dbfs:9.0f} " + " ".join(f"{r:>17}" for r in row))
+    print(f"{'median':>9} " + " ".join(f"{np.nanmedian([a for a, _ in v]):5.2f} s {np.nanmedian([b for _, b in v]):5.0f} dB"
+                                       .rjust(17) for v in totals.values()))
+    print(f"{'worst':>9} " + " ".join(f"{np.nanmax([a for a, _ in v]):5.2f} s {np.nanmax([b for _, b in v]):5.0f} dB"
+                                      .rjust(17) for v in totals.values()))
+
+
+def run_frontend_on(fe, mic: np.ndarray, far: np.ndarray, settled: list[bool] | None = None) -> np.ndarray:
+    """What ``fe`` (as it is) gives the session for ``mic``; each frame's ``echo_settled`` into ``settled``."""
+    out = np.zeros_like(mic)
+    for i in range(0, len(mic) - 1279, 1280):
+        out[i : i + 1280] = fe.process16k(mic[i : i + 1280], far[i : i + 1280])
+        if settled is not None:
+            settled.append(fe.echo_settled)
+    return out
+
+
 def bench_clipping(speech, quick: bool) -> None:
     """A speaker loud enough to make the microphone clip: what each canceller removes of it."""
     print("\n== a microphone that clips on the speaker's sound (RT60 0.45 s, 30 ms; the reply played twice) ==")
@@ -580,20 +650,22 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,clip,long,wake,noise")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,kept,clip,long,wake,noise")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "clip", "long", "wake", "noise"}
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "kept", "clip", "long", "wake", "noise"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
         bench_frontend(speech, args.quick)
     if "moved" in only:
         bench_moved(speech, args.quick)
+    if "kept" in only:
+        bench_kept_path(speech, args.quick)
     if "clip" in only:
         bench_clipping(speech, args.quick)
     if "long" in only:

@@ -268,31 +268,46 @@ class App:
 
 def _frontend(s: Settings, playback: Any, loop: asyncio.AbstractEventLoop) -> Any:
     """The microphone front-end of ``[audio]`` (None when off); taps ``playback`` for echo cancellation,
-    and keeps the speaker's pace against the microphone (two cards) across restarts."""
+    and keeps what the echo canceller learnt (the speaker's pace against the microphone, the echo
+    path) across restarts."""
     from .audio.echo import frontend_for
 
-    reference = memory = None
+    reference = paces = None
     if s.audio.echo_cancellation:
-        from .audio.echo_pace import PaceMemory
+        from .audio.echo_memory import PaceMemory
         from .audio.reference import PlaybackReference
 
         reference = playback.reference = PlaybackReference()
-        memory = PaceMemory(s.state_dir, microphone=s.audio.input, speaker=s.audio.output)
-        kept = memory.load()
+        paces = PaceMemory(s.state_dir, microphone=s.audio.input, speaker=s.audio.output)
+        kept = paces.load()
         if kept:
             reference.adjust_pace(kept)
             _LOG.info("echo reference: the speaker runs %+.1f ppm off the microphone's pace, as measured before "
-                      "(%s)", kept, memory.path)
+                      "(%s)", kept, paces.path)
     elif s.realtime.barge_in == "voice":
         _LOG.warning("barge_in = \"voice\" without audio.echo_cancellation: unless the sound card cancels "
                      "its own echo, the speaker will hear and interrupt itself")
     fe = frontend_for(s.audio, reference)
-    if fe is not None and memory is not None:
-        def keep(ppm: float, save=memory.save) -> None:  # (capture thread) the loop writes the file
-            with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
-                loop.call_soon_threadsafe(save, ppm)
-        fe.on_pace = keep
+    if fe is not None and paces is not None:
+        from .audio.echo_memory import PathMemory
+
+        paths = PathMemory(s.state_dir, microphone=s.audio.input, speaker=s.audio.output, taps=fe.path_taps)
+        path = paths.load()
+        if path is not None:
+            fe.start_from(path)
+            _LOG.info("echo canceller: starts from the echo path learnt before (the echo %.0f ms after the reference; "
+                      "%s), to be tried on the first reply", path.delay_ms, paths.path)
+        fe.on_pace = _in_loop(loop, paces.save)
+        fe.on_path = _in_loop(loop, paths.save)
     return fe
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """``fn`` for another thread to call: it runs in ``loop`` (not at all once the loop has closed)."""
+    def call(arg: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+            loop.call_soon_threadsafe(fn, arg)
+    return call
 
 
 async def run_daemon(settings: Settings) -> int:

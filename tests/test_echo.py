@@ -329,7 +329,8 @@ def _speaker_check(alsa_rig, tmp_path, room: rm.Room) -> str:
 
     rm.RoomProcess(alsa_rig, room, tmp_path / "room")
     cfg = tmp_path / "speaker.toml"
-    cfg.write_text('[audio]\ninput = "test_mic"\noutput = "test_spk_fifo"\nvolume = 100\necho_cancellation = true\n')
+    cfg.write_text('[audio]\ninput = "test_mic"\noutput = "test_spk_fifo"\nvolume = 100\necho_cancellation = true\n'
+                   f'[state]\ndir = "{tmp_path / "state"}"\n')
     env = dict(os.environ, PYTHONPATH=str(ROOT), **alsa_rig.env)
     out = subprocess.run([sys.executable, "-m", "device.cli", "check", "--config", str(cfg)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=50).stdout
@@ -340,10 +341,14 @@ def _speaker_check(alsa_rig, tmp_path, room: rm.Room) -> str:
 
 @pytest.mark.timeout(60)
 def test_speaker_check_reports_echo_reduction(alsa_rig, tmp_path) -> None:
+    """The check plays a probe through the room and says how much echo the canceller removed; the
+    echo path it learnt is kept for the daemon, whose first reply then need not teach it the room."""
     line = _speaker_check(alsa_rig, tmp_path, rm.Room(rt60_s=0.35, delay_ms=20, seed=5))
     assert line.startswith("ok") and "echo reduced by" in line
     db = float(line.split("reduced by ")[1].split(" dB")[0])
     assert db >= 20
+    kept = tmp_path / "state" / "echo_path.json"
+    assert f"the echo path is kept for the daemon's start ({kept})" in line and kept.exists()
 
 
 @pytest.mark.timeout(60)
@@ -410,6 +415,64 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
     d.wait_for(r"state speaking -> follow_up", 5, start=after)
     assert not [line for line in d.lines[after:] if "interrupted by" in line], \
         "the answer after the interruption stopped itself:\n" + "\n".join(d.lines[mark:])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.simulator(pace=1, script=[Turn(say=LONG_REPLY, transcript="what is the weather like"),
+                                       Turn(say=LONG_REPLY, transcript="what is the weather like"),
+                                       Turn(say=AFTER_STOP, transcript="stop")])
+def test_after_a_restart_the_first_reply_is_cancelled_from_its_first_words(alsa_rig, speech, simulator, daemon_factory,
+                                                                            tmp_path) -> None:
+    """The echo path learnt in one run is kept: after a restart the first reply's echo is
+    cancelled from its first words, and a person who talks over it a second in stops it (a cold
+    canceller holds a reply's first 3 s back, when only the wake word interrupts it)."""
+    alsa_rig.start_pulse()  # a speaker that reports its delay, as a sound card does (the rig's FIFO does not)
+    room = rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.45, delay_ms=30, seed=9), tmp_path / "room", speaker="test_pulse")
+    cfg = write_device_config(tmp_path / "device", simulator, sections={
+        "audio": {"input": "test_mic", "output": "test_pulse", "volume": 100, "cues": False, "echo_cancellation": True},
+        "realtime": {"barge_in": "voice", "follow_up_s": 0.3, "silence_duration_ms": 800}, "state": {"dir": str(tmp_path / "state")}})
+    request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like")])
+    kept = tmp_path / "state" / "echo_path.json"
+    d = daemon_factory(["run", "--config", str(cfg), "--log-level", "debug"], env=alsa_rig.env)
+    d.wait_for(r"ready: listening", 20)
+    time.sleep(1.0)
+    mark = d.mark()
+    room.talk(request, 0.5)
+    d.wait_for(r"state \w+ -> speaking", 20, start=mark)
+    d.wait_for(r"echo canceller settled: it has heard 3 s", 8, start=mark)  # cold: the first run learns the room
+    d.wait_for(r"-> idle", 30, start=mark)
+    deadline = time.monotonic() + 3
+    while not kept.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert kept.exists(), "the echo path was not kept after a reply:\n" + d.output
+    assert d.stop() == 0
+    first = d.output
+
+    d = daemon_factory(["run", "--config", str(cfg)], env=alsa_rig.env)
+    d.wait_for(r"ready: listening", 20)
+    assert any("starts from the echo path learnt before" in line for line in d.lines), d.output
+    time.sleep(1.0)
+    mark = d.mark()
+    room.talk(request, 0.5)
+    d.wait_for(r"state \w+ -> speaking", 20, start=mark)
+    try:
+        d.wait_for(r"echo canceller settled: the echo path kept from before holds", 2, start=mark)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n\nthe first run:\n{first}") from None
+    # The reply plays on (a second of its echo at a speaking level), streamed: its echo must not start a turn.
+    seen = len(room.proc.events)
+    while (echo_dbfs := room.proc.wait_event("echo", 3, after=seen)) is not None and echo_dbfs["dbfs"] < -30:
+        seen = room.proc.events.index(echo_dbfs) + 1
+    assert echo_dbfs is not None, "the reply's echo is too quiet to test\n" + d.output
+    assert not [line for line in d.lines[mark:] if "interrupted by" in line], \
+        "the speaker interrupted itself: " + "\n".join(d.lines[mark:])
+    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb"))
+    gain = 10 ** (echo_dbfs["dbfs"] / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
+    talked = d.mark()
+    room.talk(talk, gain)
+    d.wait_for(r"interrupted by voice", 5, start=talked)
+    spoke = next(i for i, line in enumerate(d.lines) if i >= mark and "-> speaking" in line)
+    print("after the restart:", *d.lines[spoke:talked + 3], sep="\n")
 
 
 SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."
@@ -521,7 +584,7 @@ def test_the_echo_canceller_finds_the_speakers_pace(speech, speaker_ppm, tmp_pat
     on the echo keeps one delay; the pace is kept in the state directory, so after a restart the
     echo keeps one delay from the first reply. On one card it changes nothing. (Simulated time: the
     two cards' timing as drivers report it, the echo through a room, 100 s of replies in a few seconds.)"""
-    from device.audio.echo_pace import PaceMemory
+    from device.audio.echo_memory import PaceMemory
 
     replies = [speech.say(t, voice=v, speed=165) for t, v in (
         ("Sure. Tomorrow will be mostly sunny with a high of twenty two degrees.", "en-us+m2"),

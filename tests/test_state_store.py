@@ -117,7 +117,8 @@ def test_stale_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
 def test_a_bad_speaker_pace_file_is_named_and_measured_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The speaker's pace against a microphone on another card is kept beside the state; a file
     that is corrupt, out of range or not writable is logged by name, and the pace is measured again."""
-    from device.audio.echo_pace import FILENAME as PACE, PaceMemory
+    from device.audio.echo_memory import FILENAME as PACE
+    from device.audio.echo_memory import PaceMemory
 
     memory = PaceMemory(tmp_path, microphone="plughw:1", speaker="default")
     assert memory.load() is None  # none kept yet: nothing to say
@@ -125,7 +126,7 @@ def test_a_bad_speaker_pace_file_is_named_and_measured_again(tmp_path: Path, cap
     caplog.set_level(logging.INFO)
     for raw, why in (("{not json", "unusable"), ('{"microphone": "plughw:1", "speaker": "default", "speaker_ppm": 9000}', "beyond"),
                      ('{"microphone": "plughw:1", "speaker": "default", "speaker_ppm": "fast"}', "not a number"),
-                     ('{"microphone": "plughw:2", "speaker": "default", "speaker_ppm": 12.5}', "measured for microphone 'plughw:2'")):
+                     ('{"microphone": "plughw:2", "speaker": "default", "speaker_ppm": 12.5}', "learnt for microphone 'plughw:2'")):
         (tmp_path / PACE).write_text(raw)
         caplog.clear()
         assert memory.load() is None, raw
@@ -133,3 +134,43 @@ def test_a_bad_speaker_pace_file_is_named_and_measured_again(tmp_path: Path, cap
     (tmp_path / PACE).unlink()
     (tmp_path / PACE).mkdir()  # (a directory in the way: root can write anywhere else)
     assert not memory.save(30.0) and "cannot keep the speaker's pace in " + str(tmp_path / PACE) in caplog.text
+
+
+def test_a_bad_echo_path_file_is_named_and_learnt_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The echo path the canceller learnt is kept beside the state, for the two PCMs it was learnt
+    on; a file that is corrupt, of another filter size, for other PCMs or not writable is logged
+    by name, and the path is learnt again."""
+    import base64
+
+    import numpy as np
+
+    from device.audio.echo_memory import PATH_FILENAME as PATH
+    from device.audio.echo_memory import EchoPath, PathMemory
+
+    memory = PathMemory(tmp_path, microphone="plughw:1", speaker="default", taps=4096)
+    assert memory.load() is None  # none kept yet: nothing to say
+    taps = (np.random.default_rng(0).standard_normal(4096) * 0.05).astype(np.float32)
+    assert memory.save(EchoPath(2480, taps))
+    kept = PathMemory(tmp_path, microphone="plughw:1", speaker="default", taps=4096).load()
+    assert kept is not None and kept.delay == 2480 and np.array_equal(kept.taps, taps)
+    good = json.loads((tmp_path / PATH).read_text())
+    caplog.set_level(logging.INFO)
+
+    def b64(x: np.ndarray) -> str:
+        return base64.b64encode(x.astype("<f4").tobytes()).decode()
+
+    for change, why in (({"taps": "###"}, "not base64"), ({"taps": b64(taps[:100])}, "hold 100 values, not 4096"),
+                        ({"taps": b64(np.full(4096, np.nan))}, "not finite"), ({"delay": -5}, "delay -5"),
+                        ({"delay": "late"}, "not a number"), ({"rate": 48000}, "rate is 48000"),
+                        ({"speaker": "hw:2"}, "learnt for microphone 'plughw:1' and speaker 'hw:2'")):
+        (tmp_path / PATH).write_text(json.dumps({**good, **change}))
+        caplog.clear()
+        assert memory.load() is None, change
+        assert why in caplog.text and str(tmp_path / PATH) in caplog.text, caplog.text
+    (tmp_path / PATH).write_text("[1, 2")
+    caplog.clear()
+    assert memory.load() is None and "unusable" in caplog.text
+    assert PathMemory(tmp_path, microphone="plughw:1", speaker="default", taps=2048).load() is None  # another filter
+    (tmp_path / PATH).unlink()
+    (tmp_path / PATH).mkdir()
+    assert not memory.save(EchoPath(2480, taps)) and "cannot keep the echo path in " + str(tmp_path / PATH) in caplog.text

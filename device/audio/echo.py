@@ -18,7 +18,8 @@ chases a moving residual.)
 A cold AEC3 is cautious for its first second, then leaks bursts of echo until it has heard about
 two seconds of the speaker: frames are marked ``echo_settled=False`` until it has heard SETTLE_S,
 and the conversation does not stream a reply's microphone audio before then (the wake word
-interrupts it instead). That happens once per boot: a reset (unmuting) keeps what AEC3 learnt.
+interrupts it instead). That happens once per boot (for under a second, with an echo path kept from
+before: below); a reset (unmuting) keeps what AEC3 learnt.
 It happens again when the echo path changes (the speaker is moved): AEC3 leaks the new echo
 while it learns it, and the linear stage's delay estimator, which notices the new delay about
 0.8 s into the next reply, starts the count again.
@@ -26,19 +27,31 @@ while it learns it, and the linear stage's delay estimator, which notices the ne
 A microphone on another card than the speaker keeps another clock: the echo's delay then moves
 steadily one way. The delay estimator's measures show it; once they do, the reference is told
 the speaker's pace (:meth:`PlaybackReference.adjust_pace`) and the echo keeps one delay. The pace
-is handed on (:attr:`EchoFrontEnd.on_pace`) to be kept across restarts (:mod:`device.audio.echo_pace`).
+is handed on (:attr:`EchoFrontEnd.on_pace`) to be kept across restarts (:mod:`device.audio.echo_memory`).
+
+So is the echo path the linear stage learnt (:attr:`EchoFrontEnd.on_path`, after a reply it
+cancelled well). Started from a kept path (:meth:`EchoFrontEnd.start_from`), the linear stage
+cancels from the first word, and AEC3 is trained before the first reply: it hears a few seconds of
+noise played through that path (computed, nothing is played). Whether the path still holds shows
+early in the first reply: where the echo is first found (a sound server's latency may differ from
+one start to the next), the linear stage moves the path, and AEC3 is trained again if that is more
+than a millisecond away; if both then cancel the echo (the linear stage by 10 dB over the next
+0.32 s, AEC3 by 20 dB at its end), frames are settled from then on. If not (the speaker was moved while the daemon was off),
+the canceller settles as a cold one does, both stages learning the new path from the old.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.audio.double_talk import CLIPPED, NearEndBlend
-from device.audio.linear_echo import LinearEchoCanceller
+from device.audio.echo_memory import EchoPath
+from device.audio.linear_echo import LAG_MARGIN, LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
 
 if TYPE_CHECKING:
@@ -78,7 +91,56 @@ CLIP_REPEAT_S = 600.0
 CLIPPING = ("clipped echo is not what was played, and little of it is removed from what the wake word hears, so the "
             "wake word is missed over replies; lower audio.volume or the microphone's capture gain (alsamixer)")
 
+# Started from a kept echo path: AEC3 hears TRAIN_S of noise at TRAIN_DBFS through it, then TRAIN_QUIET_S
+# of silence (microphone noise at TRAIN_NOISE_DBFS), as before a reply; all computed at start. (Trained
+# on noise straight into a reply, it leaked up to -50 dBFS in the reply's first second; with 10 s of
+# silence between, nothing above -66.) In the first reply, the linear stage moves the path to where the
+# echo is first found; if that is more than KEPT_DELAY_MS from where it was, AEC3 is trained again there
+# (a sound server's latency differs from one start to the next: by a few ms, and now and then by 84 ms,
+# on the test rig's PulseAudio; AEC3 follows an echo that comes later than it learnt, but one that comes
+# 3 ms earlier it leaked loudly, in one room of four). The path holds when the linear stage then cancels
+# KEPT_HOLDS_DB over the next KEPT_CHECK_S of the speaker playing, and AEC3 KEPT_AEC3_DB (or to below
+# -60 dBFS) over the last KEPT_AEC3_FRAMES of them (trained again in the middle of a reply, it leaks the
+# next three frames: the check then lasts RETRAINED_S longer).
+TRAIN_S = 2.0
+TRAIN_QUIET_S = 1.0
+TRAIN_DBFS = -26.0
+TRAIN_NOISE_DBFS = -70.0
+KEPT_DELAY_MS = 1.0
+TRIAL_EVERY_S = 0.16  # how often the echo's delay is measured until it is first found in a trial (else every 0.5 s)
+KEPT_CHECK_S = 0.32
+KEPT_HOLDS_DB = 10.0
+KEPT_AEC3_FRAMES = 2
+KEPT_AEC3_DB = 20.0
+KEPT_AEC3_QUIET = (10 ** (-60 / 20) * 32768.0) ** 2  # ... or leaves less than -60 dBFS (mean square)
+RETRAINED_S = 0.24
+# The echo path is handed on to be kept (on_path) once the speaker has been quiet for KEEP_QUIET_S after
+# KEEP_AFTER_S or more of playing, if the linear stage cancelled its last KEEP_LAST_S by KEEP_DB or more
+# (a microphone that clips on the echo, or a person talking, leaves less); at most every KEEP_EVERY_S
+# unless its delay moved.
+KEEP_QUIET_S = 1.0
+KEEP_AFTER_S = 2.0
+KEEP_LAST_S = 2.0
+KEEP_DB = 15.0
+KEEP_EVERY_S = 600.0
+
 __all__ = ["EchoFrontEnd", "frontend_for"]
+
+
+@dataclass
+class _Trial:
+    """A kept echo path on trial in the first reply: where is its echo found, and do both stages
+    cancel it there?"""
+
+    delay: int  # samples, as kept
+    taps: np.ndarray
+    every: int  # how often the delay estimator measures, outside a trial (samples)
+    found: bool = False
+    mic: float = 0.0  # power of the microphone and of the linear stage's output since it was found
+    left: float = 0.0
+    samples: int = 0
+    check_s: float = KEPT_CHECK_S  # how long they are measured
+    last: list[tuple[float, float]] = field(default_factory=list)  # (microphone, AEC3's output) power per frame
 
 
 class EchoFrontEnd:
@@ -127,12 +189,24 @@ class EchoFrontEnd:
         self.clipped_frames = 0  # frames that clipped on the speaker's own sound (for tests)
         # Called (in the capture thread) with the speaker's pace the reference now follows, each time it changes.
         self.on_pace: Callable[[float], None] | None = None
+        # Called (in the capture thread) with the echo path the linear stage learnt, after a reply it cancelled well.
+        self.on_path: Callable[[EchoPath], None] | None = None
+        self._reply: deque[tuple[float, float]] = deque()  # (microphone, linear stage) power of the speaker's frames
+        self._reply_n = 0  # samples the speaker has played since it was last quiet
+        self._quiet = 0  # samples since the speaker last played
+        self._path_kept: tuple[int, int] | None = None  # (when, the delay) the path was last handed on
+        self._trial: _Trial | None = None  # a kept echo path on trial
 
     @property
     def echo_settled(self) -> bool:
         """Whether the echo canceller has heard enough of the speaker (SETTLE_S) to be trusted with
         its echo (True without echo cancellation: there is nothing to wait for)."""
         return self._linear is None or self._far_heard >= SETTLE_S * WAKE_RATE
+
+    @property
+    def path_taps(self) -> int:
+        """How many taps an echo path has (:mod:`device.audio.echo_memory`); 0 without echo cancellation."""
+        return self._linear.taps if self._linear is not None else 0
 
     @property
     def echo_lag_ms(self) -> float | None:
@@ -164,20 +238,26 @@ class EchoFrontEnd:
                 far = np.zeros(len(near), dtype=np.int16)
             if played is None or len(played) != len(near):
                 played = far
-            was, confirmed = self._linear.delays.delay, self._linear.delays.confirmed
+            delays = self._linear.delays
+            was, confirmed, measures = delays.delay, delays.confirmed, delays.measures
             self.wake_audio = self._linear.process(near, played)
             self._heard += len(near)
             if int(near.max()) >= CLIPPED or int(near.min()) <= -CLIPPED:
                 self._clipped(near)
             if self._linear.delays.delay != was:
                 self._echo_moved(was)
-            if self._linear.delays.confirmed != confirmed:
-                self._follow_clock(self._linear.delays.lag)
-            if self._far_heard < SETTLE_S * WAKE_RATE and float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE:
+            if delays.confirmed != confirmed:
+                self._follow_clock(delays.lag)
+            playing = float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE
+            if self._far_heard < SETTLE_S * WAKE_RATE and playing:
                 self._far_heard += len(far)
                 if self.echo_settled:
+                    self._end_trial()
                     _LOG.info("echo canceller settled: it has heard %.0f s of the speaker", SETTLE_S)
             out = self.aec3_audio = self._apm.process(near, far)
+            self._follow_reply(near, playing)
+            if self._trial is not None and delays.measures != measures and delays.last is not None:
+                self._trial_found(delays.last)  # (after _follow_reply: this frame was cancelled before the move)
             if self._blend is not None:
                 out = self._blend.process(near, self.wake_audio, out, far)
         else:
@@ -185,6 +265,117 @@ class EchoFrontEnd:
         if self._agc is not None:
             out = self._agc.process(out)
         return out
+
+    def start_from(self, path: EchoPath) -> None:
+        """Start from an echo path learnt before this boot (:mod:`device.audio.echo_memory`): the
+        linear stage takes it, and AEC3 is trained on noise played through it. Frames are settled
+        once the first reply shows that the path holds (see KEPT_HOLDS_DB)."""
+        if self._linear is None:
+            return
+        self._linear.restore(path.delay, path.taps)
+        self._train(path.delay, path.taps)
+        self._trial = _Trial(path.delay, path.taps, every=self._linear.delays.every)
+        self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE)  # the first reply's echo, found sooner
+
+    def _train(self, delay: int, taps: np.ndarray) -> None:
+        """Let AEC3 hear noise played through an echo path (and silence after), as if the speaker had."""
+        rng = np.random.default_rng(0)
+        n = int(TRAIN_S * WAKE_RATE) // 1280 * 1280
+        quiet = int(TRAIN_QUIET_S * WAKE_RATE) // 1280 * 1280
+        far = np.concatenate([rng.standard_normal(n) * 10 ** (TRAIN_DBFS / 20) * 32768.0, np.zeros(quiet)])
+        h = np.concatenate([np.zeros(max(0, delay - LAG_MARGIN)), taps.astype(np.float64)])
+        size = 1 << int(np.ceil(np.log2(len(far) + len(h))))
+        echo = np.fft.irfft(np.fft.rfft(far, size) * np.fft.rfft(h, size), size)[: len(far)]
+        echo += rng.standard_normal(len(far)) * 10 ** (TRAIN_NOISE_DBFS / 20) * 32768.0
+        far16, near16 = (np.clip(np.round(x), -32768, 32767).astype(np.int16) for x in (far, echo))
+        for i in range(0, len(far16), 1280):
+            self._apm.process(near16[i : i + 1280], far16[i : i + 1280])
+
+    def _end_trial(self) -> None:
+        if self._trial is not None:
+            self._linear.delays.every = self._trial.every
+            self._trial = None
+
+    def _follow_reply(self, near: np.ndarray, playing: bool) -> None:
+        """Per frame: try a kept path on the speaker's first frames, and hand the learnt path on
+        after a reply the linear stage cancelled well."""
+        if playing:
+            mic = float(np.dot(near.astype(np.float64), near.astype(np.float64)))
+            left = float(np.dot(self.wake_audio.astype(np.float64), self.wake_audio.astype(np.float64)))
+            self._reply.append((mic, left))
+            if len(self._reply) * len(near) > KEEP_LAST_S * WAKE_RATE:
+                self._reply.popleft()
+            self._reply_n += len(near)
+            self._quiet = 0
+            if self._trial is not None and self._trial.found:
+                self._try_kept(mic, left, float(np.dot(self.aec3_audio.astype(np.float64), self.aec3_audio.astype(np.float64))),
+                               len(near))
+            return
+        self._quiet += len(near)
+        if self._quiet < KEEP_QUIET_S * WAKE_RATE or not self._reply_n:
+            return
+        if self._reply_n >= KEEP_AFTER_S * WAKE_RATE and self.echo_settled:
+            mic, left = (sum(v) for v in zip(*self._reply))
+            if 10 * np.log10((mic + 1.0) / (left + 1.0)) >= KEEP_DB:
+                self._keep_path()
+        self._reply.clear()
+        self._reply_n = 0
+
+    def _trial_found(self, lag: int) -> None:
+        """A kept path on trial: the echo was first measured ``lag`` samples behind the reference."""
+        trial = self._trial
+        if trial.found:
+            return
+        trial.found = True
+        self._linear.delays.every = trial.every
+        if lag != self._linear.delays.delay:
+            self._linear.move_to(lag, trial.taps)
+        if abs(lag - trial.delay) > KEPT_DELAY_MS * WAKE_RATE / 1000:
+            self._train(lag, trial.taps)
+            trial.check_s += RETRAINED_S
+
+    def _try_kept(self, mic: float, left: float, aec3: float, n: int) -> None:
+        trial = self._trial
+        trial.mic += mic
+        trial.left += left
+        trial.last.append((mic, aec3))
+        trial.samples += n
+        if trial.samples < trial.check_s * WAKE_RATE:
+            return
+        self._trial = None
+        db = 10 * np.log10((trial.mic + 1.0) / (trial.left + 1.0))
+        last = trial.last[-KEPT_AEC3_FRAMES:]
+        mic_last, aec3_last = (sum(v) for v in zip(*last))
+        aec3_db = 10 * np.log10((mic_last + 1.0) / (aec3_last + 1.0))
+        quiet = aec3_last / (len(last) * 1280) < KEPT_AEC3_QUIET  # (in a pause of the reply, as good as cancelled)
+        lag_ms = (self._linear.delays.delay or 0) / (WAKE_RATE / 1000)
+        if db >= KEPT_HOLDS_DB and (aec3_db >= KEPT_AEC3_DB or quiet):
+            self._far_heard = max(self._far_heard, int(SETTLE_S * WAKE_RATE))
+            _LOG.info("echo canceller settled: the echo path kept from before holds (the echo %.0f ms after the "
+                      "reference, was %.0f ms; cancelled by %.0f dB, and by %.0f dB for the session)", lag_ms,
+                      trial.delay / (WAKE_RATE / 1000), db, aec3_db)
+        else:
+            # The speaker was moved while the daemon was off. Both stages learn the new path from where they are
+            # (the linear stage cancelled more, sooner, from the old path moved to the new delay than from
+            # nothing; a new, cold AEC3 left more echo once settled than the trained one).
+            _LOG.info("the echo path kept from before no longer holds (the echo cancelled by %.0f dB, and by %.0f dB "
+                      "for the session): the echo canceller settles again", db, aec3_db)
+
+    def learnt_path(self) -> EchoPath | None:
+        """The echo path the linear stage has learnt (None before it found the echo)."""
+        learnt = self._linear.echo_path() if self._linear is not None else None
+        return EchoPath(*learnt) if learnt is not None else None
+
+    def _keep_path(self) -> None:
+        path = self.learnt_path()
+        if path is None or self.on_path is None:
+            return
+        if self._path_kept is not None:
+            when, kept = self._path_kept
+            if kept == path.delay and self._heard - when < KEEP_EVERY_S * WAKE_RATE:
+                return
+        self._path_kept = (self._heard, path.delay)
+        self.on_path(path)
 
     def _clipped(self, near: np.ndarray) -> None:
         """The microphone clipped in this frame: if on the speaker's own sound, count it, and say so
@@ -209,6 +400,7 @@ class EchoFrontEnd:
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
         self._lags.clear()  # a new echo path: its drift is measured from here
+        self._end_trial()
         _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
                   "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
         self._far_heard = 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 
 from device.audio.capture import AudioFrame, Capture
 from device.audio.double_talk import CLIPPED
-from device.audio.echo import CLIPPING, EchoFrontEnd
+from device.audio.echo import CLIPPING, KEEP_DB, EchoFrontEnd
+from device.audio.echo_memory import PathMemory
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig
@@ -46,9 +48,10 @@ class _Tap:
         self.fe.reset()
 
 
-async def check_echo(cfg: AudioConfig) -> str:
+async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> str:
     """Play the probe on ``cfg.output``, record ``cfg.input`` through the echo canceller and say
-    how much echo it removed; raises RuntimeError when it does not converge."""
+    how much echo it removed; raises RuntimeError when it does not converge. The echo path it
+    learnt is kept in ``state_dir`` (if given), for the daemon to start from."""
     loop = asyncio.get_running_loop()
     reference = PlaybackReference()
     pb = Playback(cfg, loop)
@@ -102,5 +105,11 @@ async def check_echo(cfg: AudioConfig) -> str:
     wake_erle = 10 * np.log10((np.mean(raw[last] ** 2) + 1e-9) / (np.mean(wake[last] ** 2) + 1e-9))
     lag = tap.fe.echo_lag_ms
     heard = f", {lag:.0f} ms after it was played" if lag is not None else ""
+    kept = ""
+    path = tap.fe.learnt_path()
+    if state_dir is not None and path is not None and wake_erle >= KEEP_DB:
+        memory = PathMemory(state_dir, microphone=cfg.input, speaker=cfg.output, taps=tap.fe.path_taps)
+        if memory.save(path):
+            kept = f"; the echo path is kept for the daemon's start ({memory.path})"
     return (f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS, peaks {peak_db:.0f} dBFS{heard}); "
-            f"for the wake word by {wake_erle:.1f} dB after {PROBE_S:.0f} s")
+            f"for the wake word by {wake_erle:.1f} dB after {PROBE_S:.0f} s{kept}")

@@ -59,6 +59,8 @@ class DelayEstimator:
         self.estimates = 0
         self.lag: int | None = None  # the last estimate found twice in a row, however small its move
         self.confirmed = 0  # ... and how many there were
+        self.measures = 0  # estimates made (a clear peak found) ...
+        self.last: int | None = None  # ... and the last one, found once
         self._floor = (10 ** (-55 / 20) * 32768.0) ** 2
 
     def feed(self, near: np.ndarray, far: np.ndarray) -> bool:
@@ -77,6 +79,8 @@ class DelayEstimator:
         lag = self._estimate(far_all, near_all)
         if lag is None:
             return False
+        self.measures += 1
+        self.last = lag
         same = self._candidate is not None and abs(lag - self._candidate) <= 16
         self._candidate = lag
         if same:
@@ -122,12 +126,12 @@ class LinearEchoCanceller:
 
     def reset(self) -> None:
         """Forget the echo path and its delay (a new output device)."""
-        self._forget_path()
+        self._new_filter()
         self.delays = DelayEstimator(self.rate)
         self._shift = 0  # samples the far end is delayed by before the filter
         self._line = np.zeros(0)  # the far end's last _shift samples
 
-    def _forget_path(self) -> None:
+    def _new_filter(self) -> None:
         block = self.block
         bins = block + 1
         self._X = np.zeros((self.parts, bins), dtype=np.complex128)  # far-end spectra, newest first
@@ -138,6 +142,45 @@ class LinearEchoCanceller:
         self._eb = self._ef = 0.0  # smoothed error energies of the two filters
         self._far_floor = (10 ** (-70 / 20) * 32768.0) ** 2 * block  # below this the far end is silent
         self._silent = 0  # blocks in a row whose far end was all zeros
+
+    @property
+    def taps(self) -> int:
+        """How many taps the filter has."""
+        return self.parts * self.block
+
+    def echo_path(self) -> tuple[int, np.ndarray] | None:
+        """What the filter has learnt: (the echo's delay behind the far end in samples, the filter's
+        taps from LAG_MARGIN before it, float32), or None before any delay was found."""
+        if self.delays.delay is None:
+            return None
+        taps = np.fft.irfft(self._Wf, axis=1)[:, : self.block].reshape(-1)
+        return self.delays.delay, taps.astype(np.float32)
+
+    def restore(self, delay: int, taps: np.ndarray) -> None:
+        """Start from an echo path learnt before (:meth:`echo_path`): the filter cancels from the
+        first block, and an echo found at another delay shows as a move of :attr:`delays`."""
+        n, parts = self.block, self.parts
+        if delay < 0 or len(taps) != parts * n:
+            raise ValueError(f"an echo path of {len(taps)} taps at {delay} samples does not fit this filter ({parts * n} taps)")
+        self.reset()
+        self._set_taps(taps)
+        self._shift = max(0, delay - LAG_MARGIN)
+        self._line = np.zeros(self._shift)
+        self.delays.delay = delay
+
+    def move_to(self, delay: int, taps: np.ndarray) -> None:
+        """The echo is found ``delay`` samples behind the far end, where ``taps`` (a restored path's)
+        model it: the far end is delayed to match, and the filter is ``taps`` again (what it has
+        learnt since, from an echo it was not lined up with, is dropped)."""
+        self.delays.delay = delay
+        self._realign(delay, follow=False)
+        self._set_taps(taps)
+
+    def _set_taps(self, taps: np.ndarray) -> None:
+        n, parts = self.block, self.parts
+        w = np.concatenate([np.asarray(taps, dtype=np.float64).reshape(parts, n), np.zeros((parts, n))], axis=1)
+        self._Wf[:] = self._Wb[:] = np.fft.rfft(w, axis=1)
+        self._eb = self._ef = 0.0
 
     def forget_audio(self) -> None:
         """After a gap in the audio: drop the far-end history, keep the learnt echo path."""
@@ -172,16 +215,17 @@ class LinearEchoCanceller:
             self._realign(self.delays.delay or 0)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
-    def _realign(self, lag: int) -> None:
+    def _realign(self, lag: int, follow: bool = True) -> None:
         """The echo lags the far end by ``lag`` samples: from the next block on, delay the far end
         so the filter's span starts just before the direct sound. What the filter learnt moves
-        with it, so nothing is learnt again."""
+        with it (it has followed the echo there while the delay was measured; with ``follow``
+        False it stays), so nothing is learnt again."""
         shift = max(0, lag - LAG_MARGIN)
         delta = shift - self._shift
         if not delta:
             return
         n, parts = self.block, self.parts
-        for W in (self._Wf, self._Wb):
+        for W in (self._Wf, self._Wb) if follow else ():
             w = np.fft.irfft(W, axis=1)[:, :n].reshape(-1)
             d = min(abs(delta), len(w))
             w = np.concatenate([w[d:], np.zeros(d)]) if delta > 0 else np.concatenate([np.zeros(d), w[: len(w) - d]])

@@ -146,8 +146,8 @@ def frame(c: Ctx, ev: ip.Frame) -> None:
         conv.held = True
         if not conv.settling_told:
             conv.settling_told = True
-            c.log(logging.INFO, "the echo canceller is still settling: until it has heard a few seconds of the "
-                                "speaker, only the wake word interrupts a reply")
+            c.log(logging.INFO, "the echo canceller is still settling: until it has heard enough of the speaker, "
+                                "only the wake word interrupts a reply")
         return
     conv.held = False
     if conv.manual:

@@ -22,7 +22,7 @@ from tests.rig import room as rm
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from device.audio.echo_pace import PaceMemory
+    from device.audio.echo_memory import PaceMemory
     from device.audio.reference import PlaybackReference
 
 RATE = 16000
