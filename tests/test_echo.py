@@ -417,8 +417,11 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
         "the answer after the interruption stopped itself:\n" + "\n".join(d.lines[mark:])
 
 
+SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.simulator(pace=1, script=[Turn(say=LONG_REPLY, transcript="what is the weather like"),
+@pytest.mark.simulator(pace=1, script=[Turn(say=SHORT_REPLY, transcript="what is the weather like"),
                                        Turn(say=LONG_REPLY, transcript="what is the weather like"),
                                        Turn(say=AFTER_STOP, transcript="stop")])
 def test_after_a_restart_the_first_reply_is_cancelled_from_its_first_words(alsa_rig, speech, simulator, daemon_factory,
@@ -473,9 +476,6 @@ def test_after_a_restart_the_first_reply_is_cancelled_from_its_first_words(alsa_
     d.wait_for(r"interrupted by voice", 5, start=talked)
     spoke = next(i for i, line in enumerate(d.lines) if i >= mark and "-> speaking" in line)
     print("after the restart:", *d.lines[spoke:talked + 3], sep="\n")
-
-
-SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."
 
 
 @pytest.mark.timeout(90)

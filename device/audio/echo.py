@@ -95,7 +95,8 @@ CLIPPING = ("clipped echo is not what was played, and little of it is removed fr
 # of silence (microphone noise at TRAIN_NOISE_DBFS), as before a reply; all computed at start. (Trained
 # on noise straight into a reply, it leaked up to -50 dBFS in the reply's first second; with 10 s of
 # silence between, nothing above -66.) In the first reply, the linear stage moves the path to where the
-# echo is first found; if that is more than KEPT_DELAY_MS from where it was, AEC3 is trained again there
+# echo is first found (at once within KEPT_DELAY_MS of where it was, elsewhere by two measures that
+# AGREE); if that is more than KEPT_DELAY_MS from where it was, AEC3 is trained again there
 # (a sound server's latency differs from one start to the next: by a few ms, and now and then by 84 ms,
 # on the test rig's PulseAudio; AEC3 follows an echo that comes later than it learnt, but one that comes
 # 3 ms earlier it leaked loudly, in one room of four). The path holds when the linear stage then cancels
@@ -107,6 +108,7 @@ TRAIN_QUIET_S = 1.0
 TRAIN_DBFS = -26.0
 TRAIN_NOISE_DBFS = -70.0
 KEPT_DELAY_MS = 1.0
+AGREE = 16  # samples: two measures this close agree
 TRIAL_EVERY_S = 0.16  # how often the echo's delay is measured until it is first found in a trial (else every 0.5 s)
 KEPT_CHECK_S = 0.32
 KEPT_HOLDS_DB = 10.0
@@ -135,7 +137,9 @@ class _Trial:
     delay: int  # samples, as kept
     taps: np.ndarray
     every: int  # how often the delay estimator measures, outside a trial (samples)
+    candidate: int | None = None  # the last measure, not yet found again
     found: bool = False
+    found_at: int = 0  # microphone samples heard when it was found
     mic: float = 0.0  # power of the microphone and of the linear stage's output since it was found
     left: float = 0.0
     samples: int = 0
@@ -257,7 +261,7 @@ class EchoFrontEnd:
             out = self.aec3_audio = self._apm.process(near, far)
             self._follow_reply(near, playing)
             if self._trial is not None and delays.measures != measures and delays.last is not None:
-                self._trial_found(delays.last)  # (after _follow_reply: this frame was cancelled before the move)
+                self._trial_found(delays.last)
             if self._blend is not None:
                 out = self._blend.process(near, self.wake_audio, out, far)
         else:
@@ -307,7 +311,7 @@ class EchoFrontEnd:
                 self._reply.popleft()
             self._reply_n += len(near)
             self._quiet = 0
-            if self._trial is not None and self._trial.found:
+            if self._trial is not None and self._trial.found and self._heard > self._trial.found_at:
                 self._try_kept(mic, left, float(np.dot(self.aec3_audio.astype(np.float64), self.aec3_audio.astype(np.float64))),
                                len(near))
             return
@@ -321,16 +325,22 @@ class EchoFrontEnd:
         self._reply.clear()
         self._reply_n = 0
 
-    def _trial_found(self, lag: int) -> None:
-        """A kept path on trial: the echo was first measured ``lag`` samples behind the reference."""
+    def _trial_found(self, lag: int, agreed: bool = False) -> None:
+        """A kept path on trial: the echo was measured ``lag`` samples behind the reference (twice,
+        if ``agreed``)."""
         trial = self._trial
         if trial.found:
             return
-        trial.found = True
+        near = abs(lag - trial.delay) <= KEPT_DELAY_MS * WAKE_RATE / 1000
+        if not (near or agreed or (trial.candidate is not None and abs(lag - trial.candidate) <= AGREE)):
+            # A measure away from the kept delay must be found again: the first, on the first tenths of a
+            # second of a reply, was now and then a stray peak (100 ms, where the echo was at 158).
+            trial.candidate = lag
+            return
+        trial.found, trial.found_at = True, self._heard  # (this frame was cancelled before the path was moved)
         self._linear.delays.every = trial.every
-        if lag != self._linear.delays.delay:
-            self._linear.move_to(lag, trial.taps)
-        if abs(lag - trial.delay) > KEPT_DELAY_MS * WAKE_RATE / 1000:
+        self._linear.move_to(lag, trial.taps)  # (the kept taps, also where the linear stage moved its own)
+        if not near:
             self._train(lag, trial.taps)
             trial.check_s += RETRAINED_S
 
@@ -396,6 +406,9 @@ class EchoFrontEnd:
         """The linear stage found the echo at another delay: the speaker (or the device's latency)
         moved, and AEC3 leaks the new path's echo until it has learnt it, as when cold."""
         lag = self._linear.delays.delay or 0
+        if self._trial is not None and not self._trial.found:
+            self._trial_found(lag, agreed=True)  # found at another delay than kept: the kept path is tried there
+            return
         if was is None or abs(lag - was) <= RESETTLE_MS * WAKE_RATE / 1000:
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
