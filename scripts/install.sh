@@ -296,11 +296,12 @@ run_check() {
     if [ "$COMPONENT" = speaker ]; then
         say "speaker check --config $CONF_FILE"
         if [ "$DRY" = 0 ]; then
-            # As the service's user when there is one, so permissions are those the daemon will have.
+            # As the service's user when there is one, so permissions are those the daemon will have; in
+            # the service's state directory, where the check keeps the echo path it learnt for the daemon.
             if exists_user "$SVC_USER" && [ -z "$PREFIX" ] && command -v runuser >/dev/null 2>&1; then
-                runuser -u "$SVC_USER" -- "$VENV/bin/speaker" check --config "$CONF_FILE" || true
+                runuser -u "$SVC_USER" -- env STATE_DIRECTORY="$STATE_DIR" "$VENV/bin/speaker" check --config "$CONF_FILE" || true
             else
-                "$VENV/bin/speaker" check --config "$CONF_FILE" || true
+                STATE_DIRECTORY="$STATE_DIR" "$VENV/bin/speaker" check --config "$CONF_FILE" || true
             fi
         fi
     else
