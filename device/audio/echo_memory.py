@@ -55,8 +55,8 @@ class _PairFile:
         self.microphone = microphone
         self.speaker = speaker
 
-    def _load(self) -> dict[str, Any] | None:
-        """The object kept for these two PCMs (checked by :meth:`_check`), or None (logged)."""
+    def _load(self) -> Any:
+        """What is kept for these two PCMs (as :meth:`_parse` reads it), or None (logged)."""
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -68,7 +68,7 @@ class _PairFile:
             data: Any = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            self._check(data)
+            value = self._parse(data)
         except ValueError as exc:  # (json.JSONDecodeError is one)
             _LOG.warning("%s in %s is unusable (%s); it is learnt again", self.what, self.path, exc)
             return None
@@ -76,10 +76,11 @@ class _PairFile:
             _LOG.info("%s in %s was learnt for microphone %r and speaker %r, not %r and %r; it is learnt again",
                       self.what, self.path, data.get("microphone"), data.get("speaker"), self.microphone, self.speaker)
             return None
-        return data
+        return value
 
-    def _check(self, data: dict[str, Any]) -> None:
-        """Raise ValueError, naming the key, if ``data`` does not hold a usable value."""
+    def _parse(self, data: dict[str, Any]) -> Any:
+        """The value ``data`` holds; ValueError, naming the key, if it holds none usable."""
+        raise NotImplementedError
 
     def _save(self, fields: dict[str, Any]) -> bool:
         payload = json.dumps({"microphone": self.microphone, "speaker": self.speaker, **fields}) + "\n"
@@ -107,13 +108,13 @@ class PaceMemory(_PairFile):
 
     def load(self) -> float | None:
         """The pace kept for these two PCMs, or None (none kept, kept for others, or unusable: logged)."""
-        data = self._load()
-        return None if data is None else float(data["speaker_ppm"])
+        return self._load()
 
-    def _check(self, data: dict[str, Any]) -> None:
+    def _parse(self, data: dict[str, Any]) -> float:
         ppm = _number(data, "speaker_ppm")
         if abs(ppm) > MAX_PPM:
             raise ValueError(f"speaker_ppm {ppm} is beyond +-{MAX_PPM:.0f}")
+        return ppm
 
     def save(self, ppm: float) -> bool:
         """Keep ``ppm`` for these two PCMs (atomically); False, logged, if it could not be written."""
@@ -131,7 +132,9 @@ class EchoPath:
 
     @property
     def delay_ms(self) -> float:
+        """The delay in ms."""
         return self.delay / 16.0
+
 
 class PathMemory(_PairFile):
     """Loads and saves the echo path (:class:`EchoPath`) for one pair of PCMs; ``taps`` is how many
@@ -147,12 +150,9 @@ class PathMemory(_PairFile):
 
     def load(self) -> EchoPath | None:
         """The echo path kept for these two PCMs, or None (none kept, kept for others, or unusable: logged)."""
-        data = self._load()
-        if data is None:
-            return None
-        return EchoPath(int(data["delay"]), np.frombuffer(base64.b64decode(data["taps"]), dtype="<f4").astype(np.float32))
+        return self._load()
 
-    def _check(self, data: dict[str, Any]) -> None:
+    def _parse(self, data: dict[str, Any]) -> EchoPath:
         if _number(data, "rate") != self.rate:
             raise ValueError(f"rate is {data['rate']}, not {self.rate}")
         delay = _number(data, "delay")
@@ -166,6 +166,7 @@ class PathMemory(_PairFile):
             raise ValueError(f"taps hold {len(taps)} values, not {self.taps}")
         if not np.all(np.isfinite(taps)) or float(np.max(np.abs(taps))) > MAX_TAP:
             raise ValueError(f"taps are not finite or beyond +-{MAX_TAP:g}")
+        return EchoPath(int(delay), taps.astype(np.float32))
 
     def save(self, path: EchoPath) -> bool:
         """Keep ``path`` for these two PCMs (atomically); False, logged, if it could not be written."""
