@@ -346,7 +346,7 @@ def frame_dbfs(x: np.ndarray, frames: int) -> np.ndarray:
 def bench_moved(speech, quick: bool) -> None:
     """The speaker moved between two replies: the next reply's echo, streamed or held back."""
     print("\n== the speaker moved between two replies (another room, delay and echo level) ==")
-    print("(the second reply: when the front-end noticed the new delay and settled again, s; the loudest 80 ms")
+    print("(the second reply: when the front-end noticed the new delay, and when it settled again, s; the loudest 80 ms")
     print(" the session hears in it; what a reply streams of it before that and after, dBFS)")
     reply = reply_audio(speech)
     reply = reply[: len(reply) // 1280 * 1280]
@@ -364,10 +364,12 @@ def bench_moved(speech, quick: bool) -> None:
         lv, st = level[second:], np.array(settled[second:])
         held = np.flatnonzero(~st)
         at = int(held[0]) if len(held) else len(st)
+        again = np.flatnonzero(st[at:])
+        again_s = f"{(at + int(again[0])) * 0.08:.2f} s" if len(held) and len(again) else "never "
         before = f"{lv[:at].max():6.1f}" if at else "     -"
         after = f"{lv[at:][st[at:]].max():6.1f}" if np.any(st[at:]) else "     -"
         print(f"RT60 {rooms[0].rt60_s:.2f} -> {rooms[1].rt60_s:.2f} s, {rooms[0].delay_ms:2.0f} -> {rooms[1].delay_ms:2.0f} ms: "
-              f"noticed {'at %.2f s' % (at * 0.08) if len(held) else 'never  '}; loudest {lv.max():6.1f}; streamed before "
+              f"noticed {'at %.2f s' % (at * 0.08) if len(held) else 'never  '}, settled again {again_s}; loudest {lv.max():6.1f}; streamed before "
               f"{before}, after {after}")
 
 

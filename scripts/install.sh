@@ -278,6 +278,13 @@ install_unit() {
     fi
 }
 
+stop_service() {
+    if [ "$SYSTEMD" = 0 ] || [ "$CHECK" = 0 ]; then
+        return
+    fi
+    run systemctl stop "$NAME.service" || true
+}
+
 start_service() {
     if [ "$SYSTEMD" = 0 ]; then
         return
@@ -351,8 +358,16 @@ do_install() {
     install_venv
     install_config
     install_unit "$groups"
-    start_service
-    run_check
+    if [ "$COMPONENT" = speaker ]; then
+        # The check before the start: it opens the microphone and the speaker, which a card that cannot be
+        # opened twice (most hw: devices) would refuse it while the daemon (an earlier install's) holds them.
+        stop_service
+        run_check
+        start_service
+    else
+        start_service
+        run_check
+    fi
     next_steps
 }
 

@@ -161,7 +161,11 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> No
     assert any(line.startswith("+ ") and "apt-get install" in line and "libasound2-dev" in line for line in lines)
     assert any(line.startswith("+ ") and "pip install" in line for line in lines)
     assert any(line.startswith("+ ") and "systemctl enable speaker.service" in line for line in lines)
-    assert any(line.startswith("+ ") and "systemctl restart speaker.service" in line for line in lines)
+    # The check runs with the daemon stopped (a card that cannot be opened twice would refuse the
+    # check's probe while it runs), and the daemon starts after it.
+    at = {what: next(k for k, line in enumerate(lines) if what in line)
+          for what in ("+ systemctl stop speaker.service", "speaker check --config", "+ systemctl restart speaker.service")}
+    assert list(at.values()) == sorted(at.values()), lines
     bad = subprocess.run(["bash", str(INSTALL), "--purge"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--purge only goes with --uninstall" in bad.stderr
 

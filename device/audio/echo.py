@@ -16,13 +16,16 @@ the linear canceller's bins wherever a person dominates them (:mod:`device.audio
 chases a moving residual.)
 
 A cold AEC3 is cautious for its first second, then leaks bursts of echo until it has heard about
-two seconds of the speaker: frames are marked ``echo_settled=False`` until it has heard SETTLE_S,
-and the conversation does not stream a reply's microphone audio before then (the wake word
-interrupts it instead). That happens once per boot (for under a second, with an echo path kept from
-before: below); a reset (unmuting) keeps what AEC3 learnt.
-It happens again when the echo path changes (the speaker is moved): AEC3 leaks the new echo
-while it learns it, and the linear stage's delay estimator, which notices the new delay about
-0.8 s into the next reply, starts the count again.
+two seconds of the speaker: frames are marked ``echo_settled=False`` until the echo canceller has
+shown that it cancels the echo, and the conversation does not stream a reply's microphone audio
+before then (the wake word interrupts it instead). It shows that sooner than AEC3 learns alone: once
+the linear stage cancels the echo by LEARNT_DB, AEC3 is trained on the path the linear stage learnt
+(noise played through it, computed, as for a kept path: below), and the two are tried on the next
+half second of the reply; at the latest, it is settled once it has heard SETTLE_S of the speaker.
+That happens once per boot (for under a second, with an echo path kept from before: below); a reset
+(unmuting) keeps what AEC3 learnt. It happens again when the echo path changes (the speaker is
+moved): AEC3 leaks the new echo while it learns it, and the linear stage's delay estimator notices
+the new delay about 0.8 s into the next reply.
 
 A microphone on another card than the speaker keeps another clock: the echo's delay then moves
 steadily one way. The delay estimator's measures show it; once they do, the reference is told
@@ -116,6 +119,13 @@ KEPT_AEC3_FRAMES = 2
 KEPT_AEC3_DB = 20.0
 KEPT_AEC3_QUIET = (10 ** (-60 / 20) * 32768.0) ** 2  # ... or leaves less than -60 dBFS (mean square)
 RETRAINED_S = 0.24
+# With no path kept (the first boot), and after the echo path changed: once the linear stage cancels
+# LEARNT_DB over the last LEARNT_FRAMES of the speaker playing, AEC3 is trained on what it learnt, and
+# the two are tried as a kept path is (in bench/aec.py's rooms: settled 2.1-2.6 s into the first reply,
+# against SETTLE_S; with 10 dB, 1.8-2.2 s, but the first frame trusted leaked up to -49 dBFS). A path
+# that does not hold yet is learnt further and tried again.
+LEARNT_FRAMES = 4
+LEARNT_DB = 14.0
 # The echo path is handed on to be kept (on_path) once the speaker has been quiet for KEEP_QUIET_S after
 # KEEP_AFTER_S or more of playing, if the linear stage cancelled its last KEEP_LAST_S by KEEP_DB or more
 # (a microphone that clips on the echo, or a person talking, leaves less); at most every KEEP_EVERY_S
@@ -131,12 +141,12 @@ __all__ = ["EchoFrontEnd", "frontend_for"]
 
 @dataclass
 class _Trial:
-    """A kept echo path on trial in the first reply: where is its echo found, and do both stages
-    cancel it there?"""
+    """An echo path on trial: one kept from before, in the first reply (where is its echo found?),
+    or the one the linear stage is learning (has it learnt enough?); then, do both stages cancel
+    it?"""
 
-    delay: int  # samples, as kept
-    taps: np.ndarray
-    every: int  # how often the delay estimator measures, outside a trial (samples)
+    delay: int | None  # samples, as kept (None: not kept; learnt here)
+    taps: np.ndarray | None  # (None: the linear stage's, once it cancels LEARNT_DB)
     candidate: int | None = None  # the last measure, not yet found again
     found: bool = False
     found_at: int = 0  # microphone samples heard when it was found
@@ -145,6 +155,7 @@ class _Trial:
     samples: int = 0
     check_s: float = KEPT_CHECK_S  # how long they are measured
     last: list[tuple[float, float]] = field(default_factory=list)  # (microphone, AEC3's output) power per frame
+    learnt: bool = False  # the path the linear stage learnt in this run, not one kept from before
 
 
 class EchoFrontEnd:
@@ -199,7 +210,11 @@ class EchoFrontEnd:
         self._reply_n = 0  # samples the speaker has played since it was last quiet
         self._quiet = 0  # samples since the speaker last played
         self._path_kept: tuple[int, int] | None = None  # (when, the delay) the path was last handed on
-        self._trial: _Trial | None = None  # a kept echo path on trial
+        self._trial: _Trial | None = None  # an echo path on trial
+        if self._linear is not None:
+            self._measure_every = self._linear.delays.every  # how often the echo's delay is measured, outside a trial
+            self._learn()
+            self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE)  # the first echo, found sooner
 
     @property
     def echo_settled(self) -> bool:
@@ -260,7 +275,8 @@ class EchoFrontEnd:
                     _LOG.info("echo canceller settled: it has heard %.0f s of the speaker", SETTLE_S)
             out = self.aec3_audio = self._apm.process(near, far)
             self._follow_reply(near, playing)
-            if self._trial is not None and delays.measures != measures and delays.last is not None:
+            if self._trial is not None and self._trial.delay is not None and delays.measures != measures \
+                    and delays.last is not None:
                 self._trial_found(delays.last)
             if self._blend is not None:
                 out = self._blend.process(near, self.wake_audio, out, far)
@@ -278,7 +294,7 @@ class EchoFrontEnd:
             return
         self._linear.restore(path.delay, path.taps)
         self._train(path.delay, path.taps)
-        self._trial = _Trial(path.delay, path.taps, every=self._linear.delays.every)
+        self._trial = _Trial(path.delay, path.taps)
         self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE)  # the first reply's echo, found sooner
 
     def _train(self, delay: int, taps: np.ndarray) -> None:
@@ -297,7 +313,7 @@ class EchoFrontEnd:
 
     def _end_trial(self) -> None:
         if self._trial is not None:
-            self._linear.delays.every = self._trial.every
+            self._linear.delays.every = self._measure_every
             self._trial = None
 
     def _follow_reply(self, near: np.ndarray, playing: bool) -> None:
@@ -311,7 +327,9 @@ class EchoFrontEnd:
                 self._reply.popleft()
             self._reply_n += len(near)
             self._quiet = 0
-            if self._trial is not None and self._trial.found and self._heard > self._trial.found_at:
+            if self._trial is not None and self._trial.delay is None:
+                self._learnt(mic, left)
+            elif self._trial is not None and self._trial.found and self._heard > self._trial.found_at:
                 self._try_kept(mic, left, float(np.dot(self.aec3_audio.astype(np.float64), self.aec3_audio.astype(np.float64))),
                                len(near))
             return
@@ -324,6 +342,29 @@ class EchoFrontEnd:
                 self._keep_path()
         self._reply.clear()
         self._reply_n = 0
+
+    def _learn(self) -> None:
+        """Put the path the linear stage learns on trial, once it cancels LEARNT_DB."""
+        self._trial = _Trial(None, None, learnt=True)
+
+    def _learnt(self, mic: float, left: float) -> None:
+        """A frame of the speaker playing while the linear stage learns the path: once it cancels
+        LEARNT_DB, AEC3 is trained on that path, and both are tried as a kept path is."""
+        trial = self._trial
+        if self._linear.delays.delay is None:
+            return
+        trial.last.append((mic, left))
+        del trial.last[:-LEARNT_FRAMES]
+        mic, left = (sum(v) for v in zip(*trial.last))
+        if len(trial.last) < LEARNT_FRAMES or 10 * np.log10((mic + 1.0) / (left + 1.0)) < LEARNT_DB:
+            return
+        if self._far_heard + (KEPT_CHECK_S + RETRAINED_S) * WAKE_RATE >= SETTLE_S * WAKE_RATE:
+            return  # too late: the count settles first, and AEC3 just trained would leak at that moment
+        trial.delay, trial.taps = self._linear.echo_path()
+        trial.last = []
+        trial.found, trial.found_at = True, self._heard
+        self._train(trial.delay, trial.taps)
+        trial.check_s += RETRAINED_S
 
     def _trial_found(self, lag: int, agreed: bool = False) -> None:
         """A kept path on trial: the echo was measured ``lag`` samples behind the reference (twice,
@@ -338,7 +379,7 @@ class EchoFrontEnd:
             trial.candidate = lag
             return
         trial.found, trial.found_at = True, self._heard  # (this frame was cancelled before the path was moved)
-        self._linear.delays.every = trial.every
+        self._linear.delays.every = self._measure_every
         self._linear.move_to(lag, trial.taps)  # (the kept taps, also where the linear stage moved its own)
         if not near:
             self._train(lag, trial.taps)
@@ -359,17 +400,28 @@ class EchoFrontEnd:
         aec3_db = 10 * np.log10((mic_last + 1.0) / (aec3_last + 1.0))
         quiet = aec3_last / (len(last) * 1280) < KEPT_AEC3_QUIET  # (in a pause of the reply, as good as cancelled)
         lag_ms = (self._linear.delays.delay or 0) / (WAKE_RATE / 1000)
-        if db >= KEPT_HOLDS_DB and (aec3_db >= KEPT_AEC3_DB or quiet):
+        holds = db >= KEPT_HOLDS_DB and (aec3_db >= KEPT_AEC3_DB or quiet)
+        if holds and trial.learnt:
+            heard = self._far_heard / WAKE_RATE
+            self._far_heard = max(self._far_heard, int(SETTLE_S * WAKE_RATE))
+            _LOG.info("echo canceller settled: it learnt the echo path in %.1f s of the speaker (the echo %.0f ms after "
+                      "the reference; cancelled by %.0f dB, and by %.0f dB for the session)", heard, lag_ms, db, aec3_db)
+        elif holds:
             self._far_heard = max(self._far_heard, int(SETTLE_S * WAKE_RATE))
             _LOG.info("echo canceller settled: the echo path kept from before holds (the echo %.0f ms after the "
                       "reference, was %.0f ms; cancelled by %.0f dB, and by %.0f dB for the session)", lag_ms,
                       trial.delay / (WAKE_RATE / 1000), db, aec3_db)
+        elif trial.learnt:
+            _LOG.debug("the echo path learnt so far does not hold yet (the echo cancelled by %.0f dB, and by %.0f dB for "
+                       "the session): it is learnt further", db, aec3_db)
+            self._learn()
         else:
             # The speaker was moved while the daemon was off. Both stages learn the new path from where they are
             # (the linear stage cancelled more, sooner, from the old path moved to the new delay than from
             # nothing; a new, cold AEC3 left more echo once settled than the trained one).
             _LOG.info("the echo path kept from before no longer holds (the echo cancelled by %.0f dB, and by %.0f dB "
                       "for the session): the echo canceller settles again", db, aec3_db)
+            self._learn()
 
     def learnt_path(self) -> EchoPath | None:
         """The echo path the linear stage has learnt (None before it found the echo)."""
@@ -406,10 +458,13 @@ class EchoFrontEnd:
         """The linear stage found the echo at another delay: the speaker (or the device's latency)
         moved, and AEC3 leaks the new path's echo until it has learnt it, as when cold."""
         lag = self._linear.delays.delay or 0
-        if self._trial is not None and not self._trial.found:
+        trial = self._trial
+        if trial is not None and not trial.learnt and not trial.found:
             self._trial_found(lag, agreed=True)  # found at another delay than kept: the kept path is tried there
             return
         if was is None or abs(lag - was) <= RESETTLE_MS * WAKE_RATE / 1000:
+            if was is None and trial is not None:
+                self._linear.delays.every = self._measure_every  # (measured faster only until first found)
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
         self._lags.clear()  # a new echo path: its drift is measured from here
@@ -417,6 +472,7 @@ class EchoFrontEnd:
         _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
                   "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
         self._far_heard = 0
+        self._learn()
 
     def _follow_clock(self, lag: int | None) -> None:
         """A new measure of the echo's delay (samples): when it keeps moving one way, the
