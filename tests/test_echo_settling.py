@@ -103,8 +103,8 @@ BEFORE = rm.Room(rt60_s=0.45, delay_ms=30, seed=7, echo_dbfs=-30.0)
 ], ids=["speaker moved", "nothing moved", "echo 4 ms later"])
 def test_after_the_speaker_moved_the_canceller_settles_again(speech, after, moved) -> None:
     """Between two replies the speaker is moved (the echo comes 20 ms later, through another room):
-    AEC3 leaks the new echo loudly while it learns it. Once the linear stage has found the new
-    delay, the frames are marked unsettled again, so nothing loud streams after that. With nothing
+    AEC3 leaks the new echo loudly while it learns it. Once the delay estimator has measured the
+    echo elsewhere, the frames are marked unsettled again, so nothing loud streams. With nothing
     moved, or the echo a few ms later (which AEC3 follows), the second reply stays settled."""
     reply = speech.say(" ".join(REPLY), voice="en-us+f3", speed=165)
     reply = reply[: len(reply) // 1280 * 1280]
@@ -125,8 +125,11 @@ def test_after_the_speaker_moved_the_canceller_settles_again(speech, after, move
     streamed = [dbfs(f.pcm16k) for f in frames[noticed:] if f.echo_settled]
     print(f"speaker moved: noticed {noticed * 0.08:.2f} s into the reply, settled again {len(loud) * 0.08:.2f} s later; "
           f"loudest 80 ms held back {max(loud):.1f} dBFS, "
-          f"streamed after that {max(streamed):.1f} dBFS (before it noticed: {max(dbfs(f.pcm16k) for f in frames[:noticed]):.1f})")
-    assert noticed * 0.08 <= 1.2
+          f"streamed after that {max(streamed):.1f} dBFS (before it noticed: {max((dbfs(f.pcm16k) for f in frames[:noticed]), default=float('nan')):.1f})")
+    # Noticed at the first measure of the echo's delay in the reply (one every 0.5 s), before AEC3's leak
+    # of the new echo streams; the new delay is confirmed (and the linear stage moves) by the next.
+    assert noticed * 0.08 <= 0.6
+    assert max((dbfs(f.pcm16k) for f in frames[:noticed]), default=-120.0) < LOUD_DBFS
     again = noticed + len(loud)  # (the frames held back after it noticed)
     assert (again - noticed) * 0.08 <= SETTLE_S - 0.6, "the new path was trusted only when the count ran out"
     assert max(loud) > LOUD_DBFS, "this move no longer makes AEC3 leak: the test needs a harsher one"

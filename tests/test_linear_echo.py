@@ -92,3 +92,7 @@ def test_a_delay_the_device_does_not_report_is_found(scene, lag_ms) -> None:
     assert c.delays.delay is not None and abs(c.delays.delay - (lag + 35 * RATE // 1000)) < 48  # the room adds 35 ms
     half = len(out) // 2
     assert rm.erle_db(mic[half:].astype(np.float64), out[half:]) >= 15.0
+    # Each measure says how clearly the echo showed: a clear peak where it is, nothing elsewhere.
+    d = c.delays
+    assert d.peak > 20.0 and d.score_at(d.delay) == pytest.approx(d.peak, rel=0.3)
+    assert d.score_at(d.delay + 100 * RATE // 1000 if d.delay < 300 * RATE // 1000 else d.delay - 100 * RATE // 1000) < 6.0

@@ -24,8 +24,9 @@ the linear stage cancels the echo by LEARNT_DB, AEC3 is trained on the path the 
 half second of the reply; at the latest, it is settled once it has heard SETTLE_S of the speaker.
 That happens once per boot (for under a second, with an echo path kept from before: below); a reset
 (unmuting) keeps what AEC3 learnt. It happens again when the echo path changes (the speaker is
-moved): AEC3 leaks the new echo while it learns it, and the linear stage's delay estimator notices
-the new delay about 0.8 s into the next reply.
+moved): AEC3 leaks the new echo while it learns it. The linear stage's delay estimator measures the
+echo's delay every 0.5 s while the speaker plays, and moves the filter once two measures agree; the
+first measure that finds the echo elsewhere, and no longer where it was, unsettles the frames at once.
 
 A microphone on another card than the speaker keeps another clock: the echo's delay then moves
 steadily one way. The delay estimator's measures show it; once they do, the reference is told
@@ -74,6 +75,14 @@ FAR_ACTIVE = (10 ** (-55 / 20) * 32768.0) ** 2  # mean square of a far-end frame
 # The echo found this much earlier or later: it has moved (the linear stage follows smaller moves, which
 # two clocks drifting apart make in steps of 3 ms), and AEC3 must learn it again.
 RESETTLE_MS = 5.0
+# A single measure that far away, as clear as DOUBT_PEAK of the echo's usual peak, with the echo no longer
+# showing where it was (below DOUBT_GONE standard deviations there), unsettles at once (a new path is
+# confirmed only by the next measure). Stray measures (a few in 40 replies in bench/aec.py's long run)
+# peaked at 8-33 standard deviations (the echo, usually: ~70; a moved echo's first measure: 22-77),
+# most of them within DOUBT_EDGE_MS of the ends of the lags measured, or with the echo still there.
+DOUBT_PEAK = 0.25
+DOUBT_GONE = 4.0
+DOUBT_EDGE_MS = 5.0
 # A microphone on another card than the speaker: the echo's delay moves steadily one way (0.1 ms a
 # second at 100 ppm). Its measures (twice a second while the speaker plays) over the last
 # PACE_WINDOW_S, at least PACE_MIN_MEASURES spanning PACE_SPAN_S, give that drift; a drift of
@@ -211,6 +220,7 @@ class EchoFrontEnd:
         self._quiet = 0  # samples since the speaker last played
         self._path_kept: tuple[int, int] | None = None  # (when, the delay) the path was last handed on
         self._trial: _Trial | None = None  # an echo path on trial
+        self._echo_peak = 0.0  # how clearly the echo's delay usually peaks in its measures (standard deviations)
         if self._linear is not None:
             self._measure_every = self._linear.delays.every  # how often the echo's delay is measured, outside a trial
             self._learn()
@@ -265,6 +275,8 @@ class EchoFrontEnd:
                 self._clipped(near)
             if self._linear.delays.delay != was:
                 self._echo_moved(was)
+            elif delays.measures != measures:
+                self._echo_measured(delays.last)
             if delays.confirmed != confirmed:
                 self._follow_clock(delays.lag)
             playing = float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE
@@ -471,6 +483,33 @@ class EchoFrontEnd:
         self._end_trial()
         _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
                   "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
+        self._far_heard = 0
+        self._learn()
+
+    def _echo_measured(self, lag: int | None) -> None:
+        """A single measure of the echo's delay (samples). One, while settled, far from where the
+        echo was, where the echo is now gone, is most likely a new echo path (the speaker was moved,
+        or the device's latency changed), which AEC3 leaks until it has learnt it: it is not trusted
+        until it is found again (the linear stage moves then), but frames are unsettled at once.
+        That first measure comes 0-0.5 s into a reply; the second, 0.5 s later."""
+        delays = self._linear.delays
+        delay = delays.delay
+        if lag is None or delay is None:
+            return
+        if abs(lag - delay) <= RESETTLE_MS * WAKE_RATE / 1000:
+            self._echo_peak = delays.peak if not self._echo_peak else 0.8 * self._echo_peak + 0.2 * delays.peak
+            return
+        if self._trial is not None or not self.echo_settled or not self._echo_peak:
+            return
+        gone = delays.score_at(delay)
+        edge = DOUBT_EDGE_MS * WAKE_RATE / 1000
+        if delays.peak < DOUBT_PEAK * self._echo_peak or gone > DOUBT_GONE or not edge <= lag <= delays.max_lag - edge:
+            # (now and then a measure peaks elsewhere, less clearly than the echo does, with the echo still there)
+            _LOG.debug("a stray measure of the echo's delay: %.0f ms (a peak of %.0f, the echo's at %.0f ms %.0f, usually %.0f)",
+                       lag * 1000.0 / WAKE_RATE, delays.peak, delay * 1000.0 / WAKE_RATE, gone, self._echo_peak)
+            return
+        _LOG.info("the echo may have moved (measured %.0f ms after the reference, was %.0f ms): the echo canceller "
+                  "settles again", lag * 1000.0 / WAKE_RATE, delay * 1000.0 / WAKE_RATE)
         self._far_heard = 0
         self._learn()
 

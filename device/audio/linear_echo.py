@@ -61,6 +61,8 @@ class DelayEstimator:
         self.confirmed = 0  # ... and how many there were
         self.measures = 0  # estimates made (a clear peak found) ...
         self.last: int | None = None  # ... and the last one, found once
+        self.peak = 0.0  # ... its peak, in standard deviations of the correlation
+        self._scores = np.zeros(0)  # ... the correlation at each lag, in standard deviations
         self._floor = (10 ** (-55 / 20) * 32768.0) ** 2
 
     def feed(self, near: np.ndarray, far: np.ndarray) -> bool:
@@ -96,6 +98,13 @@ class DelayEstimator:
         """The far end's last ``n`` samples (at most the window and the longest delay)."""
         return _ordered(self._far, self._far_at)[len(self._far) - n :] if n > 0 else np.zeros(0)
 
+    def score_at(self, lag: int, width: int = 3) -> float:
+        """How strongly the last estimate's correlation peaked within ``width`` samples of ``lag``
+        (standard deviations; 0 before any estimate)."""
+        if not len(self._scores):
+            return 0.0
+        return float(self._scores[max(0, lag - width) : max(0, lag + width + 1)].max(initial=0.0))
+
     def _estimate(self, far: np.ndarray, near: np.ndarray) -> int | None:
         # near[t] = far[t - L]: correlate the near window with the far window reaching back max_lag.
         m = self.size + self.max_lag
@@ -105,6 +114,8 @@ class DelayEstimator:
         G = N * np.conj(F)
         r = np.fft.irfft(G / np.maximum(np.abs(G), 1e-9), nfft)[: self.max_lag + 1]
         k = int(np.argmax(r))
+        self._scores = r / (float(np.std(r)) + 1e-12)
+        self.peak = float(self._scores[k])
         if r[k] < 6.0 * float(np.std(r)) + 1e-12:
             return None  # no clear peak: the far end is not in the microphone (or too little of it)
         return k
