@@ -25,8 +25,9 @@ half second of the reply; at the latest, it is settled once it has heard SETTLE_
 That happens once per boot (for under a second, with an echo path kept from before: below); a reset
 (unmuting) keeps what AEC3 learnt. It happens again when the echo path changes (the speaker is
 moved): AEC3 leaks the new echo while it learns it. The linear stage's delay estimator measures the
-echo's delay every 0.5 s while the speaker plays, and moves the filter once two measures agree; the
-first measure that finds the echo elsewhere, and no longer where it was, unsettles the frames at once.
+echo's delay while the speaker plays (every 0.16 s over a reply's first second, then every 0.5 s), and
+moves the filter once two measures agree; the first measure that finds the echo elsewhere, and no
+longer where it was, unsettles the frames at once.
 
 A microphone on another card than the speaker keeps another clock: the echo's delay then moves
 steadily one way. The delay estimator's measures show it; once they do, the reference is told
@@ -122,6 +123,9 @@ TRAIN_NOISE_DBFS = -70.0
 KEPT_DELAY_MS = 1.0
 AGREE = 16  # samples: two measures this close agree
 TRIAL_EVERY_S = 0.16  # how often the echo's delay is measured until it is first found in a trial (else every 0.5 s)
+# ... and over a reply's first WATCH_S after a pause: on the test rig's FIFO speaker the echo once came back 42 ms
+# later, and the server heard AEC3's leak of it 0.52 s into the reply, where the first measure came at 0.6 s.
+WATCH_S = 1.0
 KEPT_CHECK_S = 0.32
 KEPT_HOLDS_DB = 10.0
 KEPT_AEC3_FRAMES = 2
@@ -222,9 +226,9 @@ class EchoFrontEnd:
         self._trial: _Trial | None = None  # an echo path on trial
         self._echo_peak = 0.0  # how clearly the echo's delay usually peaks in its measures (standard deviations)
         if self._linear is not None:
-            self._measure_every = self._linear.delays.every  # how often the echo's delay is measured, outside a trial
+            self._measure_every = self._linear.delays.every  # how often the echo's delay is usually measured
             self._learn()
-            self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE)  # the first echo, found sooner
+        self._watch = 0  # samples left of a reply's start, while its echo's delay is measured sooner
 
     @property
     def echo_settled(self) -> bool:
@@ -269,6 +273,8 @@ class EchoFrontEnd:
                 played = far
             delays = self._linear.delays
             was, confirmed, measures = delays.delay, delays.confirmed, delays.measures
+            playing = float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE
+            self._pace_measures(playing, len(near))
             self.wake_audio = self._linear.process(near, played)
             self._heard += len(near)
             if int(near.max()) >= CLIPPED or int(near.min()) <= -CLIPPED:
@@ -279,7 +285,6 @@ class EchoFrontEnd:
                 self._echo_measured(delays.last)
             if delays.confirmed != confirmed:
                 self._follow_clock(delays.lag)
-            playing = float(np.mean(far.astype(np.float64) ** 2)) > FAR_ACTIVE
             if self._far_heard < SETTLE_S * WAKE_RATE and playing:
                 self._far_heard += len(far)
                 if self.echo_settled:
@@ -298,6 +303,18 @@ class EchoFrontEnd:
             out = self._agc.process(out)
         return out
 
+    def _pace_measures(self, playing: bool, n: int) -> None:
+        """How often the echo's delay is measured: every TRIAL_EVERY_S until the echo is first found
+        (cold, or a kept path on trial) and over the first WATCH_S of a reply that starts after a
+        pause (an echo that moved is noticed before AEC3's leak of it reaches the server), else every
+        0.5 s."""
+        if playing and self._quiet >= KEEP_QUIET_S * WAKE_RATE:
+            self._watch = int(WATCH_S * WAKE_RATE)
+        trial = self._trial
+        finding = trial is not None and (self._linear.delays.delay is None if trial.learnt else not trial.found)
+        self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE) if finding or self._watch > 0 else self._measure_every
+        self._watch = max(0, self._watch - n)
+
     def start_from(self, path: EchoPath) -> None:
         """Start from an echo path learnt before this boot (:mod:`device.audio.echo_memory`): the
         linear stage takes it, and AEC3 is trained on noise played through it. Frames are settled
@@ -307,7 +324,6 @@ class EchoFrontEnd:
         self._linear.restore(path.delay, path.taps)
         self._train(path.delay, path.taps)
         self._trial = _Trial(path.delay, path.taps)
-        self._linear.delays.every = int(TRIAL_EVERY_S * WAKE_RATE)  # the first reply's echo, found sooner
 
     def _train(self, delay: int, taps: np.ndarray) -> None:
         """Let AEC3 hear noise played through an echo path (and silence after), as if the speaker had."""
@@ -324,9 +340,7 @@ class EchoFrontEnd:
             self._apm.process(near16[i : i + 1280], far16[i : i + 1280])
 
     def _end_trial(self) -> None:
-        if self._trial is not None:
-            self._linear.delays.every = self._measure_every
-            self._trial = None
+        self._trial = None
 
     def _follow_reply(self, near: np.ndarray, playing: bool) -> None:
         """Per frame: try a kept path on the speaker's first frames, and hand the learnt path on
@@ -391,7 +405,6 @@ class EchoFrontEnd:
             trial.candidate = lag
             return
         trial.found, trial.found_at = True, self._heard  # (this frame was cancelled before the path was moved)
-        self._linear.delays.every = self._measure_every
         self._linear.move_to(lag, trial.taps)  # (the kept taps, also where the linear stage moved its own)
         if not near:
             self._train(lag, trial.taps)
@@ -475,8 +488,6 @@ class EchoFrontEnd:
             self._trial_found(lag, agreed=True)  # found at another delay than kept: the kept path is tried there
             return
         if was is None or abs(lag - was) <= RESETTLE_MS * WAKE_RATE / 1000:
-            if was is None and trial is not None:
-                self._linear.delays.every = self._measure_every  # (measured faster only until first found)
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
         self._lags.clear()  # a new echo path: its drift is measured from here
@@ -491,7 +502,7 @@ class EchoFrontEnd:
         echo was, where the echo is now gone, is most likely a new echo path (the speaker was moved,
         or the device's latency changed), which AEC3 leaks until it has learnt it: it is not trusted
         until it is found again (the linear stage moves then), but frames are unsettled at once.
-        That first measure comes 0-0.5 s into a reply; the second, 0.5 s later."""
+        That first measure comes within 0.16 s of a reply's start; the second, 0.16 s later."""
         delays = self._linear.delays
         delay = delays.delay
         if lag is None or delay is None:
