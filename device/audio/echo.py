@@ -288,7 +288,7 @@ class EchoFrontEnd:
             if self._far_heard < SETTLE_S * WAKE_RATE and playing:
                 self._far_heard += len(far)
                 if self.echo_settled:
-                    self._end_trial()
+                    self._trial = None
                     _LOG.info("echo canceller settled: it has heard %.0f s of the speaker", SETTLE_S)
             out = self.aec3_audio = self._apm.process(near, far)
             self._follow_reply(near, playing)
@@ -339,9 +339,6 @@ class EchoFrontEnd:
         for i in range(0, len(far16), 1280):
             self._apm.process(near16[i : i + 1280], far16[i : i + 1280])
 
-    def _end_trial(self) -> None:
-        self._trial = None
-
     def _follow_reply(self, near: np.ndarray, playing: bool) -> None:
         """Per frame: try a kept path on the speaker's first frames, and hand the learnt path on
         after a reply the linear stage cancelled well."""
@@ -381,8 +378,8 @@ class EchoFrontEnd:
             return
         trial.last.append((mic, left))
         del trial.last[:-LEARNT_FRAMES]
-        mic, left = (sum(v) for v in zip(*trial.last))
-        if len(trial.last) < LEARNT_FRAMES or 10 * np.log10((mic + 1.0) / (left + 1.0)) < LEARNT_DB:
+        heard, left_over = (sum(v) for v in zip(*trial.last))
+        if len(trial.last) < LEARNT_FRAMES or 10 * np.log10((heard + 1.0) / (left_over + 1.0)) < LEARNT_DB:
             return
         if self._far_heard + (KEPT_CHECK_S + RETRAINED_S) * WAKE_RATE >= SETTLE_S * WAKE_RATE:
             return  # too late: the count settles first, and AEC3 just trained would leak at that moment
@@ -491,7 +488,7 @@ class EchoFrontEnd:
             _LOG.debug("the echo arrives %.0f ms after the reference", self.echo_lag_ms)
             return
         self._lags.clear()  # a new echo path: its drift is measured from here
-        self._end_trial()
+        self._trial = None
         _LOG.info("the echo path changed (the echo arrives %.0f ms after the reference, was %.0f ms): the echo "
                   "canceller settles again", self.echo_lag_ms, was * 1000.0 / WAKE_RATE)
         self._far_heard = 0
