@@ -6,7 +6,7 @@ soft clipping, mic noise) and the realtime simulator answering every request wit
   - N replies with nobody talking: how many did the speaker interrupt itself?
   - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
 
-    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--log daemon.log] [--dump DIR]
+    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--talk-at 1.0,2.5] [--log daemon.log] [--dump DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main() -> int:
                          "test_pulse, whose sink keeps (about) the system clock, that is a microphone on another card: the "
                          "sink's audio reaches it resampled onto its clock (the FIFO speaker keeps the microphone's "
                          "pace, but reports no queue, so nothing follows its clock)")
+    ap.add_argument("--talk-at", default="1.5",
+                    help="when the talker starts, in seconds after the reply starts playing; a comma-separated list is "
+                         "cycled over the replies talked over (the latency depends on what the reply says there)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--state", help="the daemon's state directory, kept across runs (a speaker's pace against the "
                                     "microphone measured in one run is used from the start of the next)")
@@ -103,20 +106,34 @@ def main() -> int:
         print(f"the echo canceller settled again {moved} times after the echo path changed", flush=True)
 
         latencies = []
+        misses = 0
+        onsets = [float(x) for x in args.talk_at.split(",")]
         for i in range(args.barge):
             one_reply()
-            time.sleep(1.5)
+            at = onsets[i % len(onsets)]
+            time.sleep(at)
             ev = room.proc.wait_event("echo", 2, after=len(room.proc.events))
             level = ev["dbfs"] if ev else -24.0
             gain = 10 ** (level / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
             n_events = len(room.proc.events)
             mark = daemon.mark()
             uid = room.talk(talk, gain)
-            daemon.wait_for(r"interrupted by voice", 10, start=mark)
+            try:
+                daemon.wait_for(r"interrupted by voice", 10, start=mark)
+            except AssertionError:
+                misses += 1
+                print(f"  talker {at:.1f} s into the reply: the reply played on", flush=True)
+                daemon.wait_for(r"-> idle", 30, start=mark)
+                time.sleep(0.5)
+                continue
             stopped = time.monotonic()
             started = room.proc.wait_event("start", 2, after=n_events)
             if started is not None and started["id"] == uid:
                 latencies.append((stopped - started["t"]) * 1000)
+                if len(onsets) > 1:
+                    print(f"  talker {at:.1f} s into the reply: stopped after {latencies[-1]:.0f} ms", flush=True)
+                if args.dump:
+                    dump_session(Path(args.dump) / f"barge{i + 1:03d}.wav", sim.sessions[-1])
             daemon.wait_for(r"-> idle", 30, start=mark)
             time.sleep(0.5)
         if latencies:

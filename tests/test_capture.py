@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from device.audio.capture import AudioFrame, Capture
+from device.audio.capture import AudioFrame, Capture, ReadClock
 from device.audio.ringbuffer import PreRoll
 from device.config import AudioConfig
 
@@ -163,6 +163,51 @@ async def test_analysis_runs_in_the_reader_thread_and_rides_on_the_frame(alsa_ri
         cap.stop()
     assert threads and threading.get_ident() not in threads
     assert all(f.wake == "loud" for f in sink.loud()) and any(f.wake is None for f in sink.frames)
+
+
+@pytest.mark.timeout(30)
+async def test_a_reader_held_up_keeps_its_frames_on_the_card_clock(alsa_rig) -> None:
+    """A reader thread held up (a busy CPU, the event loop holding the interpreter) reads its
+    backlog at once; its frames are still timed by when the card recorded them, one every 80 ms,
+    which is what lines each one up with the speaker's echo and with an unmute."""
+    mic = alsa_rig.start_mic("test_mic")
+    sink = Sink()
+    cap = Capture(AudioConfig(input="test_mic"), sink.frame, asyncio.get_running_loop(), on_status=sink.status.append)
+    held: list[int] = []
+
+    def analyze(frame: AudioFrame) -> AudioFrame:
+        if frame.seq in (12, 24):
+            held.append(frame.seq)
+            time.sleep(0.11)  # the next read returns 110 ms late, and the one after at once
+        return frame
+
+    cap.analyze = analyze
+    cap.start()
+    try:
+        mic.play(tone(440, 0.2))
+        await sink.until(lambda: len(sink.frames) >= 36, 8)
+    finally:
+        cap.stop()
+    assert held == [12, 24]
+    frames = [f for f in sink.frames if 6 <= f.seq <= 34]
+    assert [f.seq for f in frames] == list(range(6, 35)), "a frame was lost"
+    gaps = np.diff([f.t for f in frames]) * 1000
+    assert np.all(np.abs(gaps - 80) < 5), f"frames placed off the card's 80 ms pace: {np.round(gaps)}"
+
+
+def test_the_read_clock_follows_the_card_not_the_reads() -> None:
+    """Reads that return late (up to 250 ms) move no frame; a card 300 ppm off the system clock,
+    fast or slow, is followed within a millisecond."""
+    rng = np.random.default_rng(5)
+    for ppm in (-300.0, 0.0, 300.0):
+        clock, t0, errors = ReadClock(), 100.0, []
+        for i in range(1, 1500):  # two minutes of 80 ms reads
+            ended = t0 + i * 0.08 / (1 + ppm * 1e-6)  # when the card finished recording read i
+            late = 0.25 - (i % 200 - 196) * 0.08 if 196 <= i % 200 <= 199 else 0.0  # a held-up reader, its backlog
+            now = ended + max(late, 0.0) + rng.exponential(0.002)  # the wake-up's own jitter
+            errors.append(clock.stamp(now, 0.08) - ended)
+        errors_ms = np.array(errors[50:]) * 1000
+        assert errors_ms.min() > -1.0 and errors_ms.max() < 1.0, (ppm, errors_ms.min(), errors_ms.max())
 
 
 def test_preroll_keeps_recent_frames() -> None:

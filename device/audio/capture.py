@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -41,6 +42,40 @@ class Frontend(Protocol):
 
 class _DeviceGone(Exception):
     pass
+
+
+class ReadClock:
+    """When the audio read so far ended, on the card's steady clock rather than the read's return.
+
+    A read returns late when the reader thread was held up (the event loop, a garbage collection,
+    a busy CPU), and the backlog then comes in at once; timed by when each read returned, those
+    frames would be placed late, and the echo reference read for them would be off by as much.
+    The card's clock is steady: the audio counted so far ended at the least late of the recent
+    reads' (return time - audio count), plus the count now. Over ``window_s`` the estimate
+    follows a card whose clock runs slow of the system's; a lost stretch of audio is an overrun,
+    after which the clock starts again (:meth:`reset`).
+    """
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again (after an overrun or a reopen: the count no longer lines up)."""
+        self.audio_s = 0.0
+        self._offsets: deque[tuple[float, float]] = deque()  # (audio count, return - count), increasing offsets
+
+    def stamp(self, now: float, seconds: float) -> float:
+        """A read of ``seconds`` of audio returned at ``now``: when that audio ended."""
+        self.audio_s += seconds
+        offset = now - self.audio_s
+        q = self._offsets
+        while q and q[-1][1] >= offset:
+            q.pop()
+        q.append((self.audio_s, offset))
+        while q[0][0] < self.audio_s - self.window_s:
+            q.popleft()
+        return q[0][1] + self.audio_s
 
 
 class Capture:
@@ -180,6 +215,7 @@ class Capture:
         ahead_limit = fmt.buffer / rate + 0.25
         anchor = time.monotonic()
         audio_s = 0.0
+        clock = ReadClock()
         was_muted = False
         overruns = 0
         empty = 0
@@ -195,6 +231,7 @@ class Capture:
                 if overruns in (1, 10, 100) or overruns % 1000 == 0:
                     _LOG.warning("microphone '%s': overrun (%d so far): audio was lost", self.cfg.input, overruns)
                 anchor, audio_s = now, 0.0
+                clock.reset()
                 continue
             if n == 0:  # a blocking read returning nothing, again and again, is a dead device
                 empty += 1
@@ -205,6 +242,7 @@ class Capture:
             empty = 0
             audio_s += n / rate
             self._flowed_s += n / rate
+            t_end = clock.stamp(now, n / rate)
             ahead = audio_s - (now - anchor)
             if ahead < 0:
                 anchor = now - audio_s
@@ -212,8 +250,9 @@ class Capture:
                 anchor, audio_s = now - ahead, ahead  # re-baseline: a card's clock drift must not add up
             elif ahead > ahead_limit:
                 raise _DeviceGone(f"delivers audio faster than real time ({ahead:.1f} s ahead), the device is gone")
-            # A read that began before the last unmute holds audio recorded while muted.
-            if self._muted or now - n / rate < self._unmuted_at:
+            # A read that began before the last unmute holds audio recorded while muted (a read
+            # that returned late holds audio older than its return: the card's clock says how old).
+            if self._muted or t_end - n / rate < self._unmuted_at:
                 was_muted = True
                 continue
             frontend = self.frontend
@@ -224,7 +263,7 @@ class Capture:
                 was_muted = False
             for pcm16, pcm24 in asm.feed(data):
                 self._seq += 1
-                frame = AudioFrame(self._seq, pcm16, pcm24, now)
+                frame = AudioFrame(self._seq, pcm16, pcm24, t_end)
                 if frontend is not None:
                     frame = frontend.process(frame)
                 # -- begin: analysis in the reader thread (wake word) --

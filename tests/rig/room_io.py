@@ -92,13 +92,18 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     def read_speaker() -> None:
         step, next_t, cursor = IN_RATE * 2 // 50, clock(), -1
         while True:
+            asked = time.monotonic()
             data = os.read(spk, step)
+            waited = time.monotonic() - asked > 0.06  # nothing was queued: the speaker had stopped
             now = clock()
             x = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32)
             if other_card is not None:
                 x = other_card.resample_chunk(x)
             at = int((now - t0) * IN_RATE)
-            if cursor < 0 or at > cursor + IN_RATE * 4 // 100:  # a new stream (or a stall): restart here
+            # A new stream (after the speaker stopped) starts where it sounds. A reader that was
+            # only held up (a busy CPU) finds the speaker's audio queued, and lays it on after
+            # the last, as a card's steady clock played it, unless it fell too far behind.
+            if cursor < 0 or (at > cursor + IN_RATE * 4 // 100 and waited) or at > cursor + IN_RATE // 5:
                 cursor = at
             with lock:
                 idx = np.arange(cursor, cursor + len(x)) % len(ring)
@@ -115,7 +120,9 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     threading.Thread(target=read_speaker, daemon=True).start()
     mic = os.open(mic_path, os.O_RDWR | os.O_NONBLOCK)  # no wait for the reader; capture opens it when it starts
     try:
-        fcntl.fcntl(mic, F_SETPIPE_SZ, 4096)
+        # About a card's capture buffer (320 ms, and a page more): a reader held up that long
+        # loses nothing, as on a card, where longer is an overrun.
+        fcntl.fcntl(mic, F_SETPIPE_SZ, 16384)
     except OSError:
         pass
     _emit(ev="open", t=time.monotonic())
