@@ -195,6 +195,57 @@ async def test_a_reader_held_up_keeps_its_frames_on_the_card_clock(alsa_rig) -> 
     assert np.all(np.abs(gaps - 80) < 5), f"frames placed off the card's 80 ms pace: {np.round(gaps)}"
 
 
+@pytest.mark.timeout(30)
+async def test_what_was_said_while_muted_stays_out_when_the_reader_is_held_up_past_the_unmute(alsa_rig, monkeypatch) -> None:
+    """A word said while muted, whose read is held up until after the unmute (a busy CPU), is
+    still audio recorded while muted: it never leaves the capture layer."""
+    import threading
+
+    from device.audio import capture as capture_mod
+
+    mic = alsa_rig.start_mic("test_mic")
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    class HeldPcm:
+        """The capture PCM, whose reader can be held up after reading a word."""
+
+        def __init__(self, pcm) -> None:
+            self._pcm = pcm
+
+        def read(self):
+            n, data = self._pcm.read()
+            if hold.is_set() and n > 0 and np.abs(np.frombuffer(data, np.int16)).max() > 3000:
+                hold.clear()
+                held.set()
+                release.wait(5)
+            return n, data
+
+        def __getattr__(self, name):
+            return getattr(self._pcm, name)
+
+    real_open = capture_mod.open_pcm
+    monkeypatch.setattr(capture_mod, "open_pcm", lambda *a, **k: (lambda pf: (HeldPcm(pf[0]), pf[1]))(real_open(*a, **k)))
+    cap, sink = start_capture(AudioConfig(input="test_mic"))
+    try:
+        await sink.until(lambda: len(sink.frames) >= 10, 5)
+        cap.muted = True
+        hold.set()
+        mic.play(tone(440, 0.08))  # said while muted (one chunk of the rig, whose clock stops while a read waits)
+        assert await asyncio.to_thread(held.wait, 3)
+        n = len(sink.frames)
+        cap.muted = False  # unmuted while the word waits in the held-up reader
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.sleep(0.6)
+        mic.play(tone(660, 0.4))  # said after the unmute: heard
+        await sink.until(lambda: len(sink.loud(n)) >= 3, 6)
+    finally:
+        release.set()
+        cap.stop()
+    heard = [round(peak_hz(f.pcm16k, 16000)) for f in sink.loud(n)]
+    assert all(abs(hz - 660) < 20 for hz in heard), f"audio from while muted left the capture layer: {heard} Hz"
+
+
 def test_the_read_clock_follows_the_card_not_the_reads() -> None:
     """Reads that return late (up to 250 ms) move no frame; a card 300 ppm off the system clock,
     fast or slow, is followed within a millisecond."""
