@@ -120,8 +120,8 @@ def main(spk_path: str, mic_path: str, outdir: str, room_json: str) -> None:
     threading.Thread(target=read_speaker, daemon=True).start()
     mic = os.open(mic_path, os.O_RDWR | os.O_NONBLOCK)  # no wait for the reader; capture opens it when it starts
     try:
-        # About a card's capture buffer (320 ms, and a page more): a reader held up that long
-        # loses nothing, as on a card, where longer is an overrun.
+        # At least a card's capture buffer (320 ms; a pipe holds a power of two pages: 512 ms),
+        # so a reader held up that long loses nothing, as on a card.
         fcntl.fcntl(mic, F_SETPIPE_SZ, 16384)
     except OSError:
         pass
