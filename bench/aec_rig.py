@@ -110,10 +110,11 @@ def main() -> int:
         onsets = [float(x) for x in args.talk_at.split(",")]
         for i in range(args.barge):
             one_reply()
+            speaking = time.monotonic()
             at = onsets[i % len(onsets)]
-            time.sleep(at)
-            ev = room.proc.wait_event("echo", 2, after=len(room.proc.events))
+            ev = room.proc.wait_event("echo", 2, after=len(room.proc.events))  # the reply's level (once a second)
             level = ev["dbfs"] if ev else -24.0
+            time.sleep(max(0.0, at - (time.monotonic() - speaking)))
             gain = 10 ** (level / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
             n_events = len(room.proc.events)
             mark = daemon.mark()
@@ -131,7 +132,8 @@ def main() -> int:
             if started is not None and started["id"] == uid:
                 latencies.append((stopped - started["t"]) * 1000)
                 if len(onsets) > 1:
-                    print(f"  talker {at:.1f} s into the reply: stopped after {latencies[-1]:.0f} ms", flush=True)
+                    print(f"  talker {started['t'] - speaking:.2f} s into the reply: stopped after {latencies[-1]:.0f} ms",
+                          flush=True)
                 if args.dump:
                     dump_session(Path(args.dump) / f"barge{i + 1:03d}.wav", sim.sessions[-1])
             daemon.wait_for(r"-> idle", 30, start=mark)
