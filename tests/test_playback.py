@@ -284,3 +284,94 @@ async def test_a_speaker_that_never_blocks_gets_its_silence_at_real_time_pace(al
         await pb.close()
     print(f"{out_s:.2f} s written to the file in {wall_s:.2f} s")
     assert wall_s - 0.3 < out_s < wall_s + 0.3, (out_s, wall_s)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("hold", ["every-period", "underrun"])
+async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, monkeypatch, hold) -> None:
+    """The echo reference lays what the speaker played where the device says it sounds: its
+    queue's figure, at the moment that figure was read. Laid off that place, the echo moves
+    against it by as much, and the canceller learns its path again. So a playback thread held up
+    between reading the figure and handing the period over (waiting for a lock, or for the
+    interpreter on a busy CPU; here 15 ms at every period) must not move it; nor may the
+    resampler's own hold-back (a few ms, more after some writes than others); and after a thread
+    held up so long that the device ran dry (here 160 ms, once, on a 100 ms buffer), what plays
+    after the underrun is laid where it plays, not where it would have without the gap."""
+    import device.audio.playback as playback_mod
+    from device.audio.reference import LEAD_S, PlaybackReference
+
+    class Card:
+        """The rig's file PCM, with the queue of a card: it starts playing at the first write and
+        plays on at its rate; a write waits for room in its buffer; a write after it ran dry fails
+        with -EPIPE (the stream was prepared again), and the next one starts it again, as ALSA's do."""
+
+        def __init__(self, pcm, fmt) -> None:
+            self._pcm, self.fmt, self.t0, self.frames, self.underruns = pcm, fmt, None, 0, 0
+
+        def _played(self) -> int:
+            return int((time.monotonic() - self.t0) * self.fmt.rate)
+
+        def write(self, data) -> int:
+            if self.t0 is None:  # (prepared) the stream starts with this write
+                self.t0 = time.monotonic() - self.frames / self.fmt.rate
+            elif self._played() > self.frames:
+                self.t0 = None
+                self.underruns += 1
+                return -32
+            n = len(data) // self.fmt.frame_bytes
+            time.sleep(max(0.0, (self.frames + n - self._played() - self.fmt.buffer) / self.fmt.rate))
+            self.frames += n
+            return self._pcm.write(data)
+
+        def avail(self) -> int:
+            played = 0 if self.t0 is None else min(self.frames, self._played())
+            return self.fmt.buffer - (self.frames - played)
+
+        def __getattr__(self, name):
+            return getattr(self._pcm, name)
+
+    cards: list[Card] = []
+    real_open = playback_mod.open_pcm
+
+    def open_card(*a, **k):
+        pcm, fmt = real_open(*a, **k)
+        cards.append(Card(pcm, fmt))
+        return cards[-1], fmt
+
+    monkeypatch.setattr(playback_mod, "open_pcm", open_card)
+    pb = Playback(AudioConfig(output="test_spk", volume=100), asyncio.get_running_loop())
+    pb.reference = ref = PlaybackReference()
+    handed = ref.written
+    t0 = time.monotonic()
+
+    def held(*a, **k):
+        if hold == "every-period":
+            time.sleep(0.015)
+        elif 0.8 <= time.monotonic() - t0 and not cards[0].underruns:
+            time.sleep(0.16)
+        handed(*a, **k)
+
+    ref.written = held
+    reads: list[tuple[float, np.ndarray]] = []
+    pb.start()
+    try:
+        for i in range(1, 41):  # a microphone's 80 ms frames, for 3.2 s; a tone plays from 1.2 s
+            if i == 15:
+                pb.begin("tone")
+                pb.write(tone24k(500, 0.5))
+            t = t0 + i * 0.08
+            await asyncio.sleep(t - time.monotonic())
+            reads.append((t, ref.read(t, 1280)))
+        first = pb._items["tone"].first  # the device frame the tone starts at
+    finally:
+        await pb.close()
+    card = cards[0]
+    assert card.underruns == (hold == "underrun"), card.underruns
+    sounds = card.t0 + first / card.fmt.rate
+    x = np.concatenate([r for _, r in reads])
+    onset = int(np.flatnonzero(np.abs(x) > 1000)[0])
+    i, k = divmod(onset, 1280)
+    laid = reads[i][0] - (1280 - k) / 16000  # when the reference says the tone sounds
+    off_ms = (laid - (sounds - LEAD_S)) * 1000
+    print(f"the tone sounds at {sounds - t0:.3f} s; the reference lays it {off_ms:+.1f} ms from there (less its lead)")
+    assert abs(off_ms) <= 3.0, f"the reference laid the sound {off_ms:+.1f} ms from where the device played it"

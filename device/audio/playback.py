@@ -441,13 +441,17 @@ class Playback:
             y = np.repeat(y, fmt.channels)
         return y.tobytes()
 
-    def _refresh(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> None:
+    def _refresh(self, pcm: alsaaudio.PCM, fmt: PcmFormat) -> tuple[int, float]:
+        """Read the device's queue: (frames queued, when), the time taken as the figure is read
+        (a wait for the lock, or for the interpreter on a busy CPU, would place it late)."""
         avail = pcm.avail()
+        t = time.monotonic()
         delay = fmt.buffer - avail if 0 <= avail <= fmt.buffer else 0
         with self._cond:
             self._delay = delay
-            self._delay_t = time.monotonic()
+            self._delay_t = t
             self._reports = self._reports or delay > 0
+        return delay, t
 
     def _queued(self) -> int:
         """Frames still in the device: its own figure if it gives one, else what the clock says is
@@ -472,6 +476,8 @@ class Playback:
                 if res != -32:  # -EPIPE: underrun; pyalsaaudio re-prepared the stream, write again
                     break
                 self.underruns += 1
+                if self.reference is not None:
+                    self.reference.restarted()
                 if self.underruns in (1, 10, 100) or self.underruns % 1000 == 0:
                     _LOG.info("speaker '%s': underrun (%d so far)", self.cfg.output, self.underruns)
             if self._failing and res > 0:
@@ -483,12 +489,13 @@ class Playback:
                     self._backoff = BACKOFF_MIN_S
                     _LOG.info("playing on '%s' again: %s", self.cfg.output, fmt.describe())
             self._account(item_id, len(piece) // fmt.frame_bytes)
-            self._refresh(pcm, fmt)
+            delay, t = self._refresh(pcm, fmt)
             if self.reference is not None:
-                self._tap(piece, fmt)
+                self._tap(piece, fmt, delay, t)
 
-    def _tap(self, piece: memoryview, fmt: PcmFormat) -> None:
-        """Hand the period just written, and where it sits in the device queue, to the reference."""
+    def _tap(self, piece: memoryview, fmt: PcmFormat, delay: int, t: float) -> None:
+        """Hand the period just written, and where it sits in the device queue (``delay`` frames
+        after it was written, at ``t``), to the reference."""
         assert self.reference is not None
         if fmt.format == alsaaudio.PCM_FORMAT_S32_LE:
             x = (np.frombuffer(piece, dtype=np.int32) >> 16).astype(np.float32)
@@ -496,7 +503,7 @@ class Playback:
             x = np.frombuffer(piece, dtype=np.int16).astype(np.float32)
         if fmt.channels > 1:
             x = x[:: fmt.channels]
-        self.reference.written(x, fmt.rate, max(0, self._delay - len(x)))
+        self.reference.written(x, fmt.rate, max(0, delay - len(x)), t)
 
     def _ahead(self) -> int:
         """Frames written beyond what the clock says the device played since its stream began

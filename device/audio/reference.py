@@ -111,9 +111,12 @@ class PlaybackReference:
         self._r = -1  # next index the reader returns
         self._rs: soxr.ResampleStream | None = None
         self._rs_rate = 0
+        self._rs_in = 0  # device frames fed to the resampler ...
+        self._rs_out = 0  # ... and samples it gave back
         self._origin = -1  # where the current stream is laid
         self._pending: list[np.ndarray] = []  # the current stream while it is re-laid
         self._fresh = False  # the reader has not reached the current stream yet
+        self._restarted = False  # the device ran dry: the next write starts a new stream
         self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
         self._pos_n = 0
         self._first_unreported = False
@@ -148,14 +151,20 @@ class PlaybackReference:
         if rate != self._rs_rate or self._rs is None:
             self._rs = None if rate == RATE else soxr.ResampleStream(rate, RATE, 1, dtype="float32", quality="HQ")
             self._rs_rate = rate
+            self._rs_in = self._rs_out = 0
         x = np.asarray(samples, dtype=np.float32)
+        # The resampler holds some input back (a few ms, more after some writes than others): what
+        # comes out now started sounding that much before this write's first frame.
+        held_s = self._rs_in / rate - self._rs_out / RATE
         y = x if self._rs is None else self._rs.resample_chunk(x)
+        self._rs_in += len(x)
+        self._rs_out += len(y)
         self.written_s += len(x) / rate
         if not len(y):
             return
-        self._lay(y, rate, queued_before, t)
+        self._lay(y, rate, queued_before, t - held_s)
         if self.played is not None:
-            self.played._lay(y, rate, queued_before, t)
+            self.played._lay(y, rate, queued_before, t - held_s)
 
     def _lay(self, y: np.ndarray, rate: int, queued_before: int, t: float) -> None:
         with self._lock:
@@ -172,10 +181,11 @@ class PlaybackReference:
                 start = self._index(t + queued_before / rate - LEAD_S) + self._unreported
                 self._w = -1
             late = start - self._w - self._wdrift  # how far behind the clock the writes are, beyond their drift
-            if self._w < 0 or late > GAP_S * RATE or late < -AHEAD_MAX_S * RATE or abs(self._wdrift) > DRIFT_MAX_S * RATE:
+            if self._w < 0 or self._restarted or late > GAP_S * RATE or late < -AHEAD_MAX_S * RATE or abs(self._wdrift) > DRIFT_MAX_S * RATE:
                 if self._w >= 0 and start > self._w:  # a gap (the speaker was idle): silence there
                     self._zero(self._w, start)
                 self._w = self._origin = start
+                self._restarted = False
                 self._wdrift = 0.0
                 self._pending, self._fresh = [], True
                 self._pos_sum, self._pos_n, self._cum = 0.0, 0, 0
@@ -206,6 +216,16 @@ class PlaybackReference:
             self._put(self._w, y)
             self._w += len(y)
             self._cum += len(y)
+
+    def restarted(self) -> None:
+        """The device ran dry (an underrun) and starts again with the next write: that write and
+        what follows play after a gap the stream so far says nothing of, so they are laid as a new
+        stream, where the device's figures put it (kept contiguous, the reference would lead the
+        echo by the gap: on the test rig's PulseAudio, 13 ms, and the canceller settled again)."""
+        with self._lock:
+            self._restarted = True
+        if self.played is not None:
+            self.played.restarted()
 
     def dropped(self, t: float | None = None) -> None:
         """The device's queue was dropped (stop): what would have played after ``t`` never does."""
