@@ -43,8 +43,8 @@ def main() -> int:
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--state", help="the daemon's state directory, kept across runs (a speaker's pace against the "
                                     "microphone measured in one run is used from the start of the next)")
-    ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself "
-                                   "to this folder (24 kHz WAV, one per session)")
+    ap.add_argument("--dump", help="write what the server heard in each session whose reply interrupted itself, "
+                                   "and in each talked over, to this folder (24 kHz WAV, one per session)")
     args = ap.parse_args()
 
     from services.simulator import SimulatorThread
@@ -108,12 +108,18 @@ def main() -> int:
         latencies = []
         misses = 0
         onsets = [float(x) for x in args.talk_at.split(",")]
+        level = reply_echo_dbfs(room.proc.events)
+        if level is None and args.barge:  # no reply heard yet: one to measure its echo by
+            mark = one_reply()
+            daemon.wait_for(r"-> idle", 30, start=mark)
+            time.sleep(0.5)
+            level = reply_echo_dbfs(room.proc.events)
+        if args.barge:
+            print(f"the talker is set to the reply's echo: {level:.1f} dBFS (0 dB SER)", flush=True)
         for i in range(args.barge):
             one_reply()
             speaking = time.monotonic()
             at = onsets[i % len(onsets)]
-            ev = room.proc.wait_event("echo", 2, after=len(room.proc.events))  # the reply's level (once a second)
-            level = ev["dbfs"] if ev else -24.0
             time.sleep(max(0.0, at - (time.monotonic() - speaking)))
             gain = 10 ** (level / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
             n_events = len(room.proc.events)
@@ -124,6 +130,8 @@ def main() -> int:
             except AssertionError:
                 misses += 1
                 print(f"  talker {at:.1f} s into the reply: the reply played on", flush=True)
+                if args.dump:
+                    dump_session(Path(args.dump) / f"barge{i + 1:03d}-missed.wav", sim.sessions[-1])
                 daemon.wait_for(r"-> idle", 30, start=mark)
                 time.sleep(0.5)
                 continue
@@ -150,6 +158,14 @@ def main() -> int:
         runner.stop()
         rig.close()
     return 0
+
+
+def reply_echo_dbfs(events: list[dict]) -> float | None:
+    """The reply's echo level at the microphone: the median of the room's once-a-second echo
+    levels while a reply was playing (a second that was partly silence reads lower: a talker set by
+    it could be 40 dB too quiet, and a reply it did not stop counted as a miss)."""
+    levels = [e["dbfs"] for e in events if e["ev"] == "echo" and e["dbfs"] > -45.0]
+    return float(np.median(levels)) if levels else None
 
 
 def dump_session(path: Path, session) -> None:
