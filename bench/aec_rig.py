@@ -4,9 +4,11 @@ The daemon (`speaker run`, barge_in = "voice", echo_cancellation = true) on the 
 the simulated room between speaker and microphone (tests/rig/room_io.py: RT60 0.45 s, 30 ms,
 soft clipping, mic noise) and the realtime simulator answering every request with a reply:
   - N replies with nobody talking: how many did the speaker interrupt itself?
-  - K replies talked over at 0 dB SER: time from the talker's onset to the reply stopping.
+  - K replies talked over (at 0 dB SER: the talker as loud as the reply's echo at the microphone):
+    time from the talker's onset to the reply stopping.
 
-    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--talk-at 1.0,2.5] [--log daemon.log] [--dump DIR]
+    python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--talk-at 1.0,2.5]
+                            [--ser -5] [--log daemon.log] [--dump DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> int:
     ap.add_argument("--talk-at", default="1.5",
                     help="when the talker starts, in seconds after the reply starts playing; a comma-separated list is "
                          "cycled over the replies talked over (the latency depends on what the reply says there)")
+    ap.add_argument("--ser", type=float, default=0.0,
+                    help="the talker's level against the reply's echo at the microphone, in dB (speech-to-echo ratio)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--state", help="the daemon's state directory, kept across runs (a speaker's pace against the "
                                     "microphone measured in one run is used from the start of the next)")
@@ -115,13 +119,13 @@ def main() -> int:
             time.sleep(0.5)
             level = reply_echo_dbfs(room.proc.events)
         if args.barge:
-            print(f"the talker is set to the reply's echo: {level:.1f} dBFS (0 dB SER)", flush=True)
+            print(f"the talker is set to the reply's echo ({level:.1f} dBFS) {args.ser:+.0f} dB", flush=True)
         for i in range(args.barge):
             one_reply()
             speaking = time.monotonic()
             at = onsets[i % len(onsets)]
             time.sleep(max(0.0, at - (time.monotonic() - speaking)))
-            gain = 10 ** (level / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
+            gain = 10 ** ((level + args.ser) / 20) / rm.active_rms(talk.astype(np.float64) / 32768.0)
             n_events = len(room.proc.events)
             mark = daemon.mark()
             uid = room.talk(talk, gain)
@@ -148,7 +152,7 @@ def main() -> int:
             time.sleep(0.5)
         if latencies:
             lat = np.array(latencies)
-            print(f"voice barge-in at 0 dB SER over {len(lat)} replies: reply stopped after median {np.median(lat):.0f} ms, "
+            print(f"voice barge-in at {args.ser:+.0f} dB SER over {len(lat)} replies: reply stopped after median {np.median(lat):.0f} ms, "
                   f"max {lat.max():.0f} ms from the talker's onset; within 300 ms: {np.mean(lat <= 300) * 100:.0f} %")
     finally:
         if daemon is not None:
