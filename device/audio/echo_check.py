@@ -83,7 +83,8 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
             # The linear stage (what the wake engine hears) converges more slowly than AEC3, later
             # still on a busy CPU or where the echo comes late: once more, while it has not learnt
             # the path well enough to keep it.
-            if played >= PROBES or state_dir is None or _last_second_db(tap.raw[:end], tap.wake[:end]) >= KEEP_DB:
+            wake_erle = _last_second_db(tap.raw[:end], tap.wake[:end])
+            if played >= PROBES or state_dir is None or wake_erle >= KEEP_DB:
                 break
     finally:
         cap.stop()
@@ -111,7 +112,6 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
                            f"(probe heard at {mic_db:.0f} dBFS); check that '{cfg.output}' reports its delay")
     # The linear stage (what the wake engine hears) converges more slowly: its figure over the
     # probe's last second, and the delay it found between what was played and what was heard.
-    wake_erle = _last_second_db(tap.raw[:end], tap.wake[:end])
     lag = tap.fe.echo_lag_ms
     heard = f", {lag:.0f} ms after it was played" if lag is not None else ""
     kept = ""
