@@ -60,6 +60,38 @@ def test_a_person_talking_over_a_reply_reaches_the_session_whole(two_replies, sp
     assert got > before + 0.1
 
 
+def speech_starts_ms(x: np.ndarray, at: int) -> float | None:
+    """When, after ``at``, an energy detector hears speech start in ``x``: 60 ms in a row of 10 ms
+    above -32 dBFS (the server's voice detection in tests/rig's simulator), ms after ``at``."""
+    run = 0
+    for i in range(at, len(x) - 159, 160):
+        run = run + 1 if rm.rms(x[i : i + 160].astype(np.float64) / 32768.0) >= 10 ** (-32 / 20) else 0
+        if run == 6:
+            return (i + 160 - at) / 16
+    return None
+
+
+def test_a_person_saying_stop_over_a_reply_is_heard_from_the_first_vowel(two_replies, speech) -> None:
+    """"Stop" over the reply at -5 dB SER, at eleven places in it: AEC3's suppressor takes the vowel
+    after the "st" down entirely where the echo is loud, and the gap of the "t" (which the linear
+    stage cancels well) ends a detection. The session must hear the talker start as soon as a clean
+    recording of them starts (190 ms in, the vowel), not at "please", 400 ms later (before: 3 of 11)."""
+    far, second = two_replies
+    echo = echo_of(far, rm.Room(rt60_s=0.4, delay_ms=45, seed=3, echo_dbfs=-26))
+    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb")).astype(np.float64) / 32768.0
+    talk *= rm.active_rms(echo[second:]) * 10 ** (-5 / 20) / rm.active_rms(talk)
+    heard = {}
+    for on_s in np.arange(0.5, 9.0, 0.8):
+        at = second + int(on_s * RATE)
+        near = np.zeros_like(echo)
+        near[at : at + len(talk)] = talk[: len(near) - at]
+        clean = speech_starts_ms(rm.to_int16(near), at)
+        heard[round(float(on_s), 1)] = (clean, speech_starts_ms(run(rm.to_int16(echo + near), far)[0], at))
+    print("talker's speech start (ms after onset), clean / in the session:", heard)
+    late = {on: got for on, (clean, got) in heard.items() if got is None or got > clean + 50}
+    assert not late, f"the session heard the talker late (ms after onset, by where in the reply they talked): {late}"
+
+
 def test_with_nobody_talking_the_session_hears_no_more_echo_than_aec3_alone(two_replies) -> None:
     far, second = two_replies
     session, aec3 = run(rm.to_int16(echo_of(far, rm.Room(rt60_s=0.6, delay_ms=10, seed=2))), far)
