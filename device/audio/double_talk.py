@@ -16,8 +16,9 @@ frequency bin, in short-time spectra (256 samples, hop 128, square-root Hann, ov
 A person is detected per hop: the linear stage left much more than its echo estimate's usual
 residual, what it left is incoherent with that estimate (a voice is; the residual of a misadjusted
 filter, after the speaker was moved, say, is not), AEC3 did not suppress it entirely, and the
-frame is above the noise floor. Within 0.25 s of the linear stage cancelling well (a person's onset:
-AEC3's suppressor then takes a first vowel down entirely), AEC3 need not have kept any of it. The
+frame is above the noise floor. Within 0.25 s of the converged linear stage cancelling well (a
+person's onset: AEC3's suppressor then takes a first vowel down entirely), AEC3 need not have kept
+any of it. The
 detection holds for 128 ms and ends at once when the linear stage cancels well again. No bin is
 blended before the linear stage has converged (a cold start), nor in a hop where the microphone
 clipped, nor when nothing has played for a second: then the output is AEC3's, 8 ms later.
@@ -60,14 +61,18 @@ CLIPPED = 32000  # a microphone sample this loud: the echo went through a clippi
 # tenth of a second now and then, both its filter and its suppressor miss the echo of a steady
 # voice); the session gets the linear stage's bin.
 AEC3_LEAKS = 4.0
-# A person's onset: AEC3's suppressor, loud echo in the room, takes a person's first vowel down by
+# A person's onset: with loud echo in the room, AEC3's suppressor takes a person's first vowel down by
 # 40-50 dB (KEPT fails), and the linear stage cancels the echo well in the gap before it (a stop
 # consonant's closure, the pause before a word), which ends a detection at once. So within
-# ONSET_HOPS (0.25 s) of a hop the linear stage cancelled well, KEPT is not asked for: a filter
-# misadjusted (the speaker moved) does not cancel well, and so is not waived. Nor after the
-# microphone clipped in the last UNCLIPPED_HOPS (1 s): no linear filter models clipped echo, and
-# its residual, incoherent with the echo estimate, would pass for a person.
+# ONSET_HOPS (0.25 s) of a hop the linear stage cancelled well, KEPT is not asked for, provided
+# that the linear stage usually cancels ONSET_CANCELS_DB or more (its mean in dB over ~1 s of hops
+# with the reply playing and no person detected): a filter still converging or misadjusted (the
+# speaker moved) cancels well now and then, and what it leaves between would pass for a person.
+# Nor after the microphone clipped in the last UNCLIPPED_HOPS (1 s): no linear filter models
+# clipped echo, and its residual, incoherent with the echo estimate, would pass for a person too.
 ONSET_HOPS = 31
+ONSET_CANCELS_DB = -18.0
+CANCELS_SMOOTH = 0.99
 UNCLIPPED_HOPS = 125
 IDLE_FRAMES = 12  # frames (~1 s) with nothing playing before the blend rests
 
@@ -94,6 +99,7 @@ class NearEndBlend:
         self._fa = self._fe = self._fy = 0.0
         self._since_cancel = ONSET_HOPS + 1
         self._since_clip = UNCLIPPED_HOPS
+        self._cancels_db = 0.0  # how much the linear stage usually cancels (dB, outside detections)
         self._noise: float | None = None
         self._hops = 0
         self._hold = 0
@@ -151,6 +157,7 @@ class NearEndBlend:
         self._hold = 0
         self._idle = IDLE_FRAMES
         self._fa = self._fe = self._fy = 0.0
+        self._since_cancel = ONSET_HOPS + 1
         self._hops = 0
 
     def _rest(self, lin: np.ndarray, est: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -190,7 +197,10 @@ class NearEndBlend:
         if self._hops > WARM_HOPS:
             self._noise = max(NOISE_MIN * FULL, self._fe if self._noise is None else min(self._fe, self._noise * NOISE_RISE))
         self._since_clip = 0 if clipped else self._since_clip + 1
-        onset = self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
+        if far_active and self._hold == 0 and not clipped:
+            self._cancels_db = CANCELS_SMOOTH * self._cancels_db + (1 - CANCELS_SMOOTH) * 10 * np.log10((fe + 1e-3 * N) / fy)
+        onset = (self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
+                 and self._cancels_db < ONSET_CANCELS_DB)
         person = (self._good >= TRUST and not clipped and (self._fa > KEPT * self._fe or onset) and self._fe > LEFT * self._fy
                   and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and coherence < COH_MAX)
         if person:
