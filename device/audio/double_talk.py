@@ -65,14 +65,14 @@ AEC3_LEAKS = 4.0
 # 40-50 dB (KEPT fails), and the linear stage cancels the echo well in the gap before it (a stop
 # consonant's closure, the pause before a word), which ends a detection at once. So within
 # ONSET_HOPS (0.25 s) of a hop the linear stage cancelled well, KEPT is not asked for, provided
-# that the linear stage usually cancels ONSET_CANCELS_DB or more (its mean in dB over ~1 s of hops
+# that the linear stage usually cancels ONSET_CANCELS_DB or more (its mean in dB over ~0.5 s of hops
 # with the reply playing and no person detected): a filter still converging or misadjusted (the
 # speaker moved) cancels well now and then, and what it leaves between would pass for a person.
 # Nor after the microphone clipped in the last UNCLIPPED_HOPS (1 s): no linear filter models
 # clipped echo, and its residual, incoherent with the echo estimate, would pass for a person too.
 ONSET_HOPS = 31
-ONSET_CANCELS_DB = -18.0
-CANCELS_SMOOTH = 0.99
+ONSET_CANCELS_DB = -15.0
+CANCELS_SMOOTH = 0.98
 UNCLIPPED_HOPS = 125
 IDLE_FRAMES = 12  # frames (~1 s) with nothing playing before the blend rests
 
