@@ -16,11 +16,13 @@ Offline part (the room in numpy, tests/rig/room.py; no real-time pacing):
   - "hey jarvis" over the reply at 0 dB SER, detected on the wake engine's stream (the linear
     stage), on AEC3 alone and without echo cancellation;
   - wake accuracy in pink noise (10 dB SNR) and babble (5 dB SNR), bare vs with NS+AGC, and
-    false wakes on non-wake speech.
+    false wakes on non-wake speech;
+  - voice barge-in: how soon the simulator's voice detection hears a person who says "stop" over
+    the reply, in what the session gets, against their clean speech.
 The real capture and playback path with the room between speaker and microphone on the ALSA rig
 is measured by tests/test_echo.py (ERLE, double talk, `speaker check`).
 
-    python bench/aec.py [--quick] [--only libs,frontend,moved,kept,clip,long,wake,noise]
+    python bench/aec.py [--quick] [--only libs,frontend,moved,kept,clip,long,wake,noise,barge]
 """
 
 from __future__ import annotations
@@ -579,6 +581,55 @@ def bench_wake_over_reply(speech, quick: bool) -> None:
           f"(the same words alone, no reply: {100 * hits_clean / n:.0f} %)")
 
 
+def speech_start(x: np.ndarray, at: int) -> int | None:
+    """Where, from sample ``at``, 60 ms in a row of 10 ms above -32 dBFS end (the simulator's
+    voice detection, services/simulator.py: a turn starts there), or None."""
+    run = 0
+    for i in range(at, len(x) - 159, 160):
+        run = run + 1 if rm.rms(x[i : i + 160].astype(np.float64) / 32768.0) >= 10 ** (-32 / 20) else 0
+        if run == 6:
+            return i + 160
+    return None
+
+
+def bench_barge(speech, quick: bool) -> None:
+    """A person saying "stop please, that is enough" over the second reply: how soon an energy
+    voice detection hears them start in what the session gets, against in their clean speech."""
+    n, onsets = (3, (1.3, 4.5, 6.9)) if quick else (8, (1.3, 2.9, 4.5, 5.3, 6.1, 6.9))
+    print(f"\n== voice barge-in offline: 'stop please, that is enough' over the second reply ({n} rooms, "
+          f"{len(onsets)} onsets, -5 and 0 dB SER) ==")
+    print("(ms from the talker's onset until the simulator's voice detection starts a turn on what the session hears;")
+    print(" in brackets, on the talker's clean speech; rooms at -20 dBFS make the microphone clip on the echo)")
+    reply = reply_audio(speech)
+    reply = reply[: len(reply) // 1280 * 1280]
+    far = np.concatenate([reply, np.zeros(1280 * 8, dtype=np.int16), reply])
+    off = len(far) - len(reply)
+    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb")).astype(np.float64) / 32768.0
+    rng = np.random.default_rng(5)
+    late = {}
+    for _ in range(n):
+        rt60, delay, level = float(rng.uniform(0.3, 0.6)), float(rng.uniform(10, 60)), float(rng.choice([-30, -24, -20]))
+        room = rm.Room(rt60_s=rt60, delay_ms=delay, seed=int(rng.integers(1000)), echo_dbfs=level)
+        echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
+        quiet = run_frontend(rm.to_int16(echo), far)
+        print(f"RT60 {rt60:.2f} s, delay {delay:2.0f} ms, echo {level:+.0f} dBFS; nobody talking: "
+              f"{'a turn starts' if speech_start(quiet, off) else 'no turn'}")
+        for ser in (-5, 0):
+            row = []
+            for on in onsets:
+                a = off + int(on * RATE)
+                near = np.zeros_like(echo)
+                near[a : a + len(talk)] = talk[: len(near) - a] * rm.active_rms(echo[off:]) * 10 ** (ser / 20) / rm.active_rms(talk)
+                got, clean = speech_start(run_frontend(rm.to_int16(echo + near), far), a), speech_start(rm.to_int16(near), a)
+                ms = None if got is None else (got - a) / 16
+                late.setdefault((ser, level == -20), []).append(ms is None or ms > 250)
+                row.append(f"{on:.1f} s: {'-' if ms is None else f'{ms:.0f}'} ({(clean - a) / 16:.0f})")
+            print(f"   {ser:+d} dB: " + "  ".join(row))
+    for (ser, clips), v in sorted(late.items()):
+        print(f"{ser:+d} dB SER, {'rooms where the microphone clips' if clips else 'other rooms'}: "
+              f"later than 250 ms in {sum(v)} of {len(v)}")
+
+
 def _place(echo: np.ndarray, near: np.ndarray, at: int, ser_db: float, level: float | None = None) -> np.ndarray:
     """``echo`` plus ``near`` at sample ``at``, its active level ``ser_db`` above the echo's (or ``level``)."""
     s = near.astype(np.float64) / 32768.0
@@ -652,14 +703,14 @@ def count_wakes(x: np.ndarray) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
-    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,kept,clip,long,wake,noise")
+    ap.add_argument("--only", default="", help="comma list of: libs,frontend,moved,kept,clip,long,wake,noise,barge")
     args = ap.parse_args()
     from tests.rig.speech import Speech
 
     cache = Path(tempfile.gettempdir()) / "speaker-bench-speech"
     cache.mkdir(exist_ok=True)
     speech = Speech(cache)
-    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "kept", "clip", "long", "wake", "noise"}
+    only = set(filter(None, args.only.split(","))) or {"libs", "frontend", "moved", "kept", "clip", "long", "wake", "noise", "barge"}
     if "libs" in only:
         bench_libraries(speech, args.quick)
     if "frontend" in only:
@@ -676,6 +727,8 @@ def main() -> int:
         bench_wake_over_reply(speech, args.quick)
     if "noise" in only:
         bench_noise(speech, args.quick)
+    if "barge" in only:
+        bench_barge(speech, args.quick)
     return 0
 
 
