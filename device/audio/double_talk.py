@@ -18,10 +18,10 @@ residual, what it left is incoherent with that estimate (a voice is; the residua
 filter, after the speaker was moved, say, is not), AEC3 did not suppress it entirely, and the
 frame is above the noise floor. Within 0.25 s of the converged linear stage cancelling well (a
 person's onset: AEC3's suppressor then takes a first vowel down entirely), AEC3 need not have kept
-any of it. The
-detection holds for 128 ms and ends at once when the linear stage cancels well again. No bin is
-blended before the linear stage has converged (a cold start), nor in a hop where the microphone
-clipped, nor when nothing has played for a second: then the output is AEC3's, 8 ms later.
+any of it. The detection holds for 128 ms and ends at once when the linear stage cancels well
+again. No bin is blended before the linear stage has converged (a cold start), nor in a hop where
+the microphone clipped, nor when nothing has played for a second: then the output is AEC3's, 8 ms
+later.
 """
 
 from __future__ import annotations
