@@ -287,8 +287,8 @@ async def test_a_speaker_that_never_blocks_gets_its_silence_at_real_time_pace(al
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("hold", ["every-period", "underrun"])
-async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, monkeypatch, hold) -> None:
+@pytest.mark.parametrize("hold, pointer", [("every-period", "sample"), ("underrun", "sample"), ("every-period", "period")])
+async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, monkeypatch, hold, pointer) -> None:
     """The echo reference lays what the speaker played where the device says it sounds: its
     queue's figure, at the moment that figure was read. Laid off that place, the echo moves
     against it by as much, and the canceller learns its path again. So a playback thread held up
@@ -296,7 +296,9 @@ async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, mon
     interpreter on a busy CPU; here 15 ms at every period) must not move it; nor may the
     resampler's own hold-back (a few ms, more after some writes than others); and after a thread
     held up so long that the device ran dry (here 160 ms, once, on a 100 ms buffer), what plays
-    after the underrun is laid where it plays, not where it would have without the gap."""
+    after the underrun is laid where it plays, not where it would have without the gap. Many
+    drivers move their play position only at period boundaries (``pointer="period"``, 20 ms here):
+    the reference averages its figures over a stream, and must stay as close."""
     import device.audio.playback as playback_mod
     from device.audio.reference import LEAD_S, PlaybackReference
 
@@ -309,7 +311,8 @@ async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, mon
             self._pcm, self.fmt, self.t0, self.frames, self.underruns = pcm, fmt, None, 0, 0
 
         def _played(self) -> int:
-            return int((time.monotonic() - self.t0) * self.fmt.rate)
+            frames = int((time.monotonic() - self.t0) * self.fmt.rate)
+            return frames - frames % self.fmt.period if pointer == "period" else frames
 
         def write(self, data) -> int:
             if self.t0 is None:  # (prepared) the stream starts with this write
@@ -374,4 +377,4 @@ async def test_the_echo_reference_is_placed_where_the_device_plays(alsa_rig, mon
     laid = reads[i][0] - (1280 - k) / 16000  # when the reference says the tone sounds
     off_ms = (laid - (sounds - LEAD_S)) * 1000
     print(f"the tone sounds at {sounds - t0:.3f} s; the reference lays it {off_ms:+.1f} ms from there (less its lead)")
-    assert abs(off_ms) <= 3.0, f"the reference laid the sound {off_ms:+.1f} ms from where the device played it"
+    assert abs(off_ms) <= (3.0 if pointer == "sample" else 5.0), f"the reference laid the sound {off_ms:+.1f} ms from where the device played it"
