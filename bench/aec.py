@@ -581,17 +581,6 @@ def bench_wake_over_reply(speech, quick: bool) -> None:
           f"(the same words alone, no reply: {100 * hits_clean / n:.0f} %)")
 
 
-def speech_start(x: np.ndarray, at: int) -> int | None:
-    """Where, from sample ``at``, 60 ms in a row of 10 ms above -32 dBFS end (the simulator's
-    voice detection, services/simulator.py: a turn starts there), or None."""
-    run = 0
-    for i in range(at, len(x) - 159, 160):
-        run = run + 1 if rm.rms(x[i : i + 160].astype(np.float64) / 32768.0) >= 10 ** (-32 / 20) else 0
-        if run == 6:
-            return i + 160
-    return None
-
-
 def bench_barge(speech, quick: bool) -> None:
     """A person saying "stop please, that is enough" over the second reply: how soon an energy
     voice detection hears them start in what the session gets, against in their clean speech."""
@@ -613,14 +602,14 @@ def bench_barge(speech, quick: bool) -> None:
         echo = room.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + room.noise(len(far))
         quiet = run_frontend(rm.to_int16(echo), far)
         print(f"RT60 {rt60:.2f} s, delay {delay:2.0f} ms, echo {level:+.0f} dBFS; nobody talking: "
-              f"{'a turn starts' if speech_start(quiet, off) else 'no turn'}")
+              f"{'a turn starts' if rm.speech_start(quiet, off) else 'no turn'}")
         for ser in (-5, 0):
             row = []
             for on in onsets:
                 a = off + int(on * RATE)
                 near = np.zeros_like(echo)
                 near[a : a + len(talk)] = talk[: len(near) - a] * rm.active_rms(echo[off:]) * 10 ** (ser / 20) / rm.active_rms(talk)
-                got, clean = speech_start(run_frontend(rm.to_int16(echo + near), far), a), speech_start(rm.to_int16(near), a)
+                got, clean = rm.speech_start(run_frontend(rm.to_int16(echo + near), far), a), rm.speech_start(rm.to_int16(near), a)
                 ms = None if got is None else (got - a) / 16
                 late.setdefault((ser, level == -20), []).append(ms is None or ms > 250)
                 row.append(f"{on:.1f} s: {'-' if ms is None else f'{ms:.0f}'} ({(clean - a) / 16:.0f})")

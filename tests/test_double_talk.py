@@ -60,17 +60,6 @@ def test_a_person_talking_over_a_reply_reaches_the_session_whole(two_replies, sp
     assert got > before + 0.1
 
 
-def speech_starts_ms(x: np.ndarray, at: int) -> float | None:
-    """When, after ``at``, an energy detector hears speech start in ``x``: 60 ms in a row of 10 ms
-    above -32 dBFS (the server's voice detection in tests/rig's simulator), ms after ``at``."""
-    run = 0
-    for i in range(at, len(x) - 159, 160):
-        run = run + 1 if rm.rms(x[i : i + 160].astype(np.float64) / 32768.0) >= 10 ** (-32 / 20) else 0
-        if run == 6:
-            return (i + 160 - at) / 16
-    return None
-
-
 def test_a_person_saying_stop_over_a_reply_is_heard_from_the_first_vowel(two_replies, speech) -> None:
     """"Stop" over the reply at -5 dB SER, at eleven places in it: AEC3's suppressor takes the vowel
     after the "st" down entirely where the echo is loud, and the gap of the "t" (which the linear
@@ -85,8 +74,8 @@ def test_a_person_saying_stop_over_a_reply_is_heard_from_the_first_vowel(two_rep
         at = second + int(on_s * RATE)
         near = np.zeros_like(echo)
         near[at : at + len(talk)] = talk[: len(near) - at]
-        clean = speech_starts_ms(rm.to_int16(near), at)
-        heard[round(float(on_s), 1)] = (clean, speech_starts_ms(run(rm.to_int16(echo + near), far)[0], at))
+        clean, got = rm.speech_start(rm.to_int16(near), at), rm.speech_start(run(rm.to_int16(echo + near), far)[0], at)
+        heard[round(float(on_s), 1)] = ((clean - at) / 16, None if got is None else (got - at) / 16)
     print("talker's speech start (ms after onset), clean / in the session:", heard)
     late = {on: got for on, (clean, got) in heard.items() if got is None or got > clean + 50}
     assert not late, f"the session heard the talker late (ms after onset, by where in the reply they talked): {late}"

@@ -117,6 +117,17 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ea[:n], eb[:n])[0, 1])
 
 
+def speech_start(x: np.ndarray, at: int, rate: int = RATE) -> int | None:
+    """Where, from sample ``at`` of int16 ``x``, 60 ms in a row of 10 ms blocks above -32 dBFS end:
+    where the realtime simulator's voice detection (services/simulator.py) starts a turn; or None."""
+    b, run = rate // 100, 0
+    for i in range(at, len(x) - b + 1, b):
+        run = run + 1 if rms(x[i : i + b].astype(np.float64) / 32768.0) >= 10 ** (-32 / 20) else 0
+        if run == 6:
+            return i + b
+    return None
+
+
 def aligned_envelope_correlation(x: np.ndarray, ref: np.ndarray, a: int, b: int, max_lag: int = 640) -> float:
     """:func:`envelope_correlation` of ``x[a:b]`` with ``ref[a:b]``, at the lag (0 to 40 ms late)
     where it is highest: an echo canceller's output lags its input by its processing latency."""
