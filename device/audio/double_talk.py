@@ -18,7 +18,8 @@ residual, what it left is incoherent with that estimate (a voice is; the residua
 filter, after the speaker was moved, say, is not), AEC3 did not suppress it entirely, and the
 frame is above the noise floor. Within 0.25 s of the converged linear stage cancelling well (a
 person's onset: AEC3's suppressor then takes a first vowel down entirely), AEC3 need not have kept
-any of it. The detection holds for 128 ms and ends at once when the linear stage cancels well
+any of it, and a vowel as loud as the echo estimate is a person up to a coherence of 0.5 (two
+voices' harmonics can meet over the ~80 ms the coherence is measured on). The detection holds for 128 ms and ends at once when the linear stage cancels well
 again. No bin is blended before the linear stage has converged (a cold start), nor in a hop where
 the microphone clipped, nor when nothing has played for a second: then the output is AEC3's, 8 ms
 later.
@@ -70,7 +71,14 @@ AEC3_LEAKS = 4.0
 # speaker moved) cancels well now and then, and what it leaves between would pass for a person.
 # Nor after the microphone clipped in the last UNCLIPPED_HOPS (1 s): no linear filter models
 # clipped echo, and its residual, incoherent with the echo estimate, would pass for a person too.
+# In that window, a frame whose linear output holds ONSET_STRONG (-5 dB) or more of the echo estimate (a
+# converged filter leaves 15 dB less) is a person up to a coherence of ONSET_COH_MAX: a talker's vowel
+# whose harmonics meet the reply's measured 0.3-0.5 (bench/aec.py --only barge, the first reply too).
+# A clip within HOLD hops of a detection is the person's (a loud voice on top of the echo): it does not
+# hold the onset rule off.
 ONSET_HOPS = 31
+ONSET_COH_MAX = 0.5
+ONSET_STRONG = 0.3
 ONSET_CANCELS_DB = -15.0
 CANCELS_SMOOTH = 0.98
 UNCLIPPED_HOPS = 125
@@ -99,6 +107,7 @@ class NearEndBlend:
         self._fa = self._fe = self._fy = 0.0
         self._since_cancel = ONSET_HOPS + 1
         self._since_clip = UNCLIPPED_HOPS
+        self._since_person = HOLD + 1
         self._cancels_db = 0.0  # how much the linear stage usually cancels (dB, outside detections)
         self._noise: float | None = None
         self._hops = 0
@@ -158,6 +167,7 @@ class NearEndBlend:
         self._idle = IDLE_FRAMES
         self._fa = self._fe = self._fy = 0.0
         self._since_cancel = ONSET_HOPS + 1
+        self._since_person = HOLD + 1
         self._hops = 0
 
     def _rest(self, lin: np.ndarray, est: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -196,13 +206,16 @@ class NearEndBlend:
         self._hops += 1
         if self._hops > WARM_HOPS:
             self._noise = max(NOISE_MIN * FULL, self._fe if self._noise is None else min(self._fe, self._noise * NOISE_RISE))
-        self._since_clip = 0 if clipped else self._since_clip + 1
+        # A clip within a detection is the person's (a loud voice on top of the echo), not the echo's.
+        self._since_clip = 0 if clipped and self._since_person > HOLD else self._since_clip + 1
         if far_active and self._hold == 0 and not clipped:
             self._cancels_db = CANCELS_SMOOTH * self._cancels_db + (1 - CANCELS_SMOOTH) * 10 * np.log10((fe + 1e-3 * N) / fy)
         onset = (self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
                  and self._cancels_db < ONSET_CANCELS_DB)
+        incoherent = coherence < COH_MAX or (onset and coherence < ONSET_COH_MAX and self._fe > ONSET_STRONG * self._fy)
         person = (self._good >= TRUST and not clipped and (self._fa > KEPT * self._fe or onset) and self._fe > LEFT * self._fy
-                  and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and coherence < COH_MAX)
+                  and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and incoherent)
+        self._since_person = 0 if person else self._since_person + 1
         if person:
             self._hold = HOLD
             self.detected_hops += 1
