@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device.audio.double_talk import CLIPPED, NearEndBlend
+from device.audio.double_talk import CLIP_ECHO, CLIPPED, NearEndBlend
 from device.audio.echo_memory import EchoPath
 from device.audio.linear_echo import LAG_MARGIN, LinearEchoCanceller
 from device.audio.resample import WAKE_RATE, FrameAssembler
@@ -94,10 +94,9 @@ PACE_MIN_MEASURES = 20
 PACE_MIN_PPM = 10.0
 # The speaker loud enough to make the microphone clip: clipped echo is not what was played, and the
 # linear stage (what the wake engine hears) removes little of it (bench/aec.py --only clip). A frame
-# clipped where the linear stage's echo estimate is this loud is the speaker's own sound (a person
+# clipped where the linear stage's echo estimate is CLIP_ECHO loud is the speaker's own sound (a person
 # shouting into the microphone is not in that estimate); CLIP_FRAMES of them within CLIP_WINDOW_S
 # are logged, at most every CLIP_REPEAT_S (with CLIPPING, which `speaker check` says too).
-CLIP_ECHO = 16384
 CLIP_FRAMES = 5
 CLIP_WINDOW_S = 60.0
 CLIP_REPEAT_S = 600.0
