@@ -56,9 +56,9 @@ CANCELS = 0.015  # the linear stage's output below -18 dB of its echo estimate: 
 TRUST = 40  # hops of the linear stage cancelling at least 10 dB before any bin is blended
 TRUSTED_BELOW = 0.1
 FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
-CLIP_ECHO = 16384  # ... where the linear stage's echo estimate is this loud, the echo clipped (not a person's voice)
 CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
 # no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only
+CLIP_ECHO = 16384  # a clip where the linear stage's echo estimate is this loud is the echo's (a voice clips too)
 # AEC3's output 6 dB louder than the linear stage's in a bin: AEC3 let echo through there (for a
 # tenth of a second now and then, both its filter and its suppressor miss the echo of a steady
 # voice); the session gets the linear stage's bin.
