@@ -86,6 +86,25 @@ THREE = ["Sure. Tomorrow will be mostly sunny with a high of twenty two degrees 
          "I have turned on the kitchen light and set the thermostat to twenty one degrees."]
 
 
+def _first_reply_barge_in(speech, room: rm.Room, at_s: float, ser_db: float) -> tuple[int, int | None]:
+    """"Stop please, that is enough" ``ser_db`` over the echo, ``at_s`` into the first reply after a
+    cold start (three sentences): ms from the talker's onset until the simulator's voice detection
+    starts a turn on the talker's clean speech, and on what the session hears (None: never)."""
+    reply = np.concatenate([np.concatenate([speech.say(t, voice="en-us+f3", speed=165), speech.silence(0.25)]) for t in THREE])
+    reply = reply[: len(reply) // 1280 * 1280]
+    lead = 1280 * 8
+    far = np.concatenate([np.zeros(lead, dtype=np.int16), reply])
+    echo = room.echo(far, ref_rms=rm.active_rms(reply.astype(np.float64) / 32768.0)) + room.noise(len(far))
+    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb")).astype(np.float64) / 32768.0
+    at = lead + int(at_s * RATE)
+    near = np.zeros_like(echo)
+    near[at : at + len(talk)] = (talk * rm.active_rms(echo[lead:]) * 10 ** (ser_db / 20) / rm.active_rms(talk))[: len(near) - at]
+    clean, got = rm.speech_start(rm.to_int16(near), at), rm.speech_start(run(rm.to_int16(echo + near), far)[0], at)
+    print(f"talker's speech start: clean {(clean - at) / 16:.0f} ms, in the session "
+          f"{'never' if got is None else f'{(got - at) / 16:.0f} ms'} after onset")
+    return (clean - at) // 16, None if got is None else (got - at) // 16
+
+
 @pytest.mark.parametrize("rt60_s, delay_ms, seed, echo_dbfs", [(0.39, 12.7, 383, -30), (0.50, 13.0, 555, -24)])
 def test_a_vowel_whose_harmonics_meet_the_replys_is_heard_in_the_first_reply(speech, rt60_s, delay_ms, seed,
                                                                               echo_dbfs) -> None:
@@ -95,20 +114,20 @@ def test_a_vowel_whose_harmonics_meet_the_replys_is_heard_in_the_first_reply(spe
     filter's leftovers from a person. Just after the linear stage cancelled well, a vowel as loud as
     the echo estimate is a person up to 0.5: the session hears the talker start with the vowel, not
     400 ms later (before: 620 and 610 ms)."""
-    reply = np.concatenate([np.concatenate([speech.say(t, voice="en-us+f3", speed=165), speech.silence(0.25)]) for t in THREE])
-    reply = reply[: len(reply) // 1280 * 1280]
-    lead = 1280 * 8
-    far = np.concatenate([np.zeros(lead, dtype=np.int16), reply])
-    room = rm.Room(rt60_s=rt60_s, delay_ms=delay_ms, seed=seed, echo_dbfs=echo_dbfs)
-    echo = room.echo(far, ref_rms=rm.active_rms(reply.astype(np.float64) / 32768.0)) + room.noise(len(far))
-    talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb")).astype(np.float64) / 32768.0
-    at = lead + int(6.9 * RATE)
-    near = np.zeros_like(echo)
-    near[at : at + len(talk)] = (talk * rm.active_rms(echo[lead:]) / rm.active_rms(talk))[: len(near) - at]
-    clean, got = rm.speech_start(rm.to_int16(near), at), rm.speech_start(run(rm.to_int16(echo + near), far)[0], at)
-    print(f"talker's speech start: clean {(clean - at) / 16:.0f} ms, in the session "
-          f"{'never' if got is None else f'{(got - at) / 16:.0f} ms'} after onset")
-    assert got is not None and got <= clean + 50 * 16, "the session heard the talker late"
+    clean, got = _first_reply_barge_in(speech, rm.Room(rt60_s=rt60_s, delay_ms=delay_ms, seed=seed, echo_dbfs=echo_dbfs), 6.9, 0.0)
+    assert got is not None and got <= clean + 50, "the session heard the talker late"
+
+
+@pytest.mark.parametrize("rt60_s, delay_ms, seed, echo_dbfs, ser_db",
+                         [(0.3214, 16.49, 948, -20, 0.0), (0.545, 37.5, 980, -20, 4.0)])
+def test_a_talker_whose_first_sound_clips_the_microphone_is_heard_in_the_first_reply(speech, rt60_s, delay_ms, seed,
+                                                                                   echo_dbfs, ser_db) -> None:
+    """"Stop" 5.3 s into the first reply after a cold start, in a loud room: 140-190 ms in, the talker
+    on top of the echo clips the microphone, which the echo alone never does. A clip where the echo
+    estimate is below half of full scale is the talker's: the session hears them from there, not
+    from the vowel 300 ms later (before: 530 and 490 ms)."""
+    _, got = _first_reply_barge_in(speech, rm.Room(rt60_s=rt60_s, delay_ms=delay_ms, seed=seed, echo_dbfs=echo_dbfs), 5.3, ser_db)
+    assert got is not None and got <= 250, "the session heard the talker late"
 
 
 def test_with_nobody_talking_the_session_hears_no_more_echo_than_aec3_alone(two_replies) -> None:

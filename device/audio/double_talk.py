@@ -21,8 +21,9 @@ person's onset: AEC3's suppressor then takes a first vowel down entirely), AEC3 
 any of it, and a vowel as loud as the echo estimate is a person up to a coherence of 0.5 (two
 voices' harmonics can meet over the ~80 ms the coherence is measured on). The detection holds for
 128 ms and ends at once when the linear stage cancels well again. No bin is blended before the
-linear stage has converged (a cold start), nor in a hop where the microphone clipped, nor when
-nothing has played for a second: then the output is AEC3's, 8 ms later.
+linear stage has converged (a cold start), nor in a hop where the echo clipped the microphone (a
+loud voice on quieter echo may clip it and is still heard), nor when nothing has played for a
+second: then the output is AEC3's, 8 ms later.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ TRUST = 40  # hops of the linear stage cancelling at least 10 dB before any bin 
 TRUSTED_BELOW = 0.1
 FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
 CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
-# no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only
+# no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only, unless a
+# person is detected in it (a clip the echo estimate is too quiet to have made, CLIP_ECHO)
 CLIP_ECHO = 16384  # a clip where the linear stage's echo estimate is this loud is the echo's (a voice clips too)
 # AEC3's output 6 dB louder than the linear stage's in a bin: AEC3 let echo through there (for a
 # tenth of a second now and then, both its filter and its suppressor miss the echo of a steady
@@ -70,14 +72,16 @@ AEC3_LEAKS = 4.0
 # that the linear stage usually cancels ONSET_CANCELS_DB or more (its mean in dB over ~0.5 s of hops
 # with the reply playing and no person detected): a filter still converging or misadjusted (the
 # speaker moved) cancels well now and then, and what it leaves between would pass for a person.
-# A frame louder than the echo estimate needs only ONSET_LOUD_CANCELS_DB: in the first reply after a
-# cold start on the test rig (its speaker hides a ~200 ms delay) the mean was still -12 to -14 dB when
-# a talker said "stop"; excluding such frames from the mean instead let the echo through after the
-# speaker moved (bench/aec.py --only moved: -47 dBFS where it was -60).
+# A frame that holds ONSET_STRONG of the echo estimate needs only ONSET_LOUD_CANCELS_DB: in the first
+# reply after a cold start on the test rig (its speaker hides a ~200 ms delay) the mean was still -12
+# to -14 dB when a talker said "stop", whose "s" then reached the session a hop late and too short for
+# its voice detection (50 ms); excluding such frames from the mean instead let the echo through after
+# the speaker moved (bench/aec.py --only moved: -47 dBFS where it was -60).
 # Nor after the echo clipped the microphone in the last UNCLIPPED_HOPS (1 s): no linear filter models
 # clipped echo, and its residual, incoherent with the echo estimate, would pass for a person too.
 # A clip is the echo's where the echo estimate is CLIP_ECHO loud and no person was detected in the last
-# HOLD hops; a loud voice on top of the echo clips the microphone too.
+# HOLD hops; a loud voice on top of the echo clips the microphone too, and in a hop where only the
+# voice can have clipped it (the echo estimate is below CLIP_ECHO) a person may be detected.
 # In that window, a frame whose linear output holds ONSET_STRONG (-5 dB) or more of the echo estimate (a
 # converged filter leaves 15 dB less) is a person up to a coherence of ONSET_COH_MAX: a talker's vowel
 # whose harmonics meet the reply's measured 0.3-0.5 (bench/aec.py --only barge, the first reply too).
@@ -221,9 +225,9 @@ class NearEndBlend:
         # (a frame louder than the echo estimate: a filter that cancels less, as in a first reply, will do)
         onset = (self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
                  and (self._cancels_db < ONSET_CANCELS_DB
-                      or (self._cancels_db < ONSET_LOUD_CANCELS_DB and self._fe > self._fy)))
+                      or (self._cancels_db < ONSET_LOUD_CANCELS_DB and self._fe > ONSET_STRONG * self._fy)))
         incoherent = coherence < COH_MAX or (onset and coherence < ONSET_COH_MAX and self._fe > ONSET_STRONG * self._fy)
-        person = (self._good >= TRUST and not clipped and (self._fa > KEPT * self._fe or onset) and self._fe > LEFT * self._fy
+        person = (self._good >= TRUST and not echo_clips and (self._fa > KEPT * self._fe or onset) and self._fe > LEFT * self._fy
                   and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and incoherent)
         self._since_person = 0 if person else self._since_person + 1
         if person:
