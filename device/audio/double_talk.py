@@ -59,8 +59,13 @@ TRUSTED_BELOW = 0.1
 FAR_ACTIVE = 10 ** (-50 / 10)  # an echo estimate above -50 dBFS (band power): the reply plays
 CLIPPED = 32000  # a microphone sample this loud: the echo went through a clipping converter, which
 # no linear filter models (the linear stage's output then holds loud echo): AEC3's bins only, unless a
-# person is detected in it (a clip the echo estimate is too quiet to have made, CLIP_ECHO)
-CLIP_ECHO = 16384  # a clip where the linear stage's echo estimate is this loud is the echo's (a voice clips too)
+# person is detected in it (a clip the echo estimate is too quiet to have made: CLIP_ECHO, ECHO_PEAKS)
+# A clip is the echo's where the linear stage's echo estimate is loud enough to have made it (a voice
+# clips the microphone too): the echo peaks above its estimate by at most ECHO_PEAKS times what the
+# linear stage usually leaves (in amplitude), so a filter that usually cancels 20 dB needs an estimate
+# at 0.75 of full scale, one that cancels 10 dB or less CLIP_ECHO (half).
+CLIP_ECHO = 16384
+ECHO_PEAKS = 3.0
 # AEC3's output 6 dB louder than the linear stage's in a bin: AEC3 let echo through there (for a
 # tenth of a second now and then, both its filter and its suppressor miss the echo of a steady
 # voice); the session gets the linear stage's bin.
@@ -79,9 +84,9 @@ AEC3_LEAKS = 4.0
 # the speaker moved (bench/aec.py --only moved: -47 dBFS where it was -60).
 # Nor after the echo clipped the microphone in the last UNCLIPPED_HOPS (1 s): no linear filter models
 # clipped echo, and its residual, incoherent with the echo estimate, would pass for a person too.
-# A clip is the echo's where the echo estimate is CLIP_ECHO loud and no person was detected in the last
-# HOLD hops; a loud voice on top of the echo clips the microphone too, and in a hop where only the
-# voice can have clipped it (the echo estimate is below CLIP_ECHO) a person may be detected.
+# A clip is the echo's where the echo estimate could have made it (CLIP_ECHO, ECHO_PEAKS) and no person
+# was detected in the last HOLD hops; a loud voice on top of the echo clips the microphone too, and in a
+# hop where only the voice can have clipped it a person may be detected.
 # In that window, a frame whose linear output holds ONSET_STRONG (-5 dB) or more of the echo estimate (a
 # converged filter leaves 15 dB less) is a person up to a coherence of ONSET_COH_MAX: a talker's vowel
 # whose harmonics meet the reply's measured 0.3-0.5 (bench/aec.py --only barge, the first reply too).
@@ -151,7 +156,8 @@ class NearEndBlend:
         self._prev = cur[:, -1].copy()
         E, Y, A = np.fft.rfft(frames * self._win, axis=2)
         clipped = np.max(np.abs(cur[0] + cur[1]), axis=1) >= CLIPPED
-        echo_clips = clipped & (np.max(np.abs(cur[1]), axis=1) >= CLIP_ECHO)
+        reach = max(CLIP_ECHO, CLIPPED / (1 + ECHO_PEAKS * 10 ** (self._cancels_db / 20)))
+        echo_clips = clipped & (np.max(np.abs(cur[1]), axis=1) >= reach)
         gains = np.empty(E.shape)
         for k in range(hops):
             gains[k] = self._gains(E[k], Y[k], A[k], bool(clipped[k]), bool(echo_clips[k]))
