@@ -228,7 +228,7 @@ class NearEndBlend:
         self._since_clip = 0 if echo_clips and self._since_person > HOLD else self._since_clip + 1
         if far_active and self._hold == 0 and not clipped:
             self._cancels_db = CANCELS_SMOOTH * self._cancels_db + (1 - CANCELS_SMOOTH) * 10 * np.log10((fe + 1e-3 * N) / fy)
-        # (a frame louder than the echo estimate: a filter that cancels less, as in a first reply, will do)
+        # (a frame holding ONSET_STRONG of the echo estimate: a filter that cancels less, as in a first reply, will do)
         onset = (self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
                  and (self._cancels_db < ONSET_CANCELS_DB
                       or (self._cancels_db < ONSET_LOUD_CANCELS_DB and self._fe > ONSET_STRONG * self._fy)))
