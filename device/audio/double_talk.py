@@ -18,12 +18,13 @@ residual, what it left is incoherent with that estimate (a voice is; the residua
 filter, after the speaker was moved, say, is not), AEC3 did not suppress it entirely, and the
 frame is above the noise floor. Within 0.25 s of the converged linear stage cancelling well (a
 person's onset: AEC3's suppressor then takes a first vowel down entirely), AEC3 need not have kept
-any of it, and a vowel as loud as the echo estimate is a person up to a coherence of 0.5 (two
-voices' harmonics can meet over the ~80 ms the coherence is measured on). The detection holds for
-128 ms and ends at once when the linear stage cancels well again. No bin is blended before the
-linear stage has converged (a cold start), nor in a hop where the echo clipped the microphone (a
-loud voice on quieter echo may clip it and is still heard), nor when nothing has played for a
-second: then the output is AEC3's, 8 ms later.
+any of it, and a vowel as loud as the echo estimate (or a sound that just rose 9 dB against it:
+a talker's "s") is a person up to a coherence of 0.5 (two voices' harmonics can meet over the
+~80 ms the coherence is measured on). The detection holds for 128 ms and ends at once when the
+linear stage cancels well again. No bin is blended before the linear stage has converged (a cold
+start), nor in a hop where the echo clipped the microphone (a loud voice on quieter echo may clip
+it and is still heard), nor when nothing has played for a second: then the output is AEC3's, 8 ms
+later.
 """
 
 from __future__ import annotations
@@ -90,11 +91,19 @@ AEC3_LEAKS = 4.0
 # In that window, a frame whose linear output holds ONSET_STRONG (-5 dB) or more of the echo estimate (a
 # converged filter leaves 15 dB less) is a person up to a coherence of ONSET_COH_MAX: a talker's vowel
 # whose harmonics meet the reply's measured 0.3-0.5 (bench/aec.py --only barge, the first reply too).
+# A frame that rose ONSET_RISE (9 dB) over the last ONSET_RISE_HOPS both in level and against the echo
+# estimate, to ONSET_RISEN (-10 dB) of it, counts as holding ONSET_STRONG: a new sound the estimate does
+# not have (a reply's own onset raises the estimate with it, and its word's end lowers the estimate,
+# not the frame). On the rig, a talker's "s" reached ONSET_STRONG only in its fourth hop, by when AEC3
+# had taken its first three down: the session heard 50 ms of it, too short for its voice detection.
 ONSET_HOPS = 31
 ONSET_COH_MAX = 0.5
 ONSET_STRONG = 0.3
 ONSET_CANCELS_DB = -15.0
 ONSET_LOUD_CANCELS_DB = -10.0
+ONSET_RISE = 8.0
+ONSET_RISE_HOPS = 3
+ONSET_RISEN = 0.1
 CANCELS_SMOOTH = 0.98
 UNCLIPPED_HOPS = 125
 IDLE_FRAMES = 12  # frames (~1 s) with nothing playing before the blend rests
@@ -120,6 +129,7 @@ class NearEndBlend:
         self._est_line = np.zeros(HOP)  # samples ahead of AEC3's: delayed to meet it
         self._ola = np.zeros(HOP)
         self._fa = self._fe = self._fy = 0.0
+        self._past = [(0.0, 0.0)] * ONSET_RISE_HOPS  # (fe, fy) of the last hops, oldest first
         self._since_cancel = ONSET_HOPS + 1
         self._since_clip = UNCLIPPED_HOPS
         self._since_person = HOLD + 1
@@ -183,6 +193,7 @@ class NearEndBlend:
         self._hold = 0
         self._idle = IDLE_FRAMES
         self._fa = self._fe = self._fy = 0.0
+        self._past = [(0.0, 0.0)] * ONSET_RISE_HOPS
         self._since_cancel = ONSET_HOPS + 1
         self._since_person = HOLD + 1
         self._hops = 0
@@ -205,6 +216,8 @@ class NearEndBlend:
         target = np.clip((snr - PASS_FROM) / (PASS_FULL - PASS_FROM), 0.0, 1.0)
 
         fa, fe, fy = float(np.sum(A.real[BAND] ** 2 + A.imag[BAND] ** 2)), float(np.sum(pe[BAND])), float(np.sum(py[BAND]))
+        fe0, fy0 = self._past.pop(0)
+        self._past.append((self._fe, self._fy))
         self._fa = SMOOTH * self._fa + (1 - SMOOTH) * fa
         self._fe = SMOOTH * self._fe + (1 - SMOOTH) * fe
         self._fy = SMOOTH * self._fy + (1 - SMOOTH) * fy
@@ -228,11 +241,13 @@ class NearEndBlend:
         self._since_clip = 0 if echo_clips and self._since_person > HOLD else self._since_clip + 1
         if far_active and self._hold == 0 and not clipped:
             self._cancels_db = CANCELS_SMOOTH * self._cancels_db + (1 - CANCELS_SMOOTH) * 10 * np.log10((fe + 1e-3 * N) / fy)
-        # (a frame holding ONSET_STRONG of the echo estimate: a filter that cancels less, as in a first reply, will do)
+        # A frame holding ONSET_STRONG of the echo estimate, or that just rose to ONSET_RISEN of it.
+        loud = self._fe > ONSET_STRONG * self._fy or (
+            self._fe > ONSET_RISEN * self._fy and self._fe > ONSET_RISE * fe0 and self._fe * fy0 > ONSET_RISE * fe0 * self._fy)
+        # (for a loud frame, a filter that cancels less, as in a first reply, will do)
         onset = (self._since_cancel <= ONSET_HOPS and self._since_clip >= UNCLIPPED_HOPS
-                 and (self._cancels_db < ONSET_CANCELS_DB
-                      or (self._cancels_db < ONSET_LOUD_CANCELS_DB and self._fe > ONSET_STRONG * self._fy)))
-        incoherent = coherence < COH_MAX or (onset and coherence < ONSET_COH_MAX and self._fe > ONSET_STRONG * self._fy)
+                 and (self._cancels_db < ONSET_CANCELS_DB or (self._cancels_db < ONSET_LOUD_CANCELS_DB and loud)))
+        incoherent = coherence < COH_MAX or (onset and coherence < ONSET_COH_MAX and loud)
         person = (self._good >= TRUST and not echo_clips and (self._fa > KEPT * self._fe or onset) and self._fe > LEFT * self._fy
                   and self._noise is not None and self._fe > ABOVE_NOISE * self._noise and incoherent)
         self._since_person = 0 if person else self._since_person + 1
