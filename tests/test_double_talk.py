@@ -138,7 +138,7 @@ def test_a_talker_who_clips_the_microphone_is_heard_in_the_first_reply(speech, r
 def test_a_talker_whose_first_sound_rises_slowly_is_heard_from_it(speech) -> None:
     """"Stop" at -5 dB SER over the second reply: the "s" reaches -5 dB of the linear stage's echo
     estimate only in its fifth 8 ms hop, by when AEC3 has taken it down, and is heard too briefly
-    for a voice detection. A sound that rose 9 dB against the estimate in three hops is new, not the
+    for a voice detection. A sound that rose 9 dB against the estimate in four hops is new, not the
     reply's: the session hears the talker from the "s", not from the vowel 400 ms later (before: 640 ms)."""
     clean, got = _barge_in(speech, rm.Room(rt60_s=0.4225, delay_ms=12.26, seed=48, echo_dbfs=-30), 6.9, -5.0,
                                        replies=2)

@@ -91,18 +91,19 @@ AEC3_LEAKS = 4.0
 # In that window, a frame whose linear output holds ONSET_STRONG (-5 dB) or more of the echo estimate (a
 # converged filter leaves 15 dB less) is a person up to a coherence of ONSET_COH_MAX: a talker's vowel
 # whose harmonics meet the reply's measured 0.3-0.5 (bench/aec.py --only barge, the first reply too).
-# A frame that rose ONSET_RISE (9 dB) over the last ONSET_RISE_HOPS both in level and against the echo
-# estimate, to ONSET_RISEN (-10 dB) of it, counts as holding ONSET_STRONG: a new sound the estimate does
-# not have (a reply's own onset raises the estimate with it, and its word's end lowers the estimate,
-# not the frame). On the rig, a talker's "s" reached ONSET_STRONG only in its fourth hop, by when AEC3
-# had taken its first three down: the session heard 50 ms of it, too short for its voice detection.
+# A frame that rose ONSET_RISE (9 dB) since ONSET_RISE_HOPS (32 ms) before, both in level and against
+# the echo estimate, to ONSET_RISEN (-10 dB) of it, counts as holding ONSET_STRONG: a new sound the
+# estimate does not have (a reply's own onset raises the estimate with it, and its word's end lowers the
+# estimate, not the frame). On the rig, a talker's "s" reached ONSET_STRONG only in its fourth hop, by
+# when AEC3 had taken its first three down: the session heard 50 ms of it, too short for its voice
+# detection.
 ONSET_HOPS = 31
 ONSET_COH_MAX = 0.5
 ONSET_STRONG = 0.3
 ONSET_CANCELS_DB = -15.0
 ONSET_LOUD_CANCELS_DB = -10.0
 ONSET_RISE = 8.0
-ONSET_RISE_HOPS = 3
+ONSET_RISE_HOPS = 4
 ONSET_RISEN = 0.1
 CANCELS_SMOOTH = 0.98
 UNCLIPPED_HOPS = 125
@@ -129,7 +130,7 @@ class NearEndBlend:
         self._est_line = np.zeros(HOP)  # samples ahead of AEC3's: delayed to meet it
         self._ola = np.zeros(HOP)
         self._fa = self._fe = self._fy = 0.0
-        self._past = [(0.0, 0.0)] * ONSET_RISE_HOPS  # (fe, fy) of the last hops, oldest first
+        self._past = [(0.0, 0.0)] * ONSET_RISE_HOPS  # (fe, fy) after each of the last hops, oldest first
         self._since_cancel = ONSET_HOPS + 1
         self._since_clip = UNCLIPPED_HOPS
         self._since_person = HOLD + 1
@@ -216,11 +217,11 @@ class NearEndBlend:
         target = np.clip((snr - PASS_FROM) / (PASS_FULL - PASS_FROM), 0.0, 1.0)
 
         fa, fe, fy = float(np.sum(A.real[BAND] ** 2 + A.imag[BAND] ** 2)), float(np.sum(pe[BAND])), float(np.sum(py[BAND]))
-        fe0, fy0 = self._past.pop(0)
-        self._past.append((self._fe, self._fy))
         self._fa = SMOOTH * self._fa + (1 - SMOOTH) * fa
         self._fe = SMOOTH * self._fe + (1 - SMOOTH) * fe
         self._fy = SMOOTH * self._fy + (1 - SMOOTH) * fy
+        fe0, fy0 = self._past.pop(0)
+        self._past.append((self._fe, self._fy))
         eb, yb = E[BAND], Y[BAND]
         self._sey = COH_SMOOTH * self._sey + (1 - COH_SMOOTH) * eb * np.conj(yb)
         self._see = COH_SMOOTH * self._see + (1 - COH_SMOOTH) * pe[BAND]
