@@ -1,4 +1,5 @@
-"""openWakeWord inference on TFLite through ctypes: one thread and the XNNPACK delegate.
+"""openWakeWord inference on TFLite through ctypes: one thread and the XNNPACK delegate (where, checked
+at load, it computes what TFLite's own kernels do).
 
 The maths (mel spectrogram -> embeddings -> wake model, with pyopen-wakeword's windowing and
 scaling) reproduce :mod:`pyopen_wakeword` exactly, so scores equal its own; the differences are
@@ -9,6 +10,7 @@ that the streaming state lives in preallocated buffers, so an 80 ms frame alloca
 from __future__ import annotations
 
 import ctypes as C
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +24,8 @@ EMB_WINDOW = 76  # mel frames per embedding
 EMB_STEP = 8
 EMB_FEATURES = 96
 AUTOFILL_SAMPLES = 8 * SAMPLE_RATE  # pyopen-wakeword starts with 8 s of "new" silence
+
+_LOG = logging.getLogger(__name__)
 
 BUILTIN_MODELS = ("hey_jarvis", "alexa", "okay_nabu", "hey_mycroft", "hey_rhasspy")
 
@@ -103,19 +107,13 @@ def _lib() -> C.CDLL:
 _FLOAT32 = 1  # kTfLiteFloat32
 
 
-class TfLiteModel:
-    """One .tflite model in an interpreter with ``threads`` threads and (optionally) XNNPACK."""
+class _Interpreter:
+    """One interpreter of a loaded model, with or without the XNNPACK delegate."""
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 1, xnnpack: bool = True,
-                 input_shape: tuple[int, ...] | None = None) -> None:
-        self.path = Path(path)
-        lib = self._lib = _lib()
-        self._model = self._options = self._delegate = self._interp = None
-        if not self.path.is_file():
-            raise EngineError(f"wake model file {self.path} does not exist")
-        self._model = lib.TfLiteModelCreateFromFile(str(self.path).encode())
-        if not self._model:
-            raise EngineError(f"{self.path} is not a valid TFLite model")
+    def __init__(self, lib: C.CDLL, model: int, path: Path, *, threads: int, xnnpack: bool,
+                 input_shape: tuple[int, ...] | None) -> None:
+        self._lib = lib
+        self._options = self._delegate = self._interp = None
         self._options = lib.TfLiteInterpreterOptionsCreate()
         lib.TfLiteInterpreterOptionsSetNumThreads(self._options, threads)
         if xnnpack:
@@ -123,38 +121,27 @@ class TfLiteModel:
             opts.num_threads = threads
             self._delegate = lib.TfLiteXNNPackDelegateCreate(C.byref(opts))
             if not self._delegate:
+                self.close()
                 raise EngineError("TfLiteXNNPackDelegateCreate failed")
             lib.TfLiteInterpreterOptionsAddDelegate(self._options, self._delegate)
-        self._interp = lib.TfLiteInterpreterCreate(self._model, self._options)
+        self._interp = lib.TfLiteInterpreterCreate(model, self._options)
         if not self._interp:
             self.close()
-            raise EngineError(f"cannot create a TFLite interpreter for {self.path}")
+            raise EngineError(f"cannot create a TFLite interpreter for {path}")
         if input_shape is not None:
             dims = (C.c_int32 * len(input_shape))(*input_shape)
             if lib.TfLiteInterpreterResizeInputTensor(self._interp, 0, dims, len(input_shape)) != 0:
                 self.close()
-                raise EngineError(f"{self.path}: cannot resize input to {input_shape}")
+                raise EngineError(f"{path}: cannot resize input to {input_shape}")
         if lib.TfLiteInterpreterAllocateTensors(self._interp) != 0:
             self.close()
-            raise EngineError(f"{self.path}: cannot allocate tensors")
-        self._in = lib.TfLiteInterpreterGetInputTensor(self._interp, 0)
-        self._out = lib.TfLiteInterpreterGetOutputTensor(self._interp, 0)
-        if lib.TfLiteTensorType(self._in) != _FLOAT32 or lib.TfLiteTensorType(self._out) != _FLOAT32:
+            raise EngineError(f"{path}: cannot allocate tensors")
+        self.input = lib.TfLiteInterpreterGetInputTensor(self._interp, 0)
+        self.output = lib.TfLiteInterpreterGetOutputTensor(self._interp, 0)
+        if lib.TfLiteTensorType(self.input) != _FLOAT32 or lib.TfLiteTensorType(self.output) != _FLOAT32:
             self.close()
-            raise EngineError(f"{self.path}: expected float32 input and output tensors")
-        self.input_shape = tuple(lib.TfLiteTensorDim(self._in, i) for i in range(lib.TfLiteTensorNumDims(self._in)))
-        self.input_bytes = int(lib.TfLiteTensorByteSize(self._in))
-        self.output_bytes = int(lib.TfLiteTensorByteSize(self._out))
-        # Bound methods fetched once: the per-frame path is three ctypes calls per model.
-        self._copy_in = lib.TfLiteTensorCopyFromBuffer
-        self._invoke = lib.TfLiteInterpreterInvoke
-        self._copy_out = lib.TfLiteTensorCopyToBuffer
-
-    def run(self, src_addr: int, dst_addr: int) -> None:
-        """Copy ``input_bytes`` from ``src_addr``, invoke, copy ``output_bytes`` to ``dst_addr``."""
-        if self._copy_in(self._in, src_addr, self.input_bytes) or self._invoke(self._interp) \
-                or self._copy_out(self._out, dst_addr, self.output_bytes):
-            raise EngineError(f"{self.path.name}: TFLite inference failed")
+            raise EngineError(f"{path}: expected float32 input and output tensors")
+        self.interp = self._interp
 
     def close(self) -> None:
         lib = self._lib
@@ -167,8 +154,86 @@ class TfLiteModel:
         if self._options:
             lib.TfLiteInterpreterOptionsDelete(self._options)
             self._options = None
+
+
+class TfLiteModel:
+    """One .tflite model in an interpreter with ``threads`` threads and (optionally) XNNPACK.
+
+    XNNPACK is used only where it computes what TFLite's own kernels do: both run a probe at load
+    (on one x86-64 CPU, XNNPACK's kernels got the mel spectrogram wrong and the wake word was never
+    heard). :attr:`xnnpack` says whether it is in use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 1, xnnpack: bool = True,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        self.path = Path(path)
+        lib = self._lib = _lib()
+        self._model = self._interpreter = None
+        self.xnnpack = False
+        if not self.path.is_file():
+            raise EngineError(f"wake model file {self.path} does not exist")
+        self._model = lib.TfLiteModelCreateFromFile(str(self.path).encode())
+        if not self._model:
+            raise EngineError(f"{self.path} is not a valid TFLite model")
+        try:
+            plain = _Interpreter(lib, self._model, self.path, threads=threads, xnnpack=False, input_shape=input_shape)
+        except EngineError:
+            self.close()
+            raise
+        self._use(plain)
+        self.input_shape = tuple(lib.TfLiteTensorDim(self._in, i) for i in range(lib.TfLiteTensorNumDims(self._in)))
+        self.input_bytes = int(lib.TfLiteTensorByteSize(self._in))
+        self.output_bytes = int(lib.TfLiteTensorByteSize(self._out))
+        if xnnpack:
+            try:
+                fast = _Interpreter(lib, self._model, self.path, threads=threads, xnnpack=True, input_shape=input_shape)
+            except EngineError as exc:
+                _LOG.warning("%s: running it on TFLite's own kernels", exc)
+                return
+            if self._agree(plain, fast):
+                plain.close()
+                self._use(fast)
+                self.xnnpack = True
+            else:
+                fast.close()
+                _LOG.warning("XNNPACK computes %s wrongly on this CPU: running it on TFLite's own kernels", self.path.name)
+
+    def _use(self, interpreter: _Interpreter) -> None:
+        lib = self._lib
+        self._interpreter = interpreter
+        self._interp, self._in, self._out = interpreter.interp, interpreter.input, interpreter.output
+        # Bound methods fetched once: the per-frame path is three ctypes calls per model.
+        self._copy_in = lib.TfLiteTensorCopyFromBuffer
+        self._invoke = lib.TfLiteInterpreterInvoke
+        self._copy_out = lib.TfLiteTensorCopyToBuffer
+
+    def _agree(self, plain: _Interpreter, fast: _Interpreter) -> bool:
+        """Whether both give the same output (to 1e-3 of its largest value) for a probe: noise, at
+        a speech-like level for the mel model, of about the range of its output for the others."""
+        probe = np.random.default_rng(1).standard_normal(self.input_bytes // 4).astype(np.float32)
+        probe *= 3000.0 if self.path.name == "melspectrogram.tflite" else 2.0
+        outs = []
+        for interpreter in (plain, fast):
+            self._use(interpreter)
+            out = np.zeros(self.output_bytes // 4, dtype=np.float32)
+            self.run(probe.ctypes.data, out.ctypes.data)
+            outs.append(out)
+        self._use(plain)
+        return bool(np.all(np.isfinite(outs[1]))
+                    and np.max(np.abs(outs[1] - outs[0])) <= 1e-3 * np.max(np.abs(outs[0])) + 1e-6)
+
+    def run(self, src_addr: int, dst_addr: int) -> None:
+        """Copy ``input_bytes`` from ``src_addr``, invoke, copy ``output_bytes`` to ``dst_addr``."""
+        if self._copy_in(self._in, src_addr, self.input_bytes) or self._invoke(self._interp) \
+                or self._copy_out(self._out, dst_addr, self.output_bytes):
+            raise EngineError(f"{self.path.name}: TFLite inference failed")
+
+    def close(self) -> None:
+        if self._interpreter is not None:
+            self._interpreter.close()
+            self._interpreter = None
         if self._model:
-            lib.TfLiteModelDelete(self._model)
+            self._lib.TfLiteModelDelete(self._model)
             self._model = None
 
     def __del__(self) -> None:
@@ -215,6 +280,7 @@ class OpenWakeWordEngine:
 
     def __init__(self, model_path: str | os.PathLike[str], *, threads: int = 1, xnnpack: bool = True) -> None:
         models = package_dir() / "models"
+        self.threads = threads
         self.mel = TfLiteModel(models / "melspectrogram.tflite", threads=threads, xnnpack=xnnpack, input_shape=(1, MEL_SAMPLES))
         self.emb = TfLiteModel(models / "embedding_model.tflite", threads=threads, xnnpack=xnnpack,
                                input_shape=(1, EMB_WINDOW, NUM_MELS, 1))
@@ -311,6 +377,18 @@ class OpenWakeWordEngine:
                 if score > best:
                     best = score
         return best
+
+    @property
+    def description(self) -> str:
+        """How the models run, for ``speaker check``: threads, and XNNPACK where it is used."""
+        models = (self.mel, self.emb, self.ww)
+        threads = f"{self.threads} thread" + ("s" if self.threads > 1 else "")
+        if all(m.xnnpack for m in models):
+            return f"tflite, {threads} + XNNPACK"
+        if not any(m.xnnpack for m in models):
+            return f"tflite, {threads}"
+        plain = ", ".join(m.path.name for m in models if not m.xnnpack)
+        return f"tflite, {threads} + XNNPACK, but not for {plain}: XNNPACK computed it wrongly on this CPU"
 
     def close(self) -> None:
         for m in (self.mel, self.emb, self.ww):

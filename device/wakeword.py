@@ -118,6 +118,13 @@ class WakeWord:
         self._blocked_until = GUARD_SAMPLES
         self._armed = True
 
+    @property
+    def engine_description(self) -> str:
+        """How the model runs (engine, threads, XNNPACK), for ``speaker check``."""
+        if isinstance(self._engine, OpenWakeWordEngine):
+            return self._engine.description
+        return "onnx (openwakeword)"
+
     def process(self, pcm16k: bytes) -> Detection | None:
         """Score one frame (1280 samples S16LE mono at 16 kHz)."""
         score = self._engine.process(pcm16k)
@@ -165,5 +172,5 @@ def probe_model(cfg: WakeConfig) -> str:
         ms = (time.perf_counter() - t0) * 1000
     finally:
         ww.close()
-    engine = "tflite, 1 thread + XNNPACK" if cfg.engine == "tflite" and cfg.threads == 1 else f"{cfg.engine}, {cfg.threads} threads"
+    engine = ww.engine_description
     return f"wake model {ww.name} ({engine}) loaded; 1 s of audio scored in {ms:.0f} ms"

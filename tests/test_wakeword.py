@@ -62,6 +62,32 @@ def test_scores_equal_pyopen_wakeword(speech) -> None:
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
+def test_a_delegate_that_computes_a_model_wrongly_is_not_used(speech, monkeypatch, caplog) -> None:
+    """XNNPACK's kernels got the mel model wrong on one x86-64 CPU (the wake word was never heard):
+    a delegate whose output differs from TFLite's own kernels is dropped, and the word still heard."""
+    from device import wake_engine
+
+    # A "delegate" for hey_jarvis that computes another model of the same shape.
+    wrong = wake_engine.TfLiteModel(wake_engine.builtin_model_path("alexa"), xnnpack=False)
+    real = wake_engine._Interpreter
+
+    def interpreter(lib, model, path, *, threads, xnnpack, input_shape):
+        if xnnpack and path.name == "hey_jarvis.tflite":
+            model = wrong._model
+        return real(lib, model, path, threads=threads, xnnpack=xnnpack, input_shape=input_shape)
+
+    monkeypatch.setattr(wake_engine, "_Interpreter", interpreter)
+    caplog.set_level("WARNING", logger="device.wake_engine")
+    ww = WakeWord(WakeConfig())
+    assert "XNNPACK computes hey_jarvis.tflite wrongly" in caplog.text
+    assert "but not for" in ww.engine_description and "hey_jarvis.tflite" in ww.engine_description
+    assert ww._engine.emb.xnnpack  # the models it computes right keep it
+    phrase, _ = wake_phrase(speech)
+    assert len(detections(ww, np.concatenate([speech.silence(1.0), phrase, speech.silence(0.5)]))) == 1
+    ww.close()
+    wrong.close()
+
+
 def test_detects_wake_word_once_and_not_other_speech(speech) -> None:
     phrase, wake_end = wake_phrase(speech)
     ww = WakeWord(WakeConfig())
