@@ -188,9 +188,15 @@ class TfLiteModel:
             try:
                 fast = _Interpreter(lib, self._model, self.path, threads=threads, xnnpack=True, input_shape=input_shape)
             except EngineError as exc:
-                _LOG.warning("%s: running it on TFLite's own kernels", exc)
+                _LOG.warning("%s: %s: running it on TFLite's own kernels", self.path.name, exc)
                 return
-            if self._agree(plain, fast):
+            try:
+                agree = self._agree(plain, fast)
+            except EngineError:
+                fast.close()
+                self.close()
+                raise
+            if agree:
                 plain.close()
                 self._use(fast)
                 self.xnnpack = True
@@ -213,12 +219,18 @@ class TfLiteModel:
         probe = np.random.default_rng(1).standard_normal(self.input_bytes // 4).astype(np.float32)
         probe *= 3000.0 if self.path.name == "melspectrogram.tflite" else 2.0
         outs = []
-        for interpreter in (plain, fast):
-            self._use(interpreter)
-            out = np.zeros(self.output_bytes // 4, dtype=np.float32)
-            self.run(probe.ctypes.data, out.ctypes.data)
-            outs.append(out)
-        self._use(plain)
+        try:
+            for interpreter in (plain, fast):
+                self._use(interpreter)
+                out = np.zeros(self.output_bytes // 4, dtype=np.float32)
+                self.run(probe.ctypes.data, out.ctypes.data)
+                outs.append(out)
+        except EngineError:
+            if len(outs) == 0:
+                raise  # TFLite's own kernels failed: the model cannot run
+            return False
+        finally:
+            self._use(plain)
         return bool(np.all(np.isfinite(outs[1]))
                     and np.max(np.abs(outs[1] - outs[0])) <= 1e-3 * np.max(np.abs(outs[0])) + 1e-6)
 
