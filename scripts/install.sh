@@ -123,6 +123,15 @@ UNIT_SRC="$SRC/systemd/$NAME.service"
 SVC_USER="${SVC_USER:-$DEFAULT_USER}"
 SVC_GROUP="${SVC_GROUP:-$SVC_USER}"
 APT_PACKAGES=(python3-venv python3-dev gcc libasound2-dev alsa-utils)
+# gpiozero's GPIO backend on a Raspberry Pi 5 is lgpio. It has no wheel for Python 3.13 (Raspberry
+# Pi OS trixie), so pip builds it from source there: with swig, and linked statically (PYPI=1, as
+# lgpio's own wheels are), since Debian has no liblgpio to link against.
+MODEL_FILE="${SPEAKER_MODEL_FILE:-/proc/device-tree/model}"
+PI5=0
+if [ "$COMPONENT" = speaker ] && [ "$GPIO" = 1 ] && grep -qs "Raspberry Pi 5" "$MODEL_FILE"; then
+    PI5=1
+    APT_PACKAGES+=(swig)
+fi
 
 say() { printf '%s\n' "$*"; }
 note() { printf 'note: %s\n' "$*"; }
@@ -214,15 +223,19 @@ install_venv() {
     else
         say "upgrading the venv in $VENV"
     fi
-    if [ "$COMPONENT" = speaker ] && [ "$GPIO" = 1 ] && grep -qs "Raspberry Pi 5" /proc/device-tree/model; then
-        extras="[pi5]"            # gpiozero's GPIO backend on a Raspberry Pi 5
+    if [ "$PI5" = 1 ]; then
+        extras="[pi5]"
     fi
     # Built from a copy: pip would leave a root-owned build/ in the clone, whose stale files a
     # later build could pick up.
     local build
     build="$(mktemp -d)"
     run cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/device" "$SRC/services" "$build/"
-    run "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${pip_args[@]}" "$build$extras"
+    local build_env=()
+    if [ "$PI5" = 1 ]; then
+        build_env=(PYPI=1)        # lgpio, where pip builds it from source (see APT_PACKAGES)
+    fi
+    run env "${build_env[@]}" "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "${pip_args[@]}" "$build$extras"
     rm -rf "$build"
     run install -d -m 0755 "$BIN_DIR"
     local cmd

@@ -170,7 +170,30 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> No
     assert bad.returncode == 2 and "--purge only goes with --uninstall" in bad.stderr
 
 
+@needs_root
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("model", "args", "pi5"), [
+    ("Raspberry Pi 5 Model B Rev 1.0", (), True),
+    ("Raspberry Pi 4 Model B Rev 1.5", (), False),
+    ("Raspberry Pi 5 Model B Rev 1.0", ("--no-gpio",), False),
+])
+def test_on_a_pi_5_the_gpio_backend_is_installed_where_it_has_no_wheel(tmp_path: Path, model: str, args: tuple[str, ...],
+                                                                        pi5: bool) -> None:
+    # lgpio has no wheel for Python 3.13 (Raspberry Pi OS trixie): pip builds it, which needs swig,
+    # and links it statically (PYPI=1), as Debian has no liblgpio. Without both the install fails.
+    model_file = tmp_path / "model"
+    model_file.write_bytes(model.encode() + b"\0")  # as /proc/device-tree/model reads
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--prefix", str(tmp_path / "root"), *args],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "SPEAKER_MODEL_FILE": str(model_file)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    apt = next(line for line in result.stdout.splitlines() if line.startswith("+ ") and "apt-get install" in line)
+    pip = next(line for line in result.stdout.splitlines() if line.startswith("+ ") and "pip install" in line)
+    assert ("swig" in apt.split()) == pi5, apt
+    assert ("PYPI=1" in pip.split() and pip.endswith("[pi5]")) == pi5, pip
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (Debian: shellcheck)")
-def test_installer_passes_shellcheck() -> None:
-    result = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.sh")))
+def test_scripts_pass_shellcheck(script: str) -> None:
+    result = subprocess.run(["shellcheck", str(ROOT / "scripts" / script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
