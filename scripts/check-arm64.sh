@@ -5,7 +5,7 @@
 # venv, pip: the aarch64 wheels, pyalsaaudio built against libasound2-dev, and the Raspberry Pi 5's
 # GPIO backend, lgpio, built from source where it has no wheel), then checks that the wake word
 # scores as pyopen-wakeword does and that both echo cancellers cancel as on x86-64.
-# Emulation is 30-60 times slower than the CPU: about 35 minutes in all, no timing is measured.
+# Emulation is 30-60 times slower than the CPU: 35-45 minutes in all, and no timing is measured.
 set -euo pipefail
 
 usage() {
