@@ -157,6 +157,8 @@ async def test_analysis_runs_in_the_reader_thread_and_rides_on_the_frame(alsa_ri
     cap.analyze = analyze
     cap.start()
     try:
+        # Quiet frames first: were the tone already queued when the card opens, every frame could be loud.
+        await sink.until(lambda: len(sink.frames) >= 3, 5)
         mic.play(tone(440, 0.6))
         await sink.until(lambda: len(sink.loud()) >= 4, 5)
     finally:
