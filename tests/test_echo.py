@@ -353,6 +353,9 @@ def test_speaker_check_reports_echo_reduction(alsa_rig, tmp_path) -> None:
     assert line.startswith("ok") and "echo reduced by" in line
     db = float(line.split("reduced by ")[1].split(" dB")[0])
     assert db >= 20
+    # What the canceller costs this CPU is said too (a slow board's owner learns it here).
+    share = float(line.split("; it takes ")[1].split(" % of real time on this CPU")[0])
+    assert 0 < share < 80
     kept = tmp_path / "state" / "echo_path.json"
     assert f"the echo path is kept for the daemon's start ({kept})" in line and kept.exists()
 
@@ -363,6 +366,31 @@ def test_speaker_check_fails_on_a_microphone_that_clips(alsa_rig, tmp_path) -> N
     check says so, with what to change, instead of reporting a figure."""
     line = _speaker_check(alsa_rig, tmp_path, rm.Room(rt60_s=0.35, delay_ms=20, seed=5, echo_dbfs=-6.0))
     assert line.startswith("FAIL") and "clips" in line and "audio.volume" in line
+
+
+@pytest.mark.timeout(60)
+async def test_speaker_check_fails_where_the_cpu_cannot_keep_up(alsa_rig, tmp_path, monkeypatch) -> None:
+    """A board too slow for echo cancellation (its front-end takes most of each frame's 80 ms,
+    before the wake word's share): the check says so, and which setting takes it off."""
+    from device.audio.echo_check import check_echo
+
+    rm.RoomProcess(alsa_rig, rm.Room(rt60_s=0.35, delay_ms=20, seed=5), tmp_path / "room")
+    real = EchoFrontEnd.process
+
+    def slow(self, frame: AudioFrame) -> AudioFrame:
+        t0 = time.thread_time()
+        out = real(self, frame)
+        while time.thread_time() - t0 < 0.068:  # 85 % of the frame's 80 ms
+            pass
+        return out
+
+    monkeypatch.setattr(EchoFrontEnd, "process", slow)
+    cfg = AudioConfig(input="test_mic", output="test_spk_fifo", volume=100, echo_cancellation=True)
+    with pytest.raises(RuntimeError) as err:
+        await check_echo(cfg)
+    said = str(err.value)
+    assert said.startswith("this CPU cannot keep up with echo cancellation: it takes 8"), said
+    assert "audio.echo_cancellation = false" in said
 
 
 LONG_REPLY = ("Here is a long answer. The weather today is sunny in the morning, with clouds coming in "

@@ -19,13 +19,19 @@ import alsaaudio
 
 from device.audio.alsa_util import PcmFormat, open_pcm, probe_input
 from device.audio.frames import FRAME_MS, AudioFrame
+from device.audio.load import ProcessingLoad
 from device.audio.resample import FrameAssembler
 from device.config import AudioConfig
 
 _LOG = logging.getLogger(__name__)
 
 PERIOD_MS = FRAME_MS  # one read per frame: fewest wake-ups, and the rig's FIFO is fed in 80 ms chunks
-PERIODS = 4
+# The card's buffer (2 s) is what a reader held up may fall behind without losing audio: the frames'
+# processing runs in this thread, and now and then takes far longer than a frame (AEC3 trained on the
+# echo path the linear stage learnt: 3 s of audio at once, 0.12-0.15 s on the test rig's VM, so 1-1.5 s
+# on a CPU ten times slower, a Raspberry Pi 3's). ReadClock's window is as long. A read still returns as
+# soon as one period is in, so the buffer adds no latency.
+PERIODS = 25
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 8.0
 
@@ -104,6 +110,7 @@ class Capture:
         # Optional front-end (echo cancellation, noise suppression, gain): one process(frame) ->
         # frame call in this thread on every frame, before anyone sees it. Set before start().
         self.frontend: Frontend | None = None
+        self.load: ProcessingLoad | None = None  # what processing the frames costs this CPU (set on open)
 
     @property
     def muted(self) -> bool:
@@ -223,6 +230,13 @@ class Capture:
         deliver = self._deliver
         stop = self._stop
         read = pcm.read
+        cpu = time.thread_time
+        if self.load is None:  # (kept through reopens: a lasting overload is not said again after each)
+            fe = self.frontend
+            self.load = ProcessingLoad(self.cfg.input, (getattr(fe, "label", "front-end"), "wake word"),
+                                       advice=getattr(fe, "advice", ""))
+        load = self.load
+        frame_s = FRAME_MS / 1000
         while not stop.is_set():
             n, data = read()
             now = time.monotonic()
@@ -264,8 +278,10 @@ class Capture:
             for pcm16, pcm24 in asm.feed(data):
                 self._seq += 1
                 frame = AudioFrame(self._seq, pcm16, pcm24, t_end)
+                c0 = cpu()
                 if frontend is not None:
                     frame = frontend.process(frame)
+                c1 = cpu()
                 # -- begin: analysis in the reader thread (wake word) --
                 analyze = self.analyze
                 if analyze is not None:
@@ -274,4 +290,5 @@ class Capture:
                     except Exception:
                         _LOG.exception("audio analysis failed")
                 # -- end: analysis in the reader thread --
+                load.frame(frame_s, (c1 - c0, cpu() - c1))
                 call(deliver, frame)

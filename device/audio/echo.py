@@ -230,6 +230,22 @@ class EchoFrontEnd:
         self._watch = 0  # samples left of a reply's start, while its echo's delay is measured sooner
 
     @property
+    def label(self) -> str:
+        """What this front-end does, for the log: e.g. ``echo cancellation and noise suppression``."""
+        parts = [name for name, on in (("echo cancellation", self.echo_cancellation),
+                                       ("noise suppression", self.noise_suppression > 0),
+                                       ("gain control", self.auto_gain > 0)) if on]
+        return " and ".join(parts) or "high-pass filter"
+
+    @property
+    def advice(self) -> str:
+        """How to take this front-end's cost off the CPU (the config keys), for the log."""
+        keys = [key for key, on in (("audio.echo_cancellation = false", self.echo_cancellation),
+                                    ("audio.noise_suppression = 0", self.noise_suppression > 0),
+                                    ("audio.auto_gain = 0", self.auto_gain > 0)) if on]
+        return f"; {self.label}'s part goes with {', '.join(keys)}" if keys else ""
+
+    @property
     def echo_settled(self) -> bool:
         """Whether the echo canceller has heard enough of the speaker (SETTLE_S) to be trusted with
         its echo (True without echo cancellation: there is nothing to wait for)."""

@@ -12,6 +12,8 @@ from device.audio.capture import AudioFrame, Capture
 from device.audio.double_talk import CLIPPED
 from device.audio.echo import CLIPPING, KEEP_DB, EchoFrontEnd
 from device.audio.echo_memory import PathMemory
+from device.audio.frames import FRAME_MS
+from device.audio.load import WARN_SHARE
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig
@@ -37,9 +39,16 @@ def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
 class _Tap:
     def __init__(self, fe: EchoFrontEnd) -> None:
         self.fe, self.raw, self.clean, self.wake = fe, [], [], []
+        self.cpu: list[float] = []  # CPU time the front-end took on each frame (capture thread), s
+
+    @property
+    def label(self) -> str:
+        return self.fe.label
 
     def process(self, frame: AudioFrame) -> AudioFrame:
+        t0 = time.thread_time()
         out = self.fe.process(frame)
+        self.cpu.append(time.thread_time() - t0)
         self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
         self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
         self.wake.append(np.frombuffer(out.for_wake, dtype=np.int16))
@@ -89,6 +98,12 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
     finally:
         cap.stop()
         await pb.close()
+    # What the front-end costs this CPU while the speaker plays (its busiest): the capture thread
+    # must also run the wake word in each 80 ms, or audio is lost.
+    share = sum(tap.cpu[quiet:end]) / ((end - quiet) * FRAME_MS / 1000)
+    cost = f"it takes {share * 100:.0f} % of real time on this CPU, the wake word's on top"
+    if share >= WARN_SHARE:
+        raise RuntimeError(f"this CPU cannot keep up with {tap.label}: {cost} (audio is lost past 100 %){tap.fe.advice}")
     floor = np.concatenate(tap.raw[:quiet]).astype(np.float64)
     raw = np.concatenate(tap.raw[quiet:first_end]).astype(np.float64)  # the first probe's
     clean = np.concatenate(tap.clean[quiet:first_end]).astype(np.float64)
@@ -97,7 +112,7 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
     floor_db = 10 * np.log10(np.mean(floor**2) / 32768.0**2 + 1e-12) if len(floor) else -120.0
     erle = 10 * np.log10((np.mean(raw[tail] ** 2) + 1e-9) / (np.mean(clean[tail] ** 2) + 1e-9))
     if mic_db < floor_db + 6:
-        return f"the microphone hardly hears the speaker (probe at {mic_db:.0f} dBFS, room at {floor_db:.0f} dBFS): little echo to cancel"
+        return f"the microphone hardly hears the speaker (probe at {mic_db:.0f} dBFS, room at {floor_db:.0f} dBFS): little echo to cancel; {cost}"
     clipped = float(np.mean(np.abs(raw) >= CLIPPED))
     if clipped > CLIPPED_SHARE:
         # Clipped echo is no longer the played audio through the room. The linear stage (what the
@@ -121,7 +136,7 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
         if memory.save(path):
             kept = f"; the echo path is kept for the daemon's start ({memory.path})"
     return (f"converges: echo reduced by {erle:.1f} dB (probe heard at {mic_db:.0f} dBFS, peaks {peak_db:.0f} dBFS{heard}); "
-            f"for the wake word by {wake_erle:.1f} dB after {PROBE_S * played:.0f} s{kept}")
+            f"for the wake word by {wake_erle:.1f} dB after {PROBE_S * played:.0f} s; {cost}{kept}")
 
 
 def _last_second_db(raw: list[np.ndarray], cleaned: list[np.ndarray]) -> float:
