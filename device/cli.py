@@ -77,7 +77,7 @@ async def _checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
         async def echo() -> str:
             from .audio.echo_check import check_echo
 
-            return await check_echo(settings.audio, settings.state_dir)
+            return await check_echo(settings.audio, settings.state_dir, settings.wake)
 
         checks.append(("echo cancellation", echo))
 

@@ -15,7 +15,7 @@ from device.audio.capture import AudioFrame, Capture
 from device.audio.echo import EchoFrontEnd
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
-from device.config import AudioConfig, ConfigError, load_settings
+from device.config import AudioConfig, ConfigError, WakeConfig, load_settings
 from services.simulator import Turn
 from tests.rig import cards as cards_rig
 from tests.rig import room as rm
@@ -353,9 +353,9 @@ def test_speaker_check_reports_echo_reduction(alsa_rig, tmp_path) -> None:
     assert line.startswith("ok") and "echo reduced by" in line
     db = float(line.split("reduced by ")[1].split(" dB")[0])
     assert db >= 20
-    # What the canceller costs this CPU is said too (a slow board's owner learns it here).
-    share = float(line.split("; it takes ")[1].split(" % of real time on this CPU")[0])
-    assert 0 < share < 80
+    # What the canceller and the wake word cost this CPU is said too (a slow board's owner learns it here).
+    share = line.split("; with the wake word it takes ")[1].split(" % of real time on this CPU (echo cancellation ")
+    assert 0 < float(share[0]) < 80 and " %, wake word " in share[1]
     kept = tmp_path / "state" / "echo_path.json"
     assert f"the echo path is kept for the daemon's start ({kept})" in line and kept.exists()
 
@@ -387,10 +387,10 @@ async def test_speaker_check_fails_where_the_cpu_cannot_keep_up(alsa_rig, tmp_pa
     monkeypatch.setattr(EchoFrontEnd, "process", slow)
     cfg = AudioConfig(input="test_mic", output="test_spk_fifo", volume=100, echo_cancellation=True)
     with pytest.raises(RuntimeError) as err:
-        await check_echo(cfg)
+        await check_echo(cfg, wake=WakeConfig())
     said = str(err.value)
-    assert said.startswith("this CPU cannot keep up with echo cancellation: it takes 8"), said
-    assert "audio.echo_cancellation = false" in said
+    assert said.startswith("this CPU cannot keep up with echo cancellation and the wake word: with the wake word it takes "), said
+    assert "(echo cancellation 8" in said and said.endswith("audio.echo_cancellation = false")
 
 
 LONG_REPLY = ("Here is a long answer. The weather today is sunny in the morning, with clouds coming in "

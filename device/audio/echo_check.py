@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from device.audio.frames import FRAME_MS
 from device.audio.load import WARN_SHARE
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
-from device.config import AudioConfig
+from device.config import AudioConfig, WakeConfig
+from device.wakeword import WakeWord
 
 PROBE_S = 3.0
 PROBES = 2  # the probe is played again (once) while the linear stage has not learnt the path well enough to keep
@@ -37,18 +39,21 @@ def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
 
 
 class _Tap:
-    def __init__(self, fe: EchoFrontEnd) -> None:
-        self.fe, self.raw, self.clean, self.wake = fe, [], [], []
-        self.cpu: list[float] = []  # CPU time the front-end took on each frame (capture thread), s
+    """The front-end in the capture thread, keeping what it heard and gave, and what it cost; the
+    wake word (if given) scores its output there too, as in the daemon."""
 
-    @property
-    def label(self) -> str:
-        return self.fe.label
+    def __init__(self, fe: EchoFrontEnd, wake: WakeWord | None = None) -> None:
+        self.fe, self.raw, self.clean, self.wake = fe, [], [], []
+        self.engine = wake
+        self.cpu: list[tuple[float, float]] = []  # CPU time of each frame (front-end, wake word), s
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         t0 = time.thread_time()
         out = self.fe.process(frame)
-        self.cpu.append(time.thread_time() - t0)
+        t1 = time.thread_time()
+        if self.engine is not None:
+            self.engine.process(out.for_wake)
+        self.cpu.append((t1 - t0, time.thread_time() - t1))
         self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
         self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
         self.wake.append(np.frombuffer(out.for_wake, dtype=np.int16))
@@ -58,15 +63,29 @@ class _Tap:
         self.fe.reset()
 
 
-async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> str:
+async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None, wake: WakeConfig | None = None) -> str:
     """Play the probe on ``cfg.output``, record ``cfg.input`` through the echo canceller and say
-    how much echo it removed; raises RuntimeError when it does not converge. The echo path it
+    how much echo it removed, and what that and the wake word (``wake``, if given) cost this CPU;
+    raises RuntimeError when it does not converge or the CPU cannot keep up. The echo path it
     learnt is kept in ``state_dir`` (if given), for the daemon to start from."""
     loop = asyncio.get_running_loop()
     reference = PlaybackReference()
     pb = Playback(cfg, loop)
     pb.reference = reference
-    tap = _Tap(EchoFrontEnd(echo_cancellation=True, reference=reference))
+    fe = EchoFrontEnd(echo_cancellation=True, reference=reference)
+    engine = None
+    if wake is not None:
+        with contextlib.suppress(Exception):  # (a model that does not load is the wake word check's to report)
+            engine = WakeWord(wake)
+    try:
+        return await _check(cfg, state_dir, pb, _Tap(fe, engine), loop)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+async def _check(cfg: AudioConfig, state_dir: str | Path | None, pb: Playback, tap: _Tap,
+                 loop: asyncio.AbstractEventLoop) -> str:
     cap = Capture(cfg, lambda f: None, loop, on_status=lambda msg: None)
     cap.frontend = tap
     pb.start()
@@ -98,12 +117,18 @@ async def check_echo(cfg: AudioConfig, state_dir: str | Path | None = None) -> s
     finally:
         cap.stop()
         await pb.close()
-    # What the front-end costs this CPU while the speaker plays (its busiest): the capture thread
-    # must also run the wake word in each 80 ms, or audio is lost.
-    share = sum(tap.cpu[quiet:end]) / ((end - quiet) * FRAME_MS / 1000)
-    cost = f"it takes {share * 100:.0f} % of real time on this CPU, the wake word's on top"
-    if share >= WARN_SHARE:
-        raise RuntimeError(f"this CPU cannot keep up with {tap.label}: {cost} (audio is lost past 100 %){tap.fe.advice}")
+    # What the capture thread's work costs this CPU while the speaker plays (the front-end's
+    # busiest): it must be done in each frame's 80 ms, or audio is lost.
+    audio_s = (end - quiet) * FRAME_MS / 1000
+    fe_share, wake_share = (sum(c) / audio_s for c in zip(*tap.cpu[quiet:end], strict=True))
+    if tap.engine is not None:
+        what = f"{tap.fe.label} and the wake word"
+        cost = (f"with the wake word it takes {(fe_share + wake_share) * 100:.0f} % of real time on this CPU "
+                f"({tap.fe.label} {fe_share * 100:.0f} %, wake word {wake_share * 100:.0f} %)")
+    else:
+        what, cost = tap.fe.label, f"it takes {fe_share * 100:.0f} % of real time on this CPU"
+    if fe_share + wake_share >= WARN_SHARE:
+        raise RuntimeError(f"this CPU cannot keep up with {what}: {cost}, and past 100 % audio is lost{tap.fe.advice}")
     floor = np.concatenate(tap.raw[:quiet]).astype(np.float64)
     raw = np.concatenate(tap.raw[quiet:first_end]).astype(np.float64)  # the first probe's
     clean = np.concatenate(tap.clean[quiet:first_end]).astype(np.float64)
