@@ -114,8 +114,8 @@ class Assistant:
             ),
         )
         self.interruptions = self._runner.interruptions
-        # The wake word's inference runs in the capture thread, where the audio arrives (on a small
-        # Pi it would stall the loop every 80 ms); only detections come to the loop, on the frame.
+        # The wake word's inference runs in the capture's analysis thread, beside the echo canceller
+        # (on a small Pi it would stall the loop every 80 ms); only detections come to the loop, on the frame.
         self._wake_lock = threading.Lock()
         capture.analyze = self._analyze
         tools.on_change(lambda: self._runner.feed(ip.ToolsChanged()))
@@ -216,7 +216,7 @@ class Assistant:
     # ----- microphone -------------------------------------------------------------------------------
 
     def _analyze(self, frame: AudioFrame) -> AudioFrame:
-        """In the capture thread: score the frame (fed continuously so the model's feature window
+        """In the capture's analysis thread: score the frame (fed continuously so the model's feature window
         never has gaps; acted on only when it matters)."""
         with self._wake_lock:
             detection = self.wake.process(frame.for_wake)

@@ -1,4 +1,4 @@
-"""The wake word detector: openWakeWord models, one 80 ms frame at a time, in the capture thread.
+"""The wake word detector: openWakeWord models, one 80 ms frame at a time, in the capture's analysis thread.
 
 Default engine: the models pyopen-wakeword ships, run by its bundled TFLite with one thread and
 the XNNPACK delegate (:mod:`device.wake_engine`). Optional engine ``onnx``: the ``openwakeword``

@@ -1,14 +1,18 @@
 """Microphone capture: pyalsaaudio in a reader thread, 80 ms frames at 16 kHz and 24 kHz.
 
-The reader thread is the only user of the capture PCM. Frames reach the event loop through
-``loop.call_soon_threadsafe``; while muted they are dropped in the thread and never delivered.
-Read errors, overruns and a vanished device are logged and recovered by reopening with backoff.
+The reader thread is the only user of the capture PCM; it runs the front-end (echo cancellation)
+on each frame, and hands it to the analysis thread, which runs the wake word's inference on it
+beside the next frame's front-end (on another core) and passes it on, in order. Frames reach the
+event loop through ``loop.call_soon_threadsafe``; while muted they are dropped in the reader
+thread and never delivered. Read errors, overruns and a vanished device are logged and recovered
+by reopening with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -33,6 +37,10 @@ PERIOD_MS = FRAME_MS  # one read per frame: fewest wake-ups, and the rig's FIFO 
 # soon as one period is in, so the buffer adds no latency.
 PERIODS = 25
 BACKOFF_MIN_S = 0.5
+# Frames waiting for the analysis thread beyond this (4 s: it cannot keep up; a reader held up for
+# as long as the card's buffer hands over 2 s at once) are passed on without it until the backlog
+# is down to a quarter of it, so the session's audio keeps flowing.
+BACKLOG_FRAMES = 50
 BACKOFF_MAX_S = 8.0
 
 __all__ = ["AudioFrame", "Capture", "probe_input"]
@@ -104,13 +112,16 @@ class Capture:
         self.reopens = 0
         self._seq = 0
         self._flowed_s = 0.0
-        # Runs in the reader thread on each frame before it goes to the loop (the wake word's
+        # Runs in the analysis thread on each frame before it goes to the loop (the wake word's
         # inference: it must not stall the loop); returns the frame, annotated.
         self.analyze: Callable[[AudioFrame], AudioFrame] | None = None
+        self._analysis: threading.Thread | None = None
+        self._frames: queue.SimpleQueue[tuple[AudioFrame, float] | None] = queue.SimpleQueue()
+        self.analysis_skipped = 0  # frames passed on without analysis (a backlog)
         # Optional front-end (echo cancellation, noise suppression, gain): one process(frame) ->
         # frame call in this thread on every frame, before anyone sees it. Set before start().
         self.frontend: Frontend | None = None
-        self.load: ProcessingLoad | None = None  # what processing the frames costs this CPU (set on open)
+        self.load: ProcessingLoad | None = None  # what processing the frames costs this CPU (set on start)
 
     @property
     def muted(self) -> bool:
@@ -124,21 +135,33 @@ class Capture:
         self._muted = bool(value)
 
     def start(self) -> None:
-        """Start the reader thread (it opens the PCM, and reopens it with backoff on failure)."""
+        """Start the reader thread (it opens the PCM, and reopens it with backoff on failure) and
+        the analysis thread."""
         if self._thread is not None:
             return
         self._stop.clear()
+        if self.load is None:  # (kept through a restart: a lasting overload is not said again after each)
+            fe = self.frontend
+            self.load = ProcessingLoad(self.cfg.input, (getattr(fe, "label", "front-end"), "wake word"),
+                                       advice=getattr(fe, "advice", ""))
+        self._frames = queue.SimpleQueue()
+        self._analysis = threading.Thread(target=self._analyse, args=(self._frames,), name="capture-analysis", daemon=True)
+        self._analysis.start()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop reading; the thread is gone within 1 s (unless ALSA itself hangs)."""
+        """Stop reading; the threads are gone within 1 s (unless ALSA itself hangs)."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(1.0)
             if thread.is_alive():
                 _LOG.warning("capture thread for %s did not stop within 1 s (ALSA blocked)", self.cfg.input)
+        analysis, self._analysis = self._analysis, None
+        if analysis is not None:
+            self._frames.put(None)
+            analysis.join(1.0)
 
     # -- loop side ---------------------------------------------------------------------------
 
@@ -217,26 +240,20 @@ class Capture:
         """Read until stopped or the device fails."""
         asm = FrameAssembler(fmt.rate, fmt.channels, fmt.format, self.cfg.input_channel)
         rate = fmt.rate
-        # A real card never delivers faster than real time beyond its buffer; a device that does
-        # (the rig's FIFO after its writer left, a broken driver) is treated as gone.
-        ahead_limit = fmt.buffer / rate + 0.25
+        # A real card never delivers faster than real time (a reader held up reads its backlog at
+        # once, but that audio was recorded before); a device that does (the rig's FIFO after its
+        # writer left, a broken driver) is treated as gone, within a few periods of jitter.
+        ahead_limit = 4 * fmt.period / rate + 0.25
         anchor = time.monotonic()
         audio_s = 0.0
         clock = ReadClock()
         was_muted = False
         overruns = 0
         empty = 0
-        call = self._loop.call_soon_threadsafe
-        deliver = self._deliver
         stop = self._stop
         read = pcm.read
         cpu = time.thread_time
-        if self.load is None:  # (kept through reopens: a lasting overload is not said again after each)
-            fe = self.frontend
-            self.load = ProcessingLoad(self.cfg.input, (getattr(fe, "label", "front-end"), "wake word"),
-                                       advice=getattr(fe, "advice", ""))
-        load = self.load
-        frame_s = FRAME_MS / 1000
+        analyse = self._frames.put
         while not stop.is_set():
             n, data = read()
             now = time.monotonic()
@@ -281,14 +298,40 @@ class Capture:
                 c0 = cpu()
                 if frontend is not None:
                     frame = frontend.process(frame)
-                c1 = cpu()
-                # -- begin: analysis in the reader thread (wake word) --
-                analyze = self.analyze
-                if analyze is not None:
-                    try:
-                        frame = analyze(frame)
-                    except Exception:
-                        _LOG.exception("audio analysis failed")
-                # -- end: analysis in the reader thread --
-                load.frame(frame_s, (c1 - c0, cpu() - c1))
+                analyse((frame, cpu() - c0))
+
+    # -- analysis thread ---------------------------------------------------------------------
+
+    def _analyse(self, frames: queue.SimpleQueue[tuple[AudioFrame, float] | None]) -> None:
+        """Run ``analyze`` on each frame the reader hands over, in order, and pass it to the loop."""
+        cpu = time.thread_time
+        call = self._loop.call_soon_threadsafe
+        deliver = self._deliver
+        load = self.load
+        frame_s = FRAME_MS / 1000
+        behind = False
+        while (item := frames.get()) is not None:
+            frame, frontend_cpu = item
+            c0 = cpu()
+            analyze = self.analyze
+            backlog = frames.qsize()
+            behind = analyze is not None and backlog > (BACKLOG_FRAMES // 4 if behind else BACKLOG_FRAMES)
+            if behind:
+                self.analysis_skipped += 1
+                if self.analysis_skipped in (1, 100) or self.analysis_skipped % 10000 == 0:
+                    _LOG.warning("microphone '%s': the wake word is %d frames behind; frames are passed on without it "
+                                 "(%d so far)", self.cfg.input, backlog, self.analysis_skipped)
+            elif analyze is not None:
+                # -- begin: analysis (wake word) --
+                try:
+                    frame = analyze(frame)
+                except Exception:
+                    _LOG.exception("audio analysis failed")
+                # -- end: analysis --
+            if load is not None:
+                load.frame(frame_s, (frontend_cpu, cpu() - c0))
+            try:
                 call(deliver, frame)
+            except RuntimeError:  # the loop is closed: nobody to deliver to
+                self._stop.set()
+                return

@@ -1,6 +1,6 @@
 """The microphone front-end: echo cancellation, noise suppression and gain control.
 
-Runs in the capture thread on every 80 ms frame, before the wake word and the session see it.
+Runs in the capture's reader thread on every 80 ms frame, before the wake word and the session see it.
 The echo canceller's far end is what the speaker played, from
 :class:`device.audio.reference.PlaybackReference`, already aligned to the capture clock.
 

@@ -14,7 +14,7 @@ from device.audio.double_talk import CLIPPED
 from device.audio.echo import CLIPPING, KEEP_DB, EchoFrontEnd
 from device.audio.echo_memory import PathMemory
 from device.audio.frames import FRAME_MS
-from device.audio.load import WARN_SHARE
+from device.audio.load import WARN_SHARE, available_cores, describe, limiting_share
 from device.audio.playback import Playback
 from device.audio.reference import PlaybackReference
 from device.config import AudioConfig, WakeConfig
@@ -39,21 +39,26 @@ def probe_signal(seconds: float = PROBE_S, rate: int = 24000) -> np.ndarray:
 
 
 class _Tap:
-    """The front-end in the capture thread, keeping what it heard and gave, and what it cost; the
-    wake word (if given) scores its output there too, as in the daemon."""
+    """The front-end in the capture's reader thread, keeping what it heard and gave, and what it
+    cost; the wake word (if given) scores its output in the analysis thread, as in the daemon."""
 
     def __init__(self, fe: EchoFrontEnd, wake: WakeWord | None = None) -> None:
         self.fe, self.raw, self.clean, self.wake = fe, [], [], []
         self.engine = wake
-        self.cpu: list[tuple[float, float]] = []  # CPU time of each frame (front-end, wake word), s
+        self.fe_cpu: list[float] = []  # CPU time the front-end took on each frame, s
+        self.wake_cpu: list[float] = []  # ... and the wake word
+
+    def analyze(self, frame: AudioFrame) -> AudioFrame:
+        t0 = time.thread_time()
+        if self.engine is not None:
+            self.engine.process(frame.for_wake)
+        self.wake_cpu.append(time.thread_time() - t0)
+        return frame
 
     def process(self, frame: AudioFrame) -> AudioFrame:
         t0 = time.thread_time()
         out = self.fe.process(frame)
-        t1 = time.thread_time()
-        if self.engine is not None:
-            self.engine.process(out.for_wake)
-        self.cpu.append((t1 - t0, time.thread_time() - t1))
+        self.fe_cpu.append(time.thread_time() - t0)
         self.raw.append(np.frombuffer(frame.pcm16k, dtype=np.int16))
         self.clean.append(np.frombuffer(out.pcm16k, dtype=np.int16))
         self.wake.append(np.frombuffer(out.for_wake, dtype=np.int16))
@@ -88,6 +93,7 @@ async def _check(cfg: AudioConfig, state_dir: str | Path | None, pb: Playback, t
                  loop: asyncio.AbstractEventLoop) -> str:
     cap = Capture(cfg, lambda f: None, loop, on_status=lambda msg: None)
     cap.frontend = tap
+    cap.analyze = tap.analyze
     pb.start()
     cap.start()
     try:
@@ -117,17 +123,17 @@ async def _check(cfg: AudioConfig, state_dir: str | Path | None, pb: Playback, t
     finally:
         cap.stop()
         await pb.close()
-    # What the capture thread's work costs this CPU while the speaker plays (the front-end's
-    # busiest): it must be done in each frame's 80 ms, or audio is lost.
-    audio_s = (end - quiet) * FRAME_MS / 1000
-    fe_share, wake_share = (sum(c) / audio_s for c in zip(*tap.cpu[quiet:end], strict=True))
-    if tap.engine is not None:
-        what = f"{tap.fe.label} and the wake word"
-        cost = (f"with the wake word it takes {(fe_share + wake_share) * 100:.0f} % of real time on this CPU "
-                f"({tap.fe.label} {fe_share * 100:.0f} %, wake word {wake_share * 100:.0f} %)")
-    else:
-        what, cost = tap.fe.label, f"it takes {fe_share * 100:.0f} % of real time on this CPU"
-    if fe_share + wake_share >= WARN_SHARE:
+    # What the capture's work costs this CPU while the speaker plays (the front-end's busiest): it
+    # must be done in each frame's 80 ms, or audio is lost (device/audio/load.py).
+    end_wake = min(end, len(tap.wake_cpu))
+    shares = (sum(tap.fe_cpu[quiet:end]) / ((end - quiet) * FRAME_MS / 1000),
+              sum(tap.wake_cpu[quiet:end_wake]) / max(1, (end_wake - quiet) * FRAME_MS / 1000))
+    stages = (tap.fe.label, "wake word") if tap.engine is not None else (tap.fe.label,)
+    n_cores = available_cores()
+    share = limiting_share(shares[: len(stages)], n_cores)
+    what = f"{tap.fe.label} and the wake word" if tap.engine is not None else tap.fe.label
+    cost = f"it takes {describe(share, stages, shares[: len(stages)], n_cores)} on this CPU"
+    if share >= WARN_SHARE:
         raise RuntimeError(f"this CPU cannot keep up with {what}: {cost}, and past 100 % audio is lost{tap.fe.advice}")
     floor = np.concatenate(tap.raw[:quiet]).astype(np.float64)
     raw = np.concatenate(tap.raw[quiet:first_end]).astype(np.float64)  # the first probe's

@@ -24,7 +24,7 @@ class AudioFrame:
     pcm16k: bytes  # 1280 samples S16LE mono, for the wake word
     pcm24k: bytes  # the same 80 ms at 24 kHz S16LE mono (~1920 samples), for the session
     t: float  # time.monotonic() when the frame was read
-    wake: Any = None  # a wake-word Detection, when the capture thread's analyzer found one
+    wake: Any = None  # a wake-word Detection, when the capture's analysis thread found one
     wake16k: bytes | None = None  # the wake engine's audio when it differs from pcm16k (see device.audio.echo)
     echo_settled: bool = True  # False while the echo canceller is too new (or the echo path too new) to trust
 
