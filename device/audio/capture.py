@@ -37,11 +37,11 @@ PERIOD_MS = FRAME_MS  # one read per frame: fewest wake-ups, and the rig's FIFO 
 # soon as one period is in, so the buffer adds no latency.
 PERIODS = 25
 BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 8.0
 # Frames waiting for the analysis thread beyond this (4 s: it cannot keep up; a reader held up for
 # as long as the card's buffer hands over 2 s at once) are passed on without it until the backlog
 # is down to a quarter of it, so the session's audio keeps flowing.
 BACKLOG_FRAMES = 50
-BACKOFF_MAX_S = 8.0
 
 __all__ = ["AudioFrame", "Capture", "probe_input"]
 

@@ -127,7 +127,7 @@ async def _check(cfg: AudioConfig, state_dir: str | Path | None, pb: Playback, t
     # must be done in each frame's 80 ms, or audio is lost (device/audio/load.py).
     end_wake = min(end, len(tap.wake_cpu))
     shares = (sum(tap.fe_cpu[quiet:end]) / ((end - quiet) * FRAME_MS / 1000),
-              sum(tap.wake_cpu[quiet:end_wake]) / max(1, (end_wake - quiet) * FRAME_MS / 1000))
+              sum(tap.wake_cpu[quiet:end_wake]) / (max(1, end_wake - quiet) * FRAME_MS / 1000))
     stages = (tap.fe.label, "wake word") if tap.engine is not None else (tap.fe.label,)
     n_cores = available_cores()
     share = limiting_share(shares[: len(stages)], n_cores)
