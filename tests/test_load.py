@@ -118,7 +118,7 @@ async def test_a_front_end_the_cpu_barely_keeps_up_with_is_named_in_the_log(alsa
     assert cap.load is not None and cap.load.share is not None and cap.load.share >= load_mod.WARN_SHARE
     assert len(said) == 1 and "microphone 'test_mic': processing its audio takes" in said[0], said
     assert "(echo cancellation 8" in said[0] and "wake word 5 %" in said[0]
-    # The wake word ran in its own thread, beside the reader's front-end.
+    # The wake word's time is counted apart from the front-end's (its own thread's CPU time).
     assert cap.load.stage_shares[1] == pytest.approx(0.05, abs=0.01)
     assert said[0].endswith("its part goes with audio.echo_cancellation = false")
 
