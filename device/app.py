@@ -52,6 +52,8 @@ def log_event(event: ev.Event) -> None:
             _LOG.info("volume %d (%s)", volume, source)
         case ev.AnnouncementEvent(text=text, status=status, reason=reason):
             _LOG.info("announcement %s: %r%s", status, text[:80], f" ({reason})" if reason else "")
+        case ev.AudioHealth(summary=summary):
+            _LOG.debug("microphone: %s", summary)
 
 
 class App:
@@ -182,9 +184,15 @@ class App:
             self._on_cleanup(bridges.stop)
         # ---- end MCP ----
 
+        from .audio.health import AudioHealthMonitor
+        from .audio.load import available_cores
+
+        health = AudioHealthMonitor(self.bus.publish, frontend, cores=available_cores())
+
         def on_frame(frame: Any) -> None:
             if not self._first_frame.is_set():
                 self._first_frame.set()
+            health.on_frame(frame)
             assistant.on_frame(frame)
 
         mic_failing = False
@@ -206,6 +214,7 @@ class App:
 
         capture = Capture(s.audio, on_frame, loop, on_status=mic_failed, on_recovered=mic_back)
         capture.frontend = frontend
+        capture.on_load = health.on_load
         assistant = Assistant(
             s,
             bus=self.bus,

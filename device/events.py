@@ -138,6 +138,17 @@ class RingStopped(Event):
     source: str  # "talk button", "mute button", "wake word", "mqtt", "timeout", ...
 
 
+@dataclass(frozen=True, slots=True)
+class AudioHealth(Event):
+    """How the microphone's processing fares (:mod:`device.audio.health`)."""
+
+    processing: float | None  # share of real time that processing the audio takes (None: not measured yet)
+    stages: tuple[tuple[str, float], ...]  # (stage, its share) of those that cost anything
+    echo: str  # the echo canceller: "off", "learning" or "settled"
+    echo_delay_ms: float | None  # how long after the reference the echo arrives (None: not found yet)
+    summary: str  # the whole, for people
+
+
 _KINDS: dict[type, str] = {
     StateChanged: "state",
     WakeDetected: "wake_detected",
@@ -153,6 +164,7 @@ _KINDS: dict[type, str] = {
     ResponseEvent: "response",
     RingStarted: "ring_started",
     RingStopped: "ring_stopped",
+    AudioHealth: "audio_health",
 }
 
 Subscriber = Callable[[Event], Any]

@@ -14,6 +14,9 @@ Topics (``<base>`` = ``<topic_prefix>/<device_id>``):
   tool_call, conversation_ended, error, announcement)
 - ``<base>/ha/event``: the subset Home Assistant's event entity takes
 - ``<base>/last_heard``, ``<base>/last_said`` (text, retained), ``<base>/tokens`` (JSON, retained)
+- ``<base>/audio``: how the microphone's processing fares (JSON, retained): ``processing`` (% of real
+  time it takes this CPU, null until measured), ``stages`` (each stage's %), ``echo_canceller``
+  (off, learning, settled) and ``echo_delay_ms``
 
 Command messages that arrive retained are ignored: a stale retained command would otherwise
 be replayed at every reconnect.
@@ -35,6 +38,7 @@ from . import __version__
 from .config import Settings
 from .events import (
     AnnouncementEvent,
+    AudioHealth,
     ConversationEnded,
     DndChanged,
     EnabledChanged,
@@ -140,6 +144,7 @@ class Topics:
     last_heard: str
     last_said: str
     tokens: str
+    audio: str
     ha_status: str
 
     @classmethod
@@ -167,6 +172,7 @@ class Topics:
             last_heard=f"{base}/last_heard",
             last_said=f"{base}/last_said",
             tokens=f"{base}/tokens",
+            audio=f"{base}/audio",
             ha_status=f"{m.discovery_prefix}/status",
         )
 
@@ -361,6 +367,16 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
             "state_topic": t.tokens, "value_template": "{{ value_json.total }}",
             "unit_of_measurement": "tokens", "state_class": "total_increasing",
         }),
+        ("sensor", "audio_processing", {
+            "name": "Audio processing", "icon": "mdi:cpu-64-bit", "entity_category": "diagnostic",
+            "state_topic": t.audio, "value_template": "{{ value_json.processing }}",
+            "unit_of_measurement": "%", "state_class": "measurement", "suggested_display_precision": 0,
+        }),
+        ("sensor", "echo_canceller", {
+            "name": "Echo canceller", "icon": "mdi:microphone-message", "entity_category": "diagnostic",
+            "state_topic": t.audio, "value_template": "{{ value_json.echo_canceller }}",
+            "device_class": "enum", "options": ["off", "learning", "settled"],
+        }),
         ("button", "start_conversation", {
             "name": "Start conversation", "icon": "mdi:microphone-message",
             "command_topic": t.conversation_start, "payload_press": "{}",
@@ -381,6 +397,16 @@ def discovery_messages(settings: Settings) -> dict[str, dict[str, Any]]:
         topic = f"{m.discovery_prefix}/{component}/{node}/{object_id}/config"
         out[topic] = {**fields, "unique_id": f"{node}_{object_id}", **common}
     return out
+
+
+def audio_payload(ev: AudioHealth) -> dict[str, Any]:
+    """What ``<base>/audio`` carries: shares in % of real time, one decimal."""
+    return {
+        "processing": None if ev.processing is None else round(ev.processing * 100, 1),
+        "stages": {name: round(share * 100, 1) for name, share in ev.stages},
+        "echo_canceller": ev.echo,
+        "echo_delay_ms": None if ev.echo_delay_ms is None else round(ev.echo_delay_ms, 1),
+    }
 
 
 def is_speaker_discovery(config: dict[str, Any]) -> bool:
@@ -463,6 +489,7 @@ class Presence:
         self._last_said = ""
         self._tokens: dict[str, int] | None = None
         self._tokens_seeded = False
+        self._audio: str | None = None  # the last audio health payload
         self._started = False
         self._connected_at = -1e9
         self._announced_at = -1e9
@@ -548,6 +575,8 @@ class Presence:
             self._publish(t.last_said, self._last_said, retain=True)
         if self._tokens is not None:
             self._publish(t.tokens, json.dumps(self._tokens), retain=True)
+        if self._audio is not None:
+            self._publish(t.audio, self._audio, retain=True)
 
     def _emit(self, event_type: str, **fields: Any) -> None:
         line = {"event_type": event_type, "device_id": self._device_id, "time": _now_iso(), **fields}
@@ -600,6 +629,9 @@ class Presence:
             self._emit("ring_started", ring_id=ev.ring_id, kind=ev.kind, text=ev.text)
         elif isinstance(ev, RingStopped):
             self._emit("ring_stopped", ring_ids=list(ev.ring_ids), source=ev.source)
+        elif isinstance(ev, AudioHealth):
+            self._audio = json.dumps(audio_payload(ev), separators=(",", ":"), ensure_ascii=False)
+            self._publish(t.audio, self._audio, retain=True)
 
     def _count_tokens(self, usage: dict[str, Any]) -> None:
         def num(key: str) -> int:

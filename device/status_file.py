@@ -41,6 +41,7 @@ class StatusFile:
             "errors": 0,
             "last_error": None,
             "last_conversation": None,
+            "audio": None,
         }
         self._conv_start: float | None = None
         self._conv_wall: float | None = None
@@ -67,6 +68,9 @@ class StatusFile:
             case ev.ToolCalled():
                 self._tools += 1
                 return
+            case ev.AudioHealth(processing=processing, echo=echo, echo_delay_ms=delay, summary=summary):
+                d["audio"] = {"processing": None if processing is None else round(processing, 3), "echo_canceller": echo,
+                              "echo_delay_ms": None if delay is None else round(delay, 1), "summary": summary}
             case ev.ConversationEnded(reason=reason, usage=usage):
                 start = self._conv_start if self._conv_start is not None else event.t
                 d["conversations"] += 1
@@ -172,6 +176,9 @@ def describe(data: dict[str, Any], *, now: float | None = None) -> tuple[bool, l
         )
     else:
         lines.append("last conversation: none yet")
+    audio = data.get("audio")
+    if running and isinstance(audio, dict) and audio.get("summary"):
+        lines.append(f"microphone:        {audio['summary']}")
     return running, lines
 
 

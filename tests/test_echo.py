@@ -5,6 +5,7 @@ path; a person talking over it survives."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from services.simulator import Turn
 from tests.rig import cards as cards_rig
 from tests.rig import room as rm
 from tests.rig.cards import play_through_cards
+from tests.rig.daemon import run_cli
 from tests.rig.simulator import write_device_config
 
 REPLY = [
@@ -449,6 +451,13 @@ def test_voice_barge_in_through_the_room_with_echo_cancellation(alsa_rig, speech
     d.wait_for(r"state speaking -> follow_up", 5, start=after)
     assert not [line for line in d.lines[after:] if "interrupted by" in line], \
         "the answer after the interruption stopped itself:\n" + "\n".join(d.lines[mark:])
+    # `speaker status` says the canceller settled, where it found the echo, and what the processing costs.
+    deadline = time.monotonic() + 12
+    while "processing takes" not in (out := run_cli(["status", "--config", str(cfg)], env=alsa_rig.env).stdout):
+        assert time.monotonic() < deadline, out
+        time.sleep(1.0)
+    assert re.search(r"^microphone:\s+processing takes \d+ % of real time \(echo cancellation \d+ %.*\); echo canceller "
+                     r"settled \(the echo \d+ ms after the reference\)$", out, re.M), out
 
 
 SHORT_REPLY = "Sure. Tomorrow will be mostly sunny, with a light breeze and a high of twenty two degrees."

@@ -24,6 +24,7 @@ from device import __version__
 from device.config import MqttConfig, Settings
 from device.events import (
     AnnouncementEvent,
+    AudioHealth,
     ConversationEnded,
     DndChanged,
     EnabledChanged,
@@ -300,23 +301,24 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
     # Wait until the speaker has announced itself (it does so right after connecting) ...
     first = Observer(mosquitto.port, "homeassistant/#")
     try:
-        await first.wait(lambda: len(discovery_configs(first)) >= 14, what="the announcement")
+        await first.wait(lambda: len(discovery_configs(first)) >= 16, what="the announcement")
     finally:
         first.close()
     # ... then a client subscribing later gets the retained configs, as HA does at its start.
     obs = Observer(mosquitto.port, "homeassistant/#")
     try:
-        configs = await obs.wait(lambda: len(c := discovery_configs(obs)) >= 14 and c, what="14 discovery configs")
+        configs = await obs.wait(lambda: len(c := discovery_configs(obs)) >= 16 and c, what="16 discovery configs")
     finally:
         obs.close()
     by_object = {t.split("/")[-2]: (t.split("/")[1], cfg, retained) for t, (cfg, retained) in configs.items()}
     assert set(by_object) == {"mute", "volume", "state", "last_heard", "last_said", "tokens_conversation",
                               "tokens_total", "start_conversation", "stop_conversation", "announce", "ask",
-                              "assistant", "enabled", "dnd"}
+                              "assistant", "enabled", "dnd", "audio_processing", "echo_canceller"}
     expected_component = {"mute": "switch", "volume": "number", "state": "sensor", "last_heard": "sensor",
                           "last_said": "sensor", "tokens_conversation": "sensor", "tokens_total": "sensor",
                           "start_conversation": "button", "stop_conversation": "button", "announce": "notify",
-                          "ask": "notify", "assistant": "event", "enabled": "switch", "dnd": "switch"}
+                          "ask": "notify", "assistant": "event", "enabled": "switch", "dnd": "switch",
+                          "audio_processing": "sensor", "echo_canceller": "sensor"}
     t = speaker.topics
     unique_ids = set()
     for obj, (component, cfg, retained) in by_object.items():
@@ -327,7 +329,7 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
         assert cfg["availability_topic"] == t.availability
         assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
         assert cfg["device"] == by_object["mute"][1]["device"], "all entities belong to one device"
-    assert len(unique_ids) == 14
+    assert len(unique_ids) == 16
     dev = by_object["mute"][1]["device"]
     assert dev["identifiers"] == ["realtime_speaker_kitchen"] and dev["name"] == "Kitchen speaker"
     assert dev["sw_version"] == __version__ and dev["model"] and dev["manufacturer"]
@@ -344,6 +346,12 @@ async def test_discovery_announces_one_device_with_every_entity_per_ha_schema(sp
     assert by_object["announce"][1]["command_topic"] == t.announce
     assert by_object["start_conversation"][1]["command_topic"] == t.conversation_start
     assert by_object["assistant"][1]["event_types"] == ["wake_detected", "conversation_ended", "error"]
+    # How the microphone's processing fares: diagnostics, off the device's main card in HA.
+    load, echo = by_object["audio_processing"][1], by_object["echo_canceller"][1]
+    assert load["state_topic"] == echo["state_topic"] == t.audio
+    assert load["entity_category"] == echo["entity_category"] == "diagnostic"
+    assert (load["unit_of_measurement"], load["state_class"]) == ("%", "measurement")
+    assert echo["options"] == ["off", "learning", "settled"]
 
 
 async def test_state_topics_are_retained_at_start(speaker: Speaker, observer: Observer) -> None:
@@ -361,11 +369,11 @@ async def test_state_topics_are_retained_at_start(speaker: Speaker, observer: Ob
 
 
 async def test_reannounced_when_home_assistant_comes_online(speaker: Speaker, observer: Observer) -> None:
-    await observer.wait(lambda: len(discovery_configs(observer)) == 14)
+    await observer.wait(lambda: len(discovery_configs(observer)) == 16)
     await asyncio.sleep(0.3)
     observer.clear()
     observer.publish("homeassistant/status", "online")
-    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 14 and c, what="re-announcement")
+    configs = await observer.wait(lambda: len(c := discovery_configs(observer)) == 16 and c, what="re-announcement")
     assert all(retained is False for _, retained in configs.values())  # live delivery, not replay
     await observer.wait(lambda: observer.of(speaker.topics.availability))
     observer.clear()
@@ -588,6 +596,8 @@ async def test_availability_across_broker_restart_and_clean_stop(mosquitto: Mosq
     sp = Speaker(mosquitto.port)
     await sp.start()
     t = sp.topics
+    sp.bus.publish(AudioHealth(processing=0.092, stages=(("echo cancellation", 0.092), ("wake word", 0.031)),
+                               echo="settled", echo_delay_ms=32.04, summary="-"))
     try:
         mosquitto.stop()
         await asyncio.sleep(0.3)
@@ -597,8 +607,12 @@ async def test_availability_across_broker_restart_and_clean_stop(mosquitto: Mosq
         obs = Observer(mosquitto.port)
         try:
             await obs.wait(lambda: obs.last(t.availability) == b"online", what="online after reconnect")
-            await obs.wait(lambda: len(discovery_configs(obs)) == 14, what="configs after reconnect")
+            await obs.wait(lambda: len(discovery_configs(obs)) == 16, what="configs after reconnect")
             await obs.wait(lambda: obs.last(t.state) == b"idle", what="the state after reconnect")  # published after the configs
+            # The microphone's figures too, as last measured (the new broker kept nothing).
+            await obs.wait(lambda: obs.last(t.audio), what="the audio figures after reconnect")
+            assert json.loads(obs.last(t.audio)) == {"processing": 9.2, "stages": {"echo cancellation": 9.2, "wake word": 3.1},
+                                                     "echo_canceller": "settled", "echo_delay_ms": 32.0}
             # Commands work again after the reconnect (subscriptions renewed).
             obs.publish(t.mute_set, "ON")
             await obs.wait(lambda: obs.last(t.mute) == b"ON", what="mute after reconnect")

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,14 @@ def test_status_shows_state_uptime_last_error_and_last_conversation(tmp_path, al
     conv = re.search(r"^last conversation: .*, ([\d.]+) s, ended: no follow-up, tool calls: 0, tokens: (\d+)$", after.stdout, re.M)
     assert conv and float(conv.group(1)) > 0.5 and int(conv.group(2)) > 0, after.stdout
     assert simulator.api_key not in after.stdout
+    # And what processing the microphone takes this CPU, once a window of it was measured.
+    deadline = time.monotonic() + 12
+    while "processing takes" not in after.stdout:
+        assert time.monotonic() < deadline, after.stdout
+        time.sleep(1.0)
+        after = status()
+    assert re.search(r"^microphone:\s+processing takes \d+ % of real time \(wake word \d+ %\); no echo cancellation$",
+                     after.stdout, re.M), after.stdout
 
     assert d.stop(signal.SIGTERM) == 0
     stopped = status()

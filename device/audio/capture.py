@@ -11,6 +11,7 @@ by reopening with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -122,6 +123,8 @@ class Capture:
         # frame call in this thread on every frame, before anyone sees it. Set before start().
         self.frontend: Frontend | None = None
         self.load: ProcessingLoad | None = None  # what processing the frames costs this CPU (set on start)
+        # Called on the loop with each window's load: its share of real time, and each stage's (name, share).
+        self.on_load: Callable[[float, tuple[tuple[str, float], ...]], None] | None = None
 
     @property
     def muted(self) -> bool:
@@ -144,6 +147,7 @@ class Capture:
             fe = self.frontend
             self.load = ProcessingLoad(self.cfg.input, (getattr(fe, "label", "front-end"), "wake word"),
                                        advice=getattr(fe, "advice", ""))
+            self.load.on_measure = self._measured
         self._frames = queue.SimpleQueue()
         self._analysis = threading.Thread(target=self._analyse, args=(self._frames,), name="capture-analysis", daemon=True)
         self._analysis.start()
@@ -301,6 +305,11 @@ class Capture:
                 analyse((frame, cpu() - c0))
 
     # -- analysis thread ---------------------------------------------------------------------
+
+    def _measured(self, share: float, stages: tuple[tuple[str, float], ...]) -> None:
+        if self.on_load is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                self._loop.call_soon_threadsafe(self.on_load, share, stages)
 
     def _analyse(self, frames: queue.SimpleQueue[tuple[AudioFrame, float] | None]) -> None:
         """Run ``analyze`` on each frame the reader hands over, in order, and pass it to the loop."""

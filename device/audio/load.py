@@ -46,7 +46,8 @@ class ProcessingLoad:
     ``stages`` names the stages in the order :meth:`frame` gets their times, each run in its own
     thread on ``cores`` cores (default: this process's). Call :meth:`frame` from one thread, once
     per frame; it logs, and keeps :attr:`share` (the last window's limiting share of real time,
-    :func:`limiting_share`) and :attr:`stage_shares`.
+    :func:`limiting_share`) and :attr:`stage_shares`, and calls :attr:`on_measure` (in that thread)
+    with the share and each stage's, once per window.
     """
 
     def __init__(self, device: str, stages: tuple[str, ...], advice: str = "", window_s: float | None = None,
@@ -64,6 +65,7 @@ class ProcessingLoad:
         self.warnings = 0
         self._loaded = False  # the last warning has not been taken back
         self._said_at: float | None = None
+        self.on_measure: Callable[[float, tuple[tuple[str, float], ...]], None] | None = None
 
     def frame(self, audio_s: float, cpu_s: tuple[float, ...]) -> None:
         """One frame of ``audio_s`` seconds took ``cpu_s`` CPU seconds in each stage."""
@@ -75,6 +77,8 @@ class ProcessingLoad:
         shares = tuple(c / self._audio_s for c in self._cpu)
         self._audio_s, self._cpu = 0.0, [0.0] * len(self.stages)
         self.stage_shares, self.share = shares, limiting_share(shares, self.cores)
+        if self.on_measure is not None:
+            self.on_measure(self.share, tuple(zip(self.stages, shares, strict=True)))
         now = self._clock()
         if self.share >= WARN_SHARE:
             if not self._loaded or self._said_at is None or now - self._said_at >= REPEAT_S:
