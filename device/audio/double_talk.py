@@ -169,9 +169,15 @@ class NearEndBlend:
         clipped = np.max(np.abs(cur[0] + cur[1]), axis=1) >= CLIPPED
         reach = max(CLIP_ECHO, CLIPPED / (1 + ECHO_PEAKS * 10 ** (self._cancels_db / 20)))
         echo_clips = clipped & (np.max(np.abs(cur[1]), axis=1) >= reach)
+        # What each hop needs that does not depend on the hops before it, for all hops at once.
+        pe, py = E.real**2 + E.imag**2, Y.real**2 + Y.imag**2
+        band_a = (A.real[:, BAND] ** 2 + A.imag[:, BAND] ** 2).sum(axis=1).tolist()
+        band_e, band_y = pe[:, BAND].sum(axis=1).tolist(), py[:, BAND].sum(axis=1).tolist()
+        cross = (1 - COH_SMOOTH) * E[:, BAND] * np.conj(Y[:, BAND])
+        clips, echo_clip = clipped.tolist(), echo_clips.tolist()
         gains = np.empty(E.shape)
         for k in range(hops):
-            gains[k] = self._gains(E[k], Y[k], A[k], bool(clipped[k]), bool(echo_clips[k]))
+            gains[k] = self._gains(pe[k], py[k], (band_a[k], band_e[k], band_y[k]), cross[k], clips[k], echo_clip[k])
         base = np.where(A.real**2 + A.imag**2 > AEC3_LEAKS * (E.real**2 + E.imag**2), E, A)
         o = np.fft.irfft(base + gains * (E - base), N, axis=1) * self._win
         out = o[:, :HOP].copy()
@@ -209,26 +215,28 @@ class NearEndBlend:
         self._hold = 0
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
-    def _gains(self, E: np.ndarray, Y: np.ndarray, A: np.ndarray, clipped: bool, echo_clips: bool) -> np.ndarray:
-        """Per bin, how much of this hop comes from the linear stage (0: all AEC3's)."""
-        pe, py = E.real**2 + E.imag**2, Y.real**2 + Y.imag**2
+    def _gains(self, pe: np.ndarray, py: np.ndarray, band: tuple[float, float, float], cross: np.ndarray,
+               clipped: bool, echo_clips: bool) -> np.ndarray:
+        """Per bin, how much of this hop comes from the linear stage (0: all AEC3's). ``pe``, ``py``: the
+        power spectra of the linear stage's output and its echo estimate; ``band``: the speech band's
+        power of AEC3's output, and of those two; ``cross``: their cross-spectrum in the band, times
+        (1 - COH_SMOOTH)."""
         self._resid = np.maximum(OVER * self._leak * py, TAIL * self._resid)
         snr = np.maximum(pe - self._resid, 0.0) / (self._resid + 1e-3 * N)
-        target = np.clip((snr - PASS_FROM) / (PASS_FULL - PASS_FROM), 0.0, 1.0)
+        target = np.minimum(np.maximum((snr - PASS_FROM) / (PASS_FULL - PASS_FROM), 0.0), 1.0)  # (np.clip, with less overhead)
 
-        fa, fe, fy = float(np.sum(A.real[BAND] ** 2 + A.imag[BAND] ** 2)), float(np.sum(pe[BAND])), float(np.sum(py[BAND]))
+        fa, fe, fy = band
         self._fa = SMOOTH * self._fa + (1 - SMOOTH) * fa
         self._fe = SMOOTH * self._fe + (1 - SMOOTH) * fe
         self._fy = SMOOTH * self._fy + (1 - SMOOTH) * fy
         fe0, fy0 = self._past.pop(0)
         self._past.append((self._fe, self._fy))
-        eb, yb = E[BAND], Y[BAND]
-        self._sey = COH_SMOOTH * self._sey + (1 - COH_SMOOTH) * eb * np.conj(yb)
+        self._sey = COH_SMOOTH * self._sey + cross
         self._see = COH_SMOOTH * self._see + (1 - COH_SMOOTH) * pe[BAND]
         self._syy = COH_SMOOTH * self._syy + (1 - COH_SMOOTH) * py[BAND]
         cross = self._sey.real**2 + self._sey.imag**2
         # The linear output's power-weighted coherence with the echo estimate, over the band.
-        coherence = float(np.sum(cross / (self._syy + 1e-3 * N))) / (float(np.sum(self._see)) + 1e-3 * N)
+        coherence = float((cross / (self._syy + 1e-3 * N)).sum()) / (float(self._see.sum()) + 1e-3 * N)
         far_active = fy > FAR_ACTIVE * FULL
         if far_active and fe < TRUSTED_BELOW * fy:
             self._good += 1

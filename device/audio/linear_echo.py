@@ -145,9 +145,15 @@ class LinearEchoCanceller:
     def _new_filter(self) -> None:
         block = self.block
         bins = block + 1
-        self._X = np.zeros((self.parts, bins), dtype=np.complex128)  # far-end spectra, newest first
-        self._Wb = np.zeros((self.parts, bins), dtype=np.complex128)  # background: adapts always
-        self._Wf = np.zeros((self.parts, bins), dtype=np.complex128)  # foreground: what is subtracted
+        # The far-end spectra, and their power, each twice over: rows [head, head + parts) are the
+        # last `parts`, newest first, without moving them each block.
+        self._ring = np.zeros((2 * self.parts, bins), dtype=np.complex128)
+        self._ring_power = np.zeros((2 * self.parts, bins))
+        self._head = 0
+        self._X = self._ring[: self.parts]  # far-end spectra, newest first (a view of the ring)
+        self._W = np.zeros((2, self.parts, bins), dtype=np.complex128)
+        self._Wf = self._W[0]  # foreground: what is subtracted
+        self._Wb = self._W[1]  # background: adapts always
         self._prev_far = np.zeros(block)
         self._power = np.full(bins, 1e-6)  # smoothed far-end power per bin
         self._eb = self._ef = 0.0  # smoothed error energies of the two filters
@@ -193,9 +199,17 @@ class LinearEchoCanceller:
         self._Wf[:] = self._Wb[:] = np.fft.rfft(w, axis=1)
         self._eb = self._ef = 0.0
 
+    def _set_history(self, spectra: np.ndarray) -> None:
+        """The far end's last ``parts`` block spectra, newest first."""
+        parts = self.parts
+        self._ring[:parts] = self._ring[parts:] = spectra
+        self._ring_power[:parts] = self._ring_power[parts:] = np.abs(spectra) ** 2
+        self._head = 0
+        self._X = self._ring[:parts]
+
     def forget_audio(self) -> None:
         """After a gap in the audio: drop the far-end history, keep the learnt echo path."""
-        self._X[:] = 0.0
+        self._set_history(np.zeros_like(self._X))
         self._silent = self.parts + 1
         self._line = np.zeros(self._shift)
         self._prev_far = np.zeros(self.block)
@@ -245,7 +259,7 @@ class LinearEchoCanceller:
         # The far end's history as the filter will now see it: the last parts + 1 blocks, delayed.
         past = self.delays.recent_far(shift + (parts + 1) * n)[: (parts + 1) * n]
         blocks = past.reshape(parts + 1, n)
-        self._X = np.fft.rfft(np.concatenate([blocks[:-1], blocks[1:]], axis=1), axis=1)[::-1].copy()
+        self._set_history(np.fft.rfft(np.concatenate([blocks[:-1], blocks[1:]], axis=1), axis=1)[::-1])
         self._prev_far = blocks[-1].copy()
         self._shift, self._line = shift, self.delays.recent_far(shift)
         self._silent = 0
@@ -254,16 +268,18 @@ class LinearEchoCanceller:
         n = self.block
         X = np.fft.rfft(np.concatenate([self._prev_far, x]))
         self._prev_far = x
-        self._X = np.roll(self._X, 1, axis=0)
-        self._X[0] = X
+        parts = self.parts
+        head = self._head = (self._head - 1) % parts
+        self._ring[head] = self._ring[head + parts] = X
+        self._ring_power[head] = self._ring_power[head + parts] = np.abs(X) ** 2
+        self._X = self._ring[head : head + parts]
         far_energy = float(np.dot(x, x))
-        yf = np.fft.irfft(np.sum(self._Wf * self._X, axis=0))[n:]
-        yb = np.fft.irfft(np.sum(self._Wb * self._X, axis=0))[n:]
+        yf, yb = np.fft.irfft(np.sum(self._W * self._X, axis=1))[:, n:]  # both filters at once
         ef, eb = d - yf, d - yb
         if far_energy < self._far_floor:
             return ef  # nothing to learn from: keep the filters as they are
         # Normalised by the far end's power over the whole span the filter covers (per bin).
-        self._power = 0.5 * self._power + 0.5 * np.sum(np.abs(self._X) ** 2, axis=0)
+        self._power = 0.5 * self._power + 0.5 * np.sum(self._ring_power[head : head + parts], axis=0)
         Eb = np.fft.rfft(np.concatenate([np.zeros(n), eb]))
         G = np.conj(self._X) * (Eb / (self._power + 1e-3 * n * n))[None, :]
         g = np.fft.irfft(G, axis=1)
