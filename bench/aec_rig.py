@@ -8,7 +8,11 @@ soft clipping, mic noise) and the realtime simulator answering every request wit
     time from the talker's onset to the reply stopping.
 
     python bench/aec_rig.py [--replies 50] [--barge 10] [--speaker test_pulse] [--clock-ppm 2000] [--talk-at 1.0,2.5]
-                            [--ser -5] [--log daemon.log] [--dump DIR]
+                            [--ser -5] [--cpu 0.2] [--log daemon.log] [--dump DIR]
+
+--cpu holds the whole daemon (every thread) to that share of one core of this machine, as a
+slower board would (a Linux cgroup's CPU quota over 10 ms periods; needs root): does it still keep
+up with its microphone, and how late does it stop for a talker?
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def main() -> int:
                          "cycled over the replies talked over (the latency depends on what the reply says there)")
     ap.add_argument("--ser", type=float, default=0.0,
                     help="the talker's level against the reply's echo at the microphone, in dB (speech-to-echo ratio)")
+    ap.add_argument("--cpu", type=float, help="hold the daemon to this share of one core (0.1-1; a cgroup's CPU quota, "
+                                              "needs root)")
     ap.add_argument("--log", help="write the daemon's log (at debug level) to this file")
     ap.add_argument("--state", help="the daemon's state directory, kept across runs (a speaker's pace against the "
                                     "microphone measured in one run is used from the start of the next)")
@@ -65,6 +71,7 @@ def main() -> int:
     runner = SimulatorThread(pace=1.0, default_reply=REPLY)
     sim = runner.start()
     daemon = None
+    group = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the rig and the daemon
     try:
         if args.speaker == "test_pulse":
@@ -76,6 +83,10 @@ def main() -> int:
             "state": {"dir": args.state or str(work / "state")}})
         daemon = Daemon(["run", "--config", str(cfg), *(["--log-level", "debug"] if args.log else [])], env=rig.env)
         daemon.wait_for(r"ready: listening", 30)
+        cpu0, wall0 = process_cpu_s(daemon.proc.pid), time.monotonic()
+        if args.cpu:  # (once it is ready: loading the wake model would take a slow board's time too)
+            group, quota = cpu_quota(daemon.proc.pid, args.cpu)
+            print(f"the daemon is held to {args.cpu * 100:.0f} % of one core ({quota})", flush=True)
         time.sleep(1.0)
         request = np.concatenate([speech.say("hey jarvis"), speech.silence(0.15), speech.say("what is the weather like tomorrow")])
         talk = speech.trim(speech.say("stop please, that is enough", voice="en-gb"))
@@ -154,14 +165,52 @@ def main() -> int:
             lat = np.array(latencies)
             print(f"voice barge-in at {args.ser:+.0f} dB SER over {len(lat)} replies: reply stopped after median {np.median(lat):.0f} ms, "
                   f"max {lat.max():.0f} ms from the talker's onset; within 300 ms: {np.mean(lat <= 300) * 100:.0f} %")
+        used = (process_cpu_s(daemon.proc.pid) - cpu0) / (time.monotonic() - wall0)
+        print(f"the daemon used {used * 100:.1f} % of one core over the run (all its threads)", flush=True)
+        status = Path(args.state or work / "state") / "status.json"
+        if status.exists():
+            import json
+
+            print("speaker status:", (json.loads(status.read_text()).get("audio") or {}).get("summary"), flush=True)
+        said = [line.split("WARNING", 1)[-1].strip() for line in daemon.lines if "WARNING" in line]
+        print(f"the daemon's warnings: {len(said)}", *said[:10], sep="\n  ", flush=True)
     finally:
         if daemon is not None:
             daemon.stop()
             if args.log:
                 Path(args.log).write_text(daemon.output + "\n")
+        if group is not None:
+            try:
+                group.rmdir()
+            except OSError as exc:
+                print(f"(the cgroup {group} is left: {exc})")
         runner.stop()
         rig.close()
     return 0
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (all its threads, user and system)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_quota(pid: int, share: float) -> tuple[Path, str]:
+    """Put process ``pid`` (all its threads) in a cgroup allowed ``share`` of one core per 10 ms."""
+    period = 10_000
+    quota = max(1000, round(share * period))
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    group = Path("/sys/fs/cgroup") / f"aec-rig-{pid}" if v2.exists() else Path("/sys/fs/cgroup/cpu") / f"aec-rig-{pid}"
+    group.mkdir(exist_ok=True)
+    if v2.exists():
+        (group / "cpu.max").write_text(f"{quota} {period}")
+    else:
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    (group / "cgroup.procs").write_text(str(pid))
+    return group, f"{quota} us of CPU per {period} us, cgroup {group}"
 
 
 def reply_echo_dbfs(events: list[dict]) -> float | None:

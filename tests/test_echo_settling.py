@@ -4,6 +4,8 @@ stream it while a reply plays."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -170,6 +172,31 @@ def test_a_speaker_that_makes_the_microphone_clip_is_reported(speech, caplog: py
             assert len(warned) == 1 and "audio.volume" in warned[0], warned  # once, not on every frame
         else:
             assert not warned and fe.clipped_frames == 0, warned
+
+
+def test_an_underrun_holds_a_replys_audio_back_for_a_second(speech) -> None:
+    """The speaker ran dry in the middle of a reply (a starved CPU, a stalled SD card): for a moment the
+    reference may not line up with the echo, so the reply's microphone audio is held back from the
+    session for a second, then streamed again. Nothing is learnt again: the canceller stays settled."""
+    from device.audio.echo import HOLD_S
+
+    reply = _reply(speech)
+    far = np.concatenate([reply, reply])
+    mic = rm.to_int16(BEFORE.echo(far, ref_rms=rm.active_rms(reply / 32768.0)) + BEFORE.noise(len(far)))
+    ref = _Far(far)
+    ref.restarts = ref.read_snaps = 0  # type: ignore[attr-defined]
+    fe = EchoFrontEnd(echo_cancellation=True, reference=ref)  # type: ignore[arg-type]
+    first = frames_through(fe, mic[: len(reply)])
+    assert first[-1].echo_settled and fe.echo_learnt
+    second = []
+    for k, i in enumerate(range(len(reply), len(far) - 1279, 1280)):
+        if k == 25:  # 2 s into the second reply: the device ran dry
+            ref.restarts += 1  # type: ignore[attr-defined]
+        second.append(fe.process(AudioFrame(k, mic[i : i + 1280].tobytes(), b"", k * 0.08)))
+        assert fe.echo_learnt, "an underrun made the canceller learn the room again"
+    held = [k for k, f in enumerate(second) if not f.echo_settled]
+    assert held == list(range(25, 25 + math.ceil(HOLD_S / 0.08))), held  # (whole frames)
+    assert fe.holds == 1
 
 
 def _reply(speech) -> np.ndarray:

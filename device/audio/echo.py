@@ -24,7 +24,9 @@ the linear stage cancels the echo by LEARNT_DB, AEC3 is trained on the path the 
 half second of the reply; at the latest, it is settled once it has heard SETTLE_S of the speaker.
 That happens once per boot (for under a second, with an echo path kept from before: below); a reset
 (unmuting) keeps what AEC3 learnt. It happens again when the echo path changes (the speaker is
-moved): AEC3 leaks the new echo while it learns it. The linear stage's delay estimator measures the
+moved): AEC3 leaks the new echo while it learns it. And for HOLD_S after the speaker ran dry (an underrun)
+or the microphone lost audio while the speaker played: the reference may not line up with the echo for a
+moment. The linear stage's delay estimator measures the
 echo's delay while the speaker plays (every 0.16 s over a reply's first second, then every 0.5 s), and
 moves the filter once two measures agree; the first measure that finds the echo elsewhere, and no
 longer where it was, unsettles the frames at once.
@@ -138,6 +140,15 @@ RETRAINED_S = 0.24
 # that does not hold yet is learnt further and tried again.
 LEARNT_FRAMES = 4
 LEARNT_DB = 14.0
+# The speaker ran dry (an underrun) or the microphone lost audio while the speaker played (a starved CPU, a
+# stalled SD card): the reference is laid again where the devices' figures put it, and its echo may then come
+# elsewhere than the canceller learnt (on the test rig's PulseAudio speaker, 80-160 ms off at times). A
+# reply's microphone audio is held back from the session for HOLD_S (frames unsettled; nothing is learnt
+# again), while the echo's delay is measured sooner, so that a moved echo is found before the hold ends.
+# With the daemon held to a fifth of a core on that speaker (bench/aec_rig.py --cpu 0.2 --speaker
+# test_pulse), a reply interrupted itself 0.6 s after an underrun, and then answered its own echo four
+# times; with a 1 s hold, one interrupted itself 1.1 s after one; with this, none of 10 did.
+HOLD_S = 2.0
 # The echo path is handed on to be kept (on_path) once the speaker has been quiet for KEEP_QUIET_S after
 # KEEP_AFTER_S or more of playing, if the linear stage cancelled its last KEEP_LAST_S by KEEP_DB or more
 # (a microphone that clips on the echo, or a person talking, leaves less); at most every KEEP_EVERY_S
@@ -228,6 +239,9 @@ class EchoFrontEnd:
             self._measure_every = self._linear.delays.every  # how often the echo's delay is usually measured
             self._learn()
         self._watch = 0  # samples left of a reply's start, while its echo's delay is measured sooner
+        self._hold = 0  # samples left while a reply's microphone audio is held back (HOLD_S)
+        self._mishaps = 0  # the reference's underruns and jumps, as last seen
+        self.holds = 0  # times it was held back (for logs and tests)
 
     @property
     def label(self) -> str:
@@ -246,10 +260,16 @@ class EchoFrontEnd:
         return f"; {self.label}'s part goes with {', '.join(keys)}" if keys else ""
 
     @property
-    def echo_settled(self) -> bool:
+    def echo_learnt(self) -> bool:
         """Whether the echo canceller has heard enough of the speaker (SETTLE_S) to be trusted with
         its echo (True without echo cancellation: there is nothing to wait for)."""
         return self._linear is None or self._far_heard >= SETTLE_S * WAKE_RATE
+
+    @property
+    def echo_settled(self) -> bool:
+        """Whether a reply's microphone audio may reach the session: the canceller has learnt the
+        echo (:attr:`echo_learnt`), and the reference has not just lost its place (HOLD_S)."""
+        return self.echo_learnt and self._hold <= 0
 
     @property
     def path_taps(self) -> int:
@@ -302,7 +322,7 @@ class EchoFrontEnd:
                 self._follow_clock(delays.lag)
             if self._far_heard < SETTLE_S * WAKE_RATE and playing:
                 self._far_heard += len(far)
-                if self.echo_settled:
+                if self.echo_learnt:
                     self._trial = None
                     _LOG.info("echo canceller settled: it has heard %.0f s of the speaker", SETTLE_S)
             out = self.aec3_audio = self._apm.process(near, far)
@@ -374,7 +394,7 @@ class EchoFrontEnd:
         self._quiet += len(near)
         if self._quiet < KEEP_QUIET_S * WAKE_RATE or not self._reply_n:
             return
-        if self._reply_n >= KEEP_AFTER_S * WAKE_RATE and self.echo_settled:
+        if self._reply_n >= KEEP_AFTER_S * WAKE_RATE and self.echo_learnt:
             mic, left = (sum(v) for v in zip(*self._reply))
             if 10 * np.log10((mic + 1.0) / (left + 1.0)) >= KEEP_DB:
                 self._keep_path()
@@ -522,7 +542,7 @@ class EchoFrontEnd:
         if abs(lag - delay) <= RESETTLE_MS * WAKE_RATE / 1000:
             self._echo_peak = delays.peak if not self._echo_peak else 0.8 * self._echo_peak + 0.2 * delays.peak
             return
-        if self._trial is not None or not self.echo_settled or not self._echo_peak:
+        if self._trial is not None or not self.echo_learnt or not self._echo_peak:
             return
         gone = delays.score_at(delay)
         edge = DOUBT_EDGE_MS * WAKE_RATE / 1000
@@ -581,6 +601,15 @@ class EchoFrontEnd:
             far = self.reference.read(frame.t, len(near))
             if self.reference.played is not None:
                 played = self.reference.played.read(frame.t, len(near))
+            self._hold = max(0, self._hold - len(near))
+            mishaps = getattr(self.reference, "restarts", 0) + getattr(self.reference, "read_snaps", 0)
+            if mishaps != self._mishaps:
+                self._mishaps = mishaps
+                self._hold = int(HOLD_S * WAKE_RATE)
+                self._watch = self._hold  # (the echo's delay is measured sooner meanwhile: has it moved?)
+                self.holds += 1
+                _LOG.debug("the speaker ran dry or the microphone lost audio: a reply's microphone audio is held back "
+                           "for %.0f s (%d times so far)", HOLD_S, self.holds)
         try:
             clean = self.process16k(near, far, played)
         except Exception as exc:  # the microphone must keep working: pass the frame on as it is

@@ -72,7 +72,9 @@ class AudioHealthMonitor:
         """A frame reached the loop: has the echo canceller settled, or started learning again?"""
         if self._echo == "off":
             return
-        echo = "settled" if getattr(frame, "echo_settled", True) else "learning"
+        # (the canceller's own state: a reply's audio held back for a moment, after an underrun, is not learning)
+        learnt = getattr(self._frontend, "echo_learnt", None)
+        echo = "settled" if (learnt if learnt is not None else getattr(frame, "echo_settled", True)) else "learning"
         if echo != self._echo:
             self._echo = echo
             self._tell()

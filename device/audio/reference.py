@@ -133,6 +133,7 @@ class PlaybackReference:
         self.written_s = 0.0  # audio tapped so far (for logs and tests)
         self.write_anchors = 0  # times the writer's cursor was re-laid on the clock (a new stream)
         self.read_snaps = 0  # times the reader's cursor jumped to the clock while audio played
+        self.restarts = 0  # times the device ran dry (underruns)
 
     @property
     def unreported_s(self) -> float:
@@ -224,6 +225,7 @@ class PlaybackReference:
         echo by the gap: on the test rig's PulseAudio, 13 ms, and the canceller settled again)."""
         with self._lock:
             self._restarted = True
+            self.restarts += 1
         if self.played is not None:
             self.played.restarted()
 
