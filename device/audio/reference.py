@@ -7,9 +7,11 @@ on a timeline of ``time.monotonic()``; the capture thread reads back the 80 ms t
 microphone frame was read (:meth:`PlaybackReference.read`).
 
 AEC3 leaks echo for up to a second whenever the far end's delay jumps, so neither side ever
-jumps while audio plays. A device's delay figure is noisy (+-20 ms from period to period), so a
-stream is laid where the average of its writes' figures puts it, re-laid whole on every write
-until the reader reaches it (before it sounds), and contiguous from then on (a device plays a
+jumps while audio plays. A device's delay figure is noisy, and off one way: many drivers move
+their play position a period at a time (the queue then reads up to a period, 20 ms, longer than
+it is), and a writer preempted as it reads the figure places it later still. So a stream is laid
+where the earliest of its writes' figures puts it, re-laid whole on every write until the reader
+reaches it (before it sounds), and contiguous from then on (a device plays a
 stream at its clock's pace). The reader keeps a contiguous cursor while audio plays (capture
 delivers contiguous audio, however late its thread reads it); only a gap in the audio (the
 speaker went idle) or a lasting or far stray (lost audio) re-anchors a cursor. Until the first
@@ -69,7 +71,7 @@ DRIFT_MAX_S = 1.0
 # interpolation), so the echo keeps one delay.
 TAPS = 32  # the interpolator's length (samples) ...
 PHASES = 512  # ... and how finely it places a sample between two
-FRESH_MAX_S = 1.0  # a stream is re-laid on its average position at most this long
+FRESH_MAX_S = 1.0  # a stream is re-laid on its earliest position at most this long
 # A writer ahead of where the device says it is means the device holds audio it does not report
 # (a driver with no delay figure, or a FIFO): what was written in one stream plays in one stream,
 # so it stays contiguous unless it is further ahead than any device buffer.
@@ -117,8 +119,7 @@ class PlaybackReference:
         self._pending: list[np.ndarray] = []  # the current stream while it is re-laid
         self._fresh = False  # the reader has not reached the current stream yet
         self._restarted = False  # the device ran dry: the next write starts a new stream
-        self._pos_sum = 0.0  # sum over the stream's writes of (reported start - offset in stream)
-        self._pos_n = 0
+        self._pos: list[int] = []  # the stream's writes' (reported start - offset in stream)
         self._first_unreported = False
         self._strays = 0  # reads in a row the playing reader was more than SLACK_S off its drift
         self._drift = 0.0  # how far the playing reader's cursor has drifted from the clock (samples, smoothed)
@@ -189,21 +190,23 @@ class PlaybackReference:
                 self._restarted = False
                 self._wdrift = 0.0
                 self._pending, self._fresh = [], True
-                self._pos_sum, self._pos_n, self._cum = 0.0, 0, 0
+                self._pos, self._cum = [], 0
                 self.write_anchors += 1
             if self._fresh and self._r > self._origin:
                 self._fresh, self._pending = False, []
             if self._fresh and self._cum < FRESH_MAX_S * RATE:
-                # Not heard yet: lay the whole stream where its writes say on average.
-                if queued_before > 0 or self._pos_n == 0:
+                # Not heard yet: lay the whole stream where its writes' earliest figure says.
+                if queued_before > 0 or not self._pos:
                     # A device with nothing queued may just not report its queue (a FIFO): that
                     # figure is a lower bound, so only the first write's counts then.
-                    if self._pos_n == 1 and self._first_unreported:
-                        self._pos_sum, self._pos_n = 0.0, 0
-                    self._first_unreported = queued_before <= 0 and self._pos_n == 0
-                    self._pos_sum += start - self._cum
-                    self._pos_n += 1
-                origin = round(self._pos_sum / self._pos_n)
+                    if len(self._pos) == 1 and self._first_unreported:
+                        self._pos = []
+                    self._first_unreported = queued_before <= 0 and not self._pos
+                    self._pos.append(start - self._cum)
+                # The earliest: a figure read late (a thread preempted as it read it, a driver whose
+                # position moves a period at a time, read by a writer that woke late after a move,
+                # as after each of a busy CPU's late wakes) is off one way only, later.
+                origin = min(self._pos)
                 self._pending.append(y)
                 self._zero(min(origin, self._origin), self._w)
                 self._origin = origin
