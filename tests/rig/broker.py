@@ -197,7 +197,22 @@ class _PahoClient:
         self.client.on_message = self._on_message
         self.client.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
         self.connected = threading.Event()
+        self._subacks = threading.Condition()
+        self._acked: set[int] = set()  # message ids of the subscriptions the broker acknowledged
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        with self._subacks:
+            self._acked.add(mid)
+            self._subacks.notify_all()
+
+    def wait_subscribed(self, mids: list[int], timeout: float = 5.0) -> None:
+        """Wait until the broker acknowledged these subscriptions (call from another thread than
+        paho's): a message published after that reaches them, whoever publishes it."""
+        with self._subacks:
+            if not self._subacks.wait_for(lambda: set(mids) <= self._acked, timeout):
+                raise RuntimeError(f"the broker did not acknowledge {len(set(mids) - self._acked)} subscriptions")
 
     def _on_publish(self, client: paho.Client, _u: Any, _mid: int, _r: Any, _p: Any) -> None:
         # Acknowledge the broker's PUBACK at once, so the broker's Nagle does not hold the next
@@ -590,8 +605,8 @@ class DeviceSimulator(_PahoClient):
         with self._lock:
             self.devices.extend(devices)
         if self.client.is_connected():
-            for dev in devices:
-                self._announce(dev)
+            mids = [mid for dev in devices for mid in self._announce(dev)]
+            self.wait_subscribed(mids)  # (a command sent right after must not beat the subscription)
 
     def remove(self, dev: SimDevice) -> None:
         """Withdraw a device: empty retained discovery config, as Home Assistant expects."""
@@ -620,13 +635,16 @@ class DeviceSimulator(_PahoClient):
         for dev in devices:
             self._announce(dev)
 
-    def _announce(self, dev: SimDevice) -> None:
-        for topic in dev.command_topics():
-            self.client.subscribe(topic, qos=1)
+    def _announce(self, dev: SimDevice) -> list[int]:
+        """Subscribe to the device's command topics and publish its discovery and state; the
+        subscriptions' message ids."""
+        subscribed = [self.client.subscribe(topic, qos=1) for topic in dev.command_topics()]
+        mids = [mid for rc, mid in subscribed if rc == paho.MQTT_ERR_SUCCESS]
         for topic, config in dev.discovery_messages():
             self.client.publish(topic, json.dumps(config) if config else b"", qos=1, retain=True)
         for topic, payload, retain in dev.state_messages():
             self.client.publish(topic, payload, qos=1, retain=retain)
+        return mids
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         text = payload.decode("utf-8", "replace")
