@@ -40,10 +40,10 @@ def describe(processing: float | None, stages: Sequence[tuple[str, float]], echo
 
 
 class AudioHealthMonitor:
-    """Publishes :class:`~device.events.AudioHealth` on ``bus`` (call everything on the loop).
+    """Hands :class:`~device.events.AudioHealth` to ``publish`` (call everything on the loop).
 
-    ``frontend`` is the microphone's front-end (None: none); its echo canceller's state comes with
-    the frames (:meth:`on_frame`), the load from the capture (:meth:`on_load`).
+    ``frontend`` is the microphone's front-end (None: none); its echo canceller's state is looked at
+    as each frame arrives (:meth:`on_frame`), the load comes from the capture (:meth:`on_load`).
     """
 
     def __init__(self, publish: Callable[[ev.Event], None], frontend: object | None = None, cores: int = 2,
@@ -55,7 +55,7 @@ class AudioHealthMonitor:
         self._echo = "learning" if getattr(frontend, "echo_cancellation", False) else "off"
         self._processing: float | None = None
         self._stages: tuple[tuple[str, float], ...] = ()
-        self._told: tuple[float | None, str] | None = None  # (load, echo) last told
+        self._told: float | None = None  # the load last told
         self._told_at = 0.0
         self.last: ev.AudioHealth | None = None
 
@@ -63,8 +63,7 @@ class AudioHealthMonitor:
         """A window's load: ``share`` of real time, and each stage's."""
         self._processing = share
         self._stages = tuple((name, s) for name, s in stages if s >= SHOWN_FROM)
-        told = self._told
-        if (told is None or told[0] is None or abs(share - told[0]) >= REPORT_CHANGE
+        if (self._told is None or abs(share - self._told) >= REPORT_CHANGE
                 or self._clock() - self._told_at >= REPORT_EVERY_S):
             self._tell()
 
@@ -84,5 +83,5 @@ class AudioHealthMonitor:
         self.last = ev.AudioHealth(
             processing=self._processing, stages=self._stages, echo=self._echo, echo_delay_ms=delay,
             summary=describe(self._processing, self._stages, self._echo, delay, self._cores))
-        self._told, self._told_at = (self._processing, self._echo), self._clock()
+        self._told, self._told_at = self._processing, self._clock()
         self._publish(self.last)
